@@ -1,0 +1,68 @@
+"""The backend contract: a versioned key-value store with compare-and-set.
+
+A backend never decides who gets a slot; it only stores bytes under a key with a version and
+swaps them atomically. All lock semantics live in :mod:`lockd.semaphore`, and the one retry
+loop lives in :mod:`lockd.service`.
+
+Versions are opaque to the caller: whatever ``get`` returned is what ``compare_and_set``
+expects. ``None`` means "the key does not exist", so ``compare_and_set(key, v, None)``
+creates the key only if it is still absent.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from backends.layouts.base import Layout
+from backends.layouts.native import NativeLayout
+
+Version = Any
+
+
+class BackendError(Exception):
+    """Base class for errors a backend raises."""
+
+
+class BackendUnavailable(BackendError):
+    """The store cannot be reached or did not answer in time. Nothing was decided."""
+
+
+class Backend(abc.ABC):
+    """A store with atomic compare-and-set on one key."""
+
+    #: URL scheme(s) this backend serves, for messages.
+    scheme: str = ""
+
+    def __init__(self, layout: Layout | None = None) -> None:
+        self.layout: Layout = layout or NativeLayout()
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        """Return ``(value, version)``, or ``(None, None)`` when the key is absent."""
+
+    @abc.abstractmethod
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        """Store ``value`` if the key's version is still ``expected``; say whether it did."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str, expected: Version) -> bool:
+        """Delete the key if its version is still ``expected``; say whether it did."""
+
+    @abc.abstractmethod
+    async def scan(self, prefix: str) -> list[str]:
+        """Return the keys that start with ``prefix``, sorted."""
+
+    async def ping(self) -> None:
+        """Raise :class:`BackendUnavailable` unless the store answers."""
+        await self.get(self.layout.ping_key)
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect (optional): called once before first use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the backend is not used afterwards."""
+
+    def describe(self) -> str:
+        """A human-readable location without secrets, for logs and start-up messages."""
+        return self.scheme

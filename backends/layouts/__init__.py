@@ -1,0 +1,1 @@
+"""Layouts: how a group's semaphore is named and encoded on a store."""

@@ -1,0 +1,41 @@
+"""A layout names keys and encodes a :class:`~lockd.semaphore.Semaphore` to bytes."""
+
+from __future__ import annotations
+
+import abc
+
+from lockd.semaphore import Semaphore
+
+
+class LayoutError(Exception):
+    """A stored value cannot be decoded in this layout."""
+
+
+class Layout(abc.ABC):
+    name: str = ""
+    #: Key that ``ping`` reads; it need not exist.
+    ping_key: str = "lockd/ping"
+    #: True where the store, not lockd's configuration, owns the number of slots
+    #: (locksmith: ``locksmithctl set-max`` writes it). Configuration then only seeds
+    #: new groups.
+    store_owns_slots: bool = False
+
+    @abc.abstractmethod
+    def key(self, group: str) -> str:
+        """The key holding ``group``'s semaphore."""
+
+    @abc.abstractmethod
+    def group_prefix(self) -> str:
+        """The common prefix of every group's key, for listing groups."""
+
+    @abc.abstractmethod
+    def group_of(self, key: str) -> str | None:
+        """The group a key belongs to, or None if the key is not a group's semaphore."""
+
+    @abc.abstractmethod
+    def decode(self, raw: bytes) -> Semaphore:
+        """Decode a stored value; raise :class:`LayoutError` if it is not one."""
+
+    @abc.abstractmethod
+    def encode(self, sem: Semaphore, previous: bytes | None) -> bytes:
+        """Encode ``sem``; ``previous`` is the value it replaces, to keep foreign fields."""

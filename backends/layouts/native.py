@@ -1,0 +1,63 @@
+"""lockd's own layout: one JSON document per group."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from backends.layouts.base import Layout, LayoutError
+from lockd.semaphore import Holder, Semaphore
+
+PREFIX = "lockd/v1/groups/"
+
+
+class NativeLayout(Layout):
+    name = "native"
+
+    def __init__(self, prefix: str = PREFIX) -> None:
+        self.prefix = prefix
+
+    def key(self, group: str) -> str:
+        # Group names match ^[a-zA-Z0-9.-]+$, so they are safe in a key as they are.
+        return self.prefix + group
+
+    def group_prefix(self) -> str:
+        return self.prefix
+
+    def group_of(self, key: str) -> str | None:
+        if key.startswith(self.prefix) and len(key) > len(self.prefix):
+            return key[len(self.prefix) :]
+        return None
+
+    def decode(self, raw: bytes) -> Semaphore:
+        try:
+            doc = json.loads(raw)
+            holders = tuple(
+                Holder(
+                    id=str(h["id"]), granted_at=float(h["granted_at"]), grant_id=int(h["grant_id"])
+                )
+                for h in doc["holders"]
+            )
+            config_slots = doc.get("config_slots")
+            return Semaphore(
+                slots=int(doc["slots"]),
+                holders=holders,
+                next_grant_id=int(doc["next_grant_id"]),
+                config_slots=None if config_slots is None else int(config_slots),
+                paused=bool(doc.get("paused", False)),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LayoutError(f"not a lockd semaphore document: {exc}") from exc
+
+    def encode(self, sem: Semaphore, previous: bytes | None) -> bytes:
+        doc: dict[str, Any] = {
+            "slots": sem.slots,
+            "config_slots": sem.config_slots,
+            "paused": sem.paused,
+            "next_grant_id": sem.next_grant_id,
+            "holders": [
+                {"id": h.id, "granted_at": h.granted_at, "grant_id": h.grant_id}
+                for h in sem.holders
+            ],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()

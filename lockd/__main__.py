@@ -1,0 +1,3 @@
+from lockd.cli import main
+
+raise SystemExit(main())

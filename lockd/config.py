@@ -1,0 +1,341 @@
+"""Configuration: one TOML file, overridden by ``LOCKD_*`` environment variables, then flags.
+
+One naming scheme, written once (README, "Configuration"): the TOML key ``[section] key`` is
+the environment variable ``LOCKD_SECTION__KEY`` and the flag ``--set section.key=VALUE``;
+the common keys also have short flags (``--listen``, ``--backend``...).
+
+airlock's config file is read unchanged: ``[service] address/port``, ``[status]``,
+``[etcd3] endpoints``, ``[lock] default_group_name/default_slots/[[lock.groups]]``.
+
+A value that cannot work raises :class:`ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lockd.service import GroupSettings
+
+GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
+ENV_PREFIX = "LOCKD_"
+DEFAULT_STATE_DIR = "~/.local/state/lockd"
+SYSTEM_STATE_DIR = "/var/lib/lockd"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: Listener = Listener("127.0.0.1", 8080)
+    backend: str = ""  # empty: sqlite in state_dir
+    state_dir: str = ""
+    default_group_name: str = "default"
+    default_slots: int = 1
+    groups: Mapping[str, int] = field(default_factory=dict)
+    strict_groups: bool = False
+    timeout: float = 10.0
+    max_body_bytes: int = 4096
+    log_format: str = "text"
+    log_level: str = "info"
+    admin_listen: Listener | None = Listener("127.0.0.1", 8081)
+    admin_token_file: str = ""
+    metrics_listen: Listener | None = None  # airlock's [status]; /metrics is on admin too
+    shutdown_timeout: float = 10.0
+    source: str = "defaults"
+
+    @property
+    def backend_url(self) -> str:
+        if self.backend:
+            return self.backend
+        return f"sqlite://{Path(self.resolved_state_dir) / 'lockd.db'}"
+
+    @property
+    def resolved_state_dir(self) -> str:
+        if self.state_dir:
+            return os.path.expanduser(self.state_dir)
+        if os.geteuid() == 0:
+            return SYSTEM_STATE_DIR
+        return os.path.expanduser(DEFAULT_STATE_DIR)
+
+    def group_settings(self) -> GroupSettings:
+        return GroupSettings(
+            default_slots=self.default_slots, slots=dict(self.groups), strict=self.strict_groups
+        )
+
+
+# Every key lockd knows: "section.key" -> kind. Parsing, env and --set all go through it.
+KEYS: dict[str, str] = {
+    "service.address": "str",
+    "service.port": "port",
+    "service.max_body_bytes": "posint",
+    "storage.backend": "str",
+    "storage.state_dir": "str",
+    "storage.timeout_s": "posfloat",
+    "lock.default_group_name": "group",
+    "lock.default_slots": "posint",
+    "lock.strict_groups": "bool",
+    "lock.groups": "groups",
+    "admin.enabled": "bool",
+    "admin.address": "str",
+    "admin.port": "port",
+    "admin.token_file": "str",
+    "status.enabled": "bool",
+    "status.address": "str",
+    "status.port": "port",
+    "etcd3.endpoints": "strlist",
+    "etcd3.transaction_timeout_ms": "posint",
+    "etcd3.tls_ca": "str",
+    "etcd3.tls_cert": "str",
+    "etcd3.tls_key": "str",
+    "log.format": "logformat",
+    "log.level": "loglevel",
+    "shutdown.timeout_s": "posfloat",
+}
+# airlock keys that lockd accepts and ignores, so an airlock file loads unchanged.
+IGNORED = {"etcd3.client_cert_pub_path", "etcd3.client_cert_key_path", "etcd3.server_ca_cert_path"}
+
+
+def _convert(key: str, value: Any, origin: str) -> Any:
+    kind = KEYS[key]
+    where = f"{key} (from {origin})"
+    text = isinstance(value, str)
+    try:
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError("must be a string")
+            return value
+        if kind in ("posint", "port"):
+            if isinstance(value, bool):
+                raise ValueError("must be a whole number")
+            number = int(value.strip()) if text else value
+            if not isinstance(number, int):
+                raise ValueError("must be a whole number")
+            if kind == "port" and not 0 <= number <= 65535:
+                raise ValueError("must be a port number from 0 to 65535")
+            if kind == "posint" and number < 1:
+                raise ValueError("must be at least 1")
+            return number
+        if kind == "posfloat":
+            number = float(value) if text or isinstance(value, int | float) else None
+            if number is None or isinstance(value, bool) or not number > 0:
+                raise ValueError("must be a number greater than 0")
+            return number
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if text and value.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if text and value.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("must be true or false")
+        if kind == "group":
+            if not isinstance(value, str) or not GROUP_RE.match(value):
+                raise ValueError("must match ^[a-zA-Z0-9.-]+$")
+            return value
+        if kind == "strlist":
+            items = value.split(",") if text else value
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ValueError("must be a list of strings")
+            return [i.strip() for i in items if i.strip()]
+        if kind == "logformat":
+            if value not in ("text", "json"):
+                raise ValueError("must be 'text' or 'json'")
+            return value
+        if kind == "loglevel":
+            if not isinstance(value, str) or value.lower() not in (
+                "debug",
+                "info",
+                "warning",
+                "error",
+            ):
+                raise ValueError("must be one of debug, info, warning, error")
+            return value.lower()
+        if kind == "groups":
+            return _groups(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}; got {value!r}") from None
+    raise AssertionError(kind)
+
+
+def _groups(value: Any) -> dict[str, int]:
+    """``[[lock.groups]] name/slots`` tables, or ``"workers=2,db=1"`` from env/flags."""
+    if isinstance(value, str):
+        value = [
+            {"name": n.strip(), "slots": s.strip()}
+            for n, _, s in (item.partition("=") for item in value.split(",") if item.strip())
+        ]
+    if not isinstance(value, list):
+        raise ValueError("must be a list of {name, slots} tables")
+    groups: dict[str, int] = {}
+    for i, table in enumerate(value):
+        if not isinstance(table, dict):
+            raise ValueError(f"entry {i} must be a table with name and slots")
+        name, slots = table.get("name"), table.get("slots")
+        if not isinstance(name, str) or not GROUP_RE.match(name):
+            raise ValueError(f"entry {i}: name must match ^[a-zA-Z0-9.-]+$, got {name!r}")
+        try:
+            slots = int(slots) if isinstance(slots, str) else slots
+        except ValueError:
+            slots = None
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise ValueError(f"entry {i} ({name}): slots must be a whole number >= 1")
+        if name in groups:
+            raise ValueError(f"group {name!r} is listed twice")
+        groups[name] = slots
+    return groups
+
+
+def _flatten(doc: Mapping[str, Any], origin: str) -> dict[str, tuple[Any, str]]:
+    flat: dict[str, tuple[Any, str]] = {}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section} (from {origin}): must be a [section] table")
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            if name in IGNORED:
+                continue
+            if name not in KEYS:
+                known = ", ".join(sorted(k for k in KEYS if k.startswith(section + ".")))
+                raise ConfigError(
+                    f"{name} (from {origin}): unknown key; known keys here: {known or 'see README'}"
+                )
+            flat[name] = (value, origin)
+    return flat
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    flat: dict[str, tuple[Any, str]] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
+        name = f"{section}.{key}"
+        if name not in KEYS:
+            raise ConfigError(f"{var}: no such key {name!r}")
+        flat[name] = (value, f"environment {var}")
+    return flat
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``section.key=value`` from ``--set``."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or name not in KEYS:
+        raise ConfigError(
+            f"--set {text!r}: expected section.key=value with a known key "
+            f"(e.g. lock.default_slots=2)"
+        )
+    return name, value
+
+
+def load(
+    path: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from defaults < TOML file < environment < flags (``overrides``)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, tuple[Any, str]] = {}
+    source = "defaults"
+    if path is None and environ.get("LOCKD_CONFIG"):
+        path = environ["LOCKD_CONFIG"]
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"--config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+        merged.update(_flatten(doc, path))
+        source = path
+    merged.update(_from_env(environ))
+    for name, value in (overrides or {}).items():
+        merged[name] = (value, f"flag for {name}")
+    values = {name: _convert(name, value, origin) for name, (value, origin) in merged.items()}
+    return _settings(values, source)
+
+
+def _settings(v: dict[str, Any], source: str) -> Settings:
+    d = Settings()
+    listen = Listener(v.get("service.address", d.listen.host), v.get("service.port", d.listen.port))
+    admin: Listener | None = Listener(
+        v.get("admin.address", "127.0.0.1"), v.get("admin.port", 8081)
+    )
+    if not v.get("admin.enabled", True):
+        admin = None
+    metrics = None
+    if v.get("status.enabled", "status.port" in v or "status.address" in v):
+        metrics = Listener(v.get("status.address", "127.0.0.1"), v.get("status.port", 2222))
+    backend = v.get("storage.backend", "")
+    if not backend and v.get("etcd3.endpoints"):
+        # airlock's [etcd3] section selects etcd in airlock's own keyspace.
+        hosts = ",".join(e.split("://", 1)[-1] for e in v["etcd3.endpoints"])
+        backend = f"etcd://{hosts}?layout=airlock"
+    timeout = v.get("storage.timeout_s", d.timeout)
+    if "etcd3.transaction_timeout_ms" in v and "storage.timeout_s" not in v:
+        timeout = v["etcd3.transaction_timeout_ms"] / 1000
+    groups = dict(v.get("lock.groups", {}))
+    default_name = v.get("lock.default_group_name", "default")
+    default_slots = v.get("lock.default_slots", 1)
+    groups.setdefault(default_name, default_slots)
+    settings = Settings(
+        listen=listen,
+        backend=backend,
+        state_dir=v.get("storage.state_dir", ""),
+        default_group_name=default_name,
+        default_slots=default_slots,
+        groups=groups,
+        strict_groups=v.get("lock.strict_groups", False),
+        timeout=timeout,
+        max_body_bytes=v.get("service.max_body_bytes", d.max_body_bytes),
+        log_format=v.get("log.format", d.log_format),
+        log_level=v.get("log.level", d.log_level),
+        admin_listen=admin,
+        admin_token_file=v.get("admin.token_file", ""),
+        metrics_listen=metrics,
+        shutdown_timeout=v.get("shutdown.timeout_s", d.shutdown_timeout),
+        source=source,
+    )
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    """Cross-key checks that a single value's type cannot express."""
+    from backends import InvalidBackendURL, open_backend
+
+    try:
+        open_backend(s.backend_url)
+    except InvalidBackendURL as exc:
+        raise ConfigError(f"storage.backend: {exc}") from None
+    if s.admin_token_file and not os.path.isfile(os.path.expanduser(s.admin_token_file)):
+        raise ConfigError(f"admin.token_file: {s.admin_token_file} is not a readable file")
+    taken = {str(s.listen): "service.address/port"}
+    for name, listener in (
+        ("admin.address/port", s.admin_listen),
+        ("status.address/port", s.metrics_listen),
+    ):
+        if listener is not None and listener.port != 0 and str(listener) in taken:
+            raise ConfigError(f"{name}: {listener} is already used by {taken[str(listener)]}")
+        if listener is not None:
+            taken[str(listener)] = name

@@ -1,0 +1,70 @@
+"""Parsing and validating FleetLock requests, exactly as PROTOCOL.md describes them.
+
+Pure functions over headers and body bytes, so the rules can be tested without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from lockd.errors import Kind, LockdError
+
+PROTOCOL_HEADER = "fleet-lock-protocol"
+GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
+MAX_ID_LENGTH = 256
+MAX_GROUP_LENGTH = 256
+#: FleetLock endpoints, reachable as /v1/... and as //v1/... (flatcar's client with a base
+#: URL ending in "/"); ``prefix`` is a tenant prefix, if any.
+PATH_RE = re.compile(r"^(?P<prefix>.*?)/{1,2}v1/(?P<op>pre-reboot|steady-state)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientParams:
+    id: str
+    group: str
+
+
+def check_protocol_header(headers: Mapping[str, str]) -> None:
+    value = headers.get(PROTOCOL_HEADER)
+    if value is None:
+        raise LockdError(Kind.missing_protocol_header, "missing 'fleet-lock-protocol: true' header")
+    if value.strip().lower() != "true":
+        raise LockdError(
+            Kind.missing_protocol_header, "header 'fleet-lock-protocol' must be 'true'"
+        )
+
+
+def parse_body(body: bytes) -> ClientParams:
+    """``{"client_params": {"id": ..., "group": ...}}`` -> ClientParams, or a 400."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON, bad encodings and over-long integers.
+        raise LockdError(Kind.invalid_body, "request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise LockdError(Kind.invalid_body, "request body must be a JSON object")
+    params = doc.get("client_params")
+    if not isinstance(params, dict):
+        raise LockdError(Kind.invalid_body, "request body has no 'client_params' object")
+    id_, group = params.get("id"), params.get("group")
+    if not isinstance(id_, str) or not id_:
+        raise LockdError(
+            Kind.invalid_client_identity, "client_params.id must be a non-empty string"
+        )
+    if len(id_) > MAX_ID_LENGTH or not id_.isprintable():
+        raise LockdError(
+            Kind.invalid_client_identity,
+            f"client_params.id must be printable and at most {MAX_ID_LENGTH} characters",
+        )
+    if not isinstance(group, str) or not group:
+        raise LockdError(Kind.invalid_group, "client_params.group must be a non-empty string")
+    if len(group) > MAX_GROUP_LENGTH or not GROUP_RE.match(group):
+        raise LockdError(
+            Kind.invalid_group,
+            "client_params.group must match ^[a-zA-Z0-9.-]+$ "
+            f"(at most {MAX_GROUP_LENGTH} characters)",
+        )
+    return ClientParams(id=id_, group=group)

@@ -1,0 +1,106 @@
+"""Running lockd: listeners, signals (SIGTERM/SIGINT stop, SIGHUP reload), start-up report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from aiohttp import web
+
+from lockd.app import SERVICE, create_app
+from lockd.config import ConfigError, Settings
+
+log = logging.getLogger("lockd.server")
+
+#: Builders of extra listeners (admin API, metrics) given the main app; see lockd.admin.
+ExtraApp = Callable[[Settings, web.Application], list[tuple[str, web.Application, str, int]]]
+extra_apps: list[ExtraApp] = []
+
+
+async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    app = create_app(settings)
+    runners: list[web.AppRunner] = []
+    main = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout, access_log=None
+    )
+    await main.setup()  # opens the backend (cleanup_ctx)
+    runners.append(main)
+    try:
+        service = app[SERVICE]
+        await _start(main, settings.listen.host, settings.listen.port, "FleetLock", settings)
+        for builder in extra_apps:
+            for name, extra, host, port in builder(settings, app):
+                runner = web.AppRunner(
+                    extra,
+                    handle_signals=False,
+                    access_log=None,
+                    shutdown_timeout=settings.shutdown_timeout,
+                )
+                await runner.setup()
+                runners.append(runner)
+                await _start(runner, host, port, name, settings)
+        log.info("backend: %s", service.backend.describe())
+        try:
+            await service.ready()
+        except Exception as exc:  # serve anyway: /readyz and 503s tell the truth
+            log.warning("backend not reachable yet: %s", exc)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app))
+        await stop.wait()
+        log.info("stopping: no new connections, finishing requests in flight")
+    finally:
+        # Extra listeners first, then the FleetLock listener, which closes the backend.
+        for runner in reversed(runners):
+            await runner.cleanup()
+    log.info("stopped")
+
+
+async def _start(runner: web.AppRunner, host: str, port: int, name: str, s: Settings) -> None:
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
+        addr = sock.getsockname()
+        shown = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+        # stdout, so `make run` and scripts see where it listens whatever the log format.
+        print(f"lockd: {name} listening on http://{shown}/", flush=True)
+
+
+def _reloader(reload: Callable[[], Settings], app: web.Application) -> Callable[[], None]:
+    def on_sighup() -> None:
+        try:
+            settings = reload()
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        app[SERVICE].reconfigure(settings.group_settings())
+        log.info(
+            "configuration reloaded from %s: default_slots=%d groups=%s",
+            settings.source,
+            settings.default_slots,
+            dict(settings.groups),
+        )
+
+    return on_sighup
+
+
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    try:
+        import uvloop  # optional speed-up
+
+        runner: Callable[..., None] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(serve(settings, reload))
+    except OSError as exc:
+        print(f"lockd: cannot listen: {exc} (check service.address/service.port)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,291 @@
+"""LockService: group settings, one compare-and-set retry loop, and the decisions it logs.
+
+Every change to a group goes through :meth:`LockService.update`: read the group's value and
+version, apply a pure transition from :mod:`lockd.semaphore`, and write it back with the
+store's compare-and-set. A lost race re-reads and retries (bounded, with jittered backoff).
+Safety comes only from the store's compare-and-set; the per-group ``asyncio.Lock`` merely
+keeps requests of one process from racing each other for nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.base import Backend, BackendUnavailable
+from backends.layouts.base import LayoutError
+from lockd import semaphore
+from lockd.errors import Kind, LockdError
+from lockd.semaphore import Outcome, Semaphore
+
+log = logging.getLogger("lockd.service")
+
+Transition = Callable[[Semaphore], tuple[Semaphore, Outcome]]
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """How many slots each group has, from configuration."""
+
+    default_slots: int = 1
+    slots: Mapping[str, int] = field(default_factory=dict)
+    strict: bool = False
+
+    def slots_for(self, group: str) -> int | None:
+        """Configured slots for ``group``; None if the group is unknown under strict_groups."""
+        if group in self.slots:
+            return self.slots[group]
+        return None if self.strict else self.default_slots
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to one request; logged and counted by observers."""
+
+    action: str
+    group: str
+    id: str | None
+    outcome: Outcome | None
+    error: Kind | None
+    attempts: int
+    seconds: float
+    semaphore: Semaphore | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+Observer = Callable[[Decision], None]
+
+
+class LockService:
+    def __init__(
+        self,
+        backend: Backend,
+        groups: GroupSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = 20,
+        timeout: float = 10.0,
+        backoff_base: float = 0.002,
+        backoff_cap: float = 0.1,
+    ) -> None:
+        self.backend = backend
+        self.groups = groups
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.observers: list[Observer] = []
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def reconfigure(self, groups: GroupSettings) -> None:
+        """Adopt new group settings (SIGHUP); each group applies them at its next access."""
+        self.groups = groups
+
+    # FleetLock operations
+
+    async def pre_reboot(self, group: str, id: str) -> Outcome:
+        now = self.clock()
+        _, outcome = await self._decide(
+            "pre-reboot", group, id, lambda s: semaphore.lock(s, id, now)
+        )
+        return outcome
+
+    async def steady_state(self, group: str, id: str) -> Outcome:
+        _, outcome = await self._decide(
+            "steady-state", group, id, lambda s: semaphore.unlock(s, id)
+        )
+        return outcome
+
+    # Operator actions
+
+    async def force_unlock(self, group: str, id: str, *, actor: str = "admin") -> Outcome:
+        _, outcome = await self._decide(
+            "force-unlock", group, id, lambda s: semaphore.force_unlock(s, id), actor=actor
+        )
+        return outcome
+
+    async def set_slots(self, group: str, slots: int, *, actor: str = "admin") -> Semaphore:
+        sem, _ = await self._decide(
+            "set-slots",
+            group,
+            None,
+            lambda s: semaphore.set_slots(s, slots),
+            actor=actor,
+            slots=slots,
+        )
+        return sem
+
+    async def set_paused(self, group: str, paused: bool, *, actor: str = "admin") -> Semaphore:
+        action = "pause" if paused else "resume"
+        sem, _ = await self._decide(
+            action, group, None, lambda s: semaphore.set_paused(s, paused), actor=actor
+        )
+        return sem
+
+    async def read(self, group: str) -> Semaphore | None:
+        """The group's stored semaphore (config applied), or None if it was never used."""
+        self._configured_slots(group)
+        try:
+            async with asyncio.timeout(self.timeout):
+                raw, _ = await self.backend.get(self.backend.layout.key(group))
+        except (BackendUnavailable, TimeoutError) as exc:
+            raise _unavailable(exc) from exc
+        if raw is None:
+            return None
+        return self._current(group, raw)
+
+    async def list_groups(self) -> list[str]:
+        """Every group that has a stored semaphore."""
+        layout = self.backend.layout
+        try:
+            async with asyncio.timeout(self.timeout):
+                keys = await self.backend.scan(layout.group_prefix())
+        except (BackendUnavailable, TimeoutError) as exc:
+            raise _unavailable(exc) from exc
+        return sorted(g for g in map(layout.group_of, keys) if g is not None)
+
+    async def ready(self) -> None:
+        """Raise LockdError(backend_unavailable) unless the store answers."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.backend.ping()
+        except (BackendUnavailable, TimeoutError) as exc:
+            raise _unavailable(exc) from exc
+
+    # The one retry loop
+
+    async def update(self, group: str, transition: Transition) -> tuple[Semaphore, Outcome, int]:
+        """Apply ``transition`` to ``group`` atomically; return (state, outcome, attempts).
+
+        Writes only when the transition (or a configuration change) changed something.
+        """
+        slots = self._configured_slots(group)
+        layout = self.backend.layout
+        key = layout.key(group)
+        with self._group_lock(group) as lock:
+            async with lock:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        return await self._cas_loop(group, key, slots, transition)
+                except (BackendUnavailable, TimeoutError) as exc:
+                    raise _unavailable(exc) from exc
+
+    async def _cas_loop(
+        self, group: str, key: str, slots: int, transition: Transition
+    ) -> tuple[Semaphore, Outcome, int]:
+        layout = self.backend.layout
+        for attempt in range(1, self.max_attempts + 1):
+            raw, version = await self.backend.get(key)
+            if raw is None:
+                current = stored = Semaphore.new(slots)
+            else:
+                stored = self._decode(group, raw)
+                current = (
+                    stored if layout.store_owns_slots else semaphore.apply_config(stored, slots)
+                )
+            new, outcome = transition(current)
+            if new == stored:
+                # Nothing changed (or nothing to create): a read writes nothing.
+                return new, outcome, attempt
+            if await self.backend.compare_and_set(key, layout.encode(new, raw), version):
+                return new, outcome, attempt
+            # Lost the race to another writer: back off with full jitter and re-read.
+            delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
+            await asyncio.sleep(random.uniform(0, delay))
+        raise LockdError(
+            Kind.backend_contention,
+            f"group {group!r} changed under {self.max_attempts} attempts in a row; try again",
+        )
+
+    async def _decide(
+        self, action: str, group: str, id: str | None, transition: Transition, **extra: Any
+    ) -> tuple[Semaphore, Outcome]:
+        started = time.perf_counter()
+        attempts = 0
+        try:
+            sem, outcome, attempts = await self.update(group, transition)
+        except LockdError as exc:
+            self._emit(
+                Decision(
+                    action,
+                    group,
+                    id,
+                    None,
+                    exc.kind,
+                    attempts,
+                    time.perf_counter() - started,
+                    None,
+                    extra,
+                )
+            )
+            raise
+        self._emit(
+            Decision(
+                action,
+                group,
+                id,
+                outcome,
+                None,
+                attempts,
+                time.perf_counter() - started,
+                sem,
+                extra,
+            )
+        )
+        return sem, outcome
+
+    def _emit(self, decision: Decision) -> None:
+        for observer in self.observers:
+            try:
+                observer(decision)
+            except Exception:  # an observer must never turn a decision into an error
+                log.exception("observer failed")
+
+    def _configured_slots(self, group: str) -> int:
+        slots = self.groups.slots_for(group)
+        if slots is None:
+            raise LockdError(Kind.unknown_group, f"group {group!r} is not configured")
+        return slots
+
+    def _current(self, group: str, raw: bytes) -> Semaphore:
+        stored = self._decode(group, raw)
+        if self.backend.layout.store_owns_slots:
+            return stored
+        slots = self.groups.slots_for(group)
+        return stored if slots is None else semaphore.apply_config(stored, slots)
+
+    def _decode(self, group: str, raw: bytes) -> Semaphore:
+        try:
+            return self.backend.layout.decode(raw)
+        except LayoutError as exc:
+            log.error("group %r: stored value cannot be decoded: %s", group, exc)
+            raise LockdError(
+                Kind.backend_invalid_data, f"the stored semaphore of group {group!r} is unreadable"
+            ) from exc
+
+    @contextmanager
+    def _group_lock(self, group: str) -> Iterator[asyncio.Lock]:
+        # Reference-counted so the table holds only groups with requests in flight.
+        lock, users = self._locks.get(group) or (asyncio.Lock(), 0)
+        self._locks[group] = (lock, users + 1)
+        try:
+            yield lock
+        finally:
+            lock, users = self._locks[group]
+            if users == 1:
+                del self._locks[group]
+            else:
+                self._locks[group] = (lock, users - 1)
+
+
+def _unavailable(exc: BaseException) -> LockdError:
+    detail = str(exc) or "timed out"
+    log.warning("backend unavailable: %s", detail)
+    return LockdError(Kind.backend_unavailable, "the lock store cannot be reached; try again later")
