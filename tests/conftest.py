@@ -14,7 +14,7 @@ from backends import Backend, open_backend
 # The Redis and etcd fixtures live in their own modules, registered below.
 BACKENDS = ["memory", "sqlite"]
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.servers"]
 
 
 @pytest.fixture
