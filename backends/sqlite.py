@@ -95,6 +95,13 @@ class SqliteBackend(Backend):
             )
         return cur.rowcount == 1
 
+    def _ping(self) -> None:
+        # Ready means writable: take the write lock for an instant (another process
+        # holding it past the busy timeout makes this fail, as a grant would).
+        assert self._conn is not None
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("ROLLBACK")
+
     def _delete(self, key: str, expected: Version) -> bool:
         assert self._conn is not None
         cur = self._conn.execute("DELETE FROM kv WHERE key = ? AND version = ?", (key, expected))
@@ -118,6 +125,9 @@ class SqliteBackend(Backend):
 
     async def scan(self, prefix: str) -> list[str]:
         return await self._run(self._scan, prefix)
+
+    async def ping(self) -> None:
+        await self._run(self._ping)
 
     async def close(self) -> None:
         if self._executor is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from aiohttp import web
 
 from lockd.app import SERVICE, create_app
 from lockd.config import ConfigError, Settings
+from lockd.errors import LockdError
+from lockd.service import LockService
 
 log = logging.getLogger("lockd.server")
 
@@ -42,11 +45,13 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
                 await runner.setup()
                 runners.append(runner)
                 await _start(runner, host, port, name, settings)
-        log.info("backend: %s", service.backend.describe())
+        print(f"lockd: serving (pid {os.getpid()}), backend {service.backend.describe()}",
+              flush=True)
         try:
             await service.ready()
-        except Exception as exc:  # serve anyway: /readyz and 503s tell the truth
-            log.warning("backend not reachable yet: %s", exc)
+            await service.apply_configuration()
+        except LockdError as exc:  # serve anyway: /readyz and 503s tell the truth
+            log.warning("backend not reachable yet: %s", exc.value)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -80,7 +85,11 @@ def _reloader(reload: Callable[[], Settings], app: web.Application) -> Callable[
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
-        app[SERVICE].reconfigure(settings.group_settings())
+        service = app[SERVICE]
+        service.reconfigure(settings.group_settings())
+        task = asyncio.get_running_loop().create_task(_apply(service))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
         log.info(
             "configuration reloaded from %s: default_slots=%d groups=%s",
             settings.source,
@@ -89,6 +98,17 @@ def _reloader(reload: Callable[[], Settings], app: web.Application) -> Callable[
         )
 
     return on_sighup
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _apply(service: LockService) -> None:
+    try:
+        await service.apply_configuration()
+    except LockdError as exc:
+        log.warning("reloaded slots not yet written (%s); groups apply them at next use",
+                    exc.value)
 
 
 def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:

@@ -85,8 +85,21 @@ class LockService:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def reconfigure(self, groups: GroupSettings) -> None:
-        """Adopt new group settings (SIGHUP); each group applies them at its next access."""
+        """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
         self.groups = groups
+
+    async def apply_configuration(self) -> None:
+        """Write the configured slots of every listed group whose stored value is older.
+
+        Called at start-up and after a reload, so that a change of configuration reaches
+        the store even if nobody uses the group before the next change. Groups that only
+        take ``default_slots`` get it at their next access. A group that does not exist
+        yet is not created.
+        """
+        if self.backend.layout.store_owns_slots:
+            return
+        for group in sorted(self.groups.slots):
+            await self.update(group, _unchanged)
 
     # FleetLock operations
 
@@ -283,6 +296,10 @@ class LockService:
                 del self._locks[group]
             else:
                 self._locks[group] = (lock, users - 1)
+
+
+def _unchanged(sem: Semaphore) -> tuple[Semaphore, Outcome]:
+    return sem, Outcome.UNCHANGED
 
 
 def _unavailable(exc: BaseException) -> LockdError:

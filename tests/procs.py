@@ -130,7 +130,7 @@ class Lockd:
         while time.monotonic() < deadline:
             out = self.proc.output()
             self.urls = {m["name"]: m["url"] for m in LISTEN_RE.finditer(out)}
-            if "FleetLock" in self.urls and ("--no-admin" in self.args or len(self.urls) > 1):
+            if "lockd: serving (pid" in out:
                 return self
             if self.proc.proc is not None and self.proc.proc.poll() is not None:
                 raise RuntimeError(f"lockd exited early:\n{out}")
