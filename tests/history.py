@@ -45,8 +45,10 @@ def max_overlap(holds: Sequence[Hold]) -> dict[str, tuple[int, float, tuple[str,
     result = {}
     for group, items in by_group.items():
         # Ends sort before starts at the same instant: [a, t] and [t, b] do not overlap.
-        events = sorted([(h.start, 1, h) for h in items] + [(h.end, 0, h) for h in items],
-                        key=lambda e: (e[0], e[1]))
+        events = sorted(
+            [(h.start, 1, h) for h in items] + [(h.end, 0, h) for h in items],
+            key=lambda e: (e[0], e[1]),
+        )
         open_: dict[str, Hold] = {}
         best: tuple[int, float, tuple[str, ...]] = (0, 0.0, ())
         for t, kind, h in events:

@@ -57,8 +57,13 @@ def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | Non
 class Proc:
     """A child process whose output goes to a log file; stopped by PID."""
 
-    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
@@ -68,8 +73,14 @@ class Proc:
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=self.env, cwd=self.cwd, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
         return self
 
     @property
@@ -110,8 +121,9 @@ LISTEN_RE = re.compile(r"lockd: (?P<name>[\w ]+) listening on (?P<url>http://\S+
 class Lockd:
     """``lockd serve`` as a subprocess on free ports; ``url`` is its FleetLock base URL."""
 
-    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None,
-                 name: str = "lockd") -> None:
+    def __init__(
+        self, tmp: Path, *args: str, env: dict[str, str] | None = None, name: str = "lockd"
+    ) -> None:
         self.tmp = tmp
         self.args = list(args)
         self.extra_env = env or {}
@@ -121,8 +133,17 @@ class Lockd:
 
     def start(self, timeout: float = 20.0) -> Lockd:
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "lockd", "serve", "--listen", "127.0.0.1:0",
-                "--admin-listen", "127.0.0.1:0", *self.args]
+        argv = [
+            sys.executable,
+            "-m",
+            "lockd",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            *self.args,
+        ]
         log = self.tmp / f"{self.name}.log"
         log.unlink(missing_ok=True)
         self.proc = Proc(argv, log, env=env, cwd=REPO).start()

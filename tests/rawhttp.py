@@ -18,8 +18,9 @@ class RawResponse:
         return json.loads(self.body)
 
 
-async def request(host: str, port: int, method: str, path: str,
-                  headers: dict[str, str], body: bytes) -> RawResponse:
+async def request(
+    host: str, port: int, method: str, path: str, headers: dict[str, str], body: bytes
+) -> RawResponse:
     """One HTTP/1.1 request on a fresh connection, with only Host and Content-Length added."""
     reader, writer = await asyncio.open_connection(host, port)
     try:

@@ -33,10 +33,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
-                "--dir", str(self.workdir), "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "always", "--protected-mode", "no"]
+        argv = [
+            self.binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "no",
+        ]
         self.proc = Proc(argv, self.workdir / "redis.log").start()
         wait_for_port(self.port, proc=self.proc.proc)
         return self
@@ -54,8 +67,14 @@ class RedisServer:
 class EtcdServer:
     """One etcd member (v2 API enabled), or a member of a loopback cluster."""
 
-    def __init__(self, workdir: Path, name: str = "m0", *, client_port: int | None = None,
-                 peer_port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str = "m0",
+        *,
+        client_port: int | None = None,
+        peer_port: int | None = None,
+    ) -> None:
         self.binary = require_binary("etcd", "etcd-server")
         self.workdir = workdir
         self.name = name
@@ -76,16 +95,30 @@ class EtcdServer:
 
     def start(self, wait: bool = True) -> EtcdServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = [self.binary, "--name", self.name,
-                "--data-dir", str(self.workdir / f"{self.name}.etcd"),
-                "--listen-client-urls", f"http://127.0.0.1:{self.client_port}",
-                "--advertise-client-urls", f"http://127.0.0.1:{self.client_port}",
-                "--listen-peer-urls", self.peer_url,
-                "--initial-advertise-peer-urls", self.peer_url,
-                "--initial-cluster", self.initial_cluster,
-                "--initial-cluster-state", self.cluster_state,
-                "--initial-cluster-token", self.cluster_token,
-                "--enable-v2=true", "--logger=zap", "--log-outputs=stderr"]
+        argv = [
+            self.binary,
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.workdir / f"{self.name}.etcd"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{self.client_port}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{self.client_port}",
+            "--listen-peer-urls",
+            self.peer_url,
+            "--initial-advertise-peer-urls",
+            self.peer_url,
+            "--initial-cluster",
+            self.initial_cluster,
+            "--initial-cluster-state",
+            self.cluster_state,
+            "--initial-cluster-token",
+            self.cluster_token,
+            "--enable-v2=true",
+            "--logger=zap",
+            "--log-outputs=stderr",
+        ]
         self.proc = Proc(argv, self.workdir / f"{self.name}.log").start()
         if wait:
             self.wait_healthy()
@@ -97,9 +130,7 @@ class EtcdServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(
-                    f"http://{self.endpoint}/health", timeout=2
-                ) as resp:
+                with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=2) as resp:
                     if json.load(resp).get("health") == "true":
                         return
             except OSError:

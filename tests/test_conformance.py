@@ -23,8 +23,14 @@ async def test_conformance(case: dict[str, Any], backend_url: str, aiohttp_serve
     server = await aiohttp_server(create_app(settings))
     for n, step in enumerate(case["steps"]):
         req, expect = step["request"], step["expect"]
-        resp = await request(server.host, server.port, req["method"], req["path"],
-                             req["headers"], req["body"].encode())
+        resp = await request(
+            server.host,
+            server.port,
+            req["method"],
+            req["path"],
+            req["headers"],
+            req["body"].encode(),
+        )
         where = f"step {n}: {req['method']} {req['path']}"
         assert resp.status == expect["status"], f"{where}: {resp.status} {resp.body!r}"
         if resp.status != 200:

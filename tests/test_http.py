@@ -32,8 +32,9 @@ async def server(aiohttp_server, tmp_path: Path):  # type: ignore[no-untyped-def
 
 
 async def post(server, path: str, data: bytes, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return await request(server.host, server.port, "POST", path, H if headers is None else headers,
-                         data)
+    return await request(
+        server.host, server.port, "POST", path, H if headers is None else headers, data
+    )
 
 
 def assert_error(resp, status: int, kind: str) -> None:  # type: ignore[no-untyped-def]
@@ -56,7 +57,13 @@ async def test_wrong_method_is_405_json(server) -> None:  # type: ignore[no-unty
 
 
 async def test_unknown_path_is_404_json(server) -> None:  # type: ignore[no-untyped-def]
-    for path in ("/v2/pre-reboot", "/v1/pre-reboot/", "/", "/x/v1/pre-reboot", "///v1/steady-state"):
+    for path in (
+        "/v2/pre-reboot",
+        "/v1/pre-reboot/",
+        "/",
+        "/x/v1/pre-reboot",
+        "///v1/steady-state",
+    ):
         assert_error(await post(server, path, body()), 404, "not_found")
 
 
@@ -68,8 +75,10 @@ async def test_body_over_4k_is_413(server) -> None:  # type: ignore[no-untyped-d
     import asyncio
 
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(b"POST /v1/pre-reboot HTTP/1.1\r\nHost: x\r\nfleet-lock-protocol: true\r\n"
-                 b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunk)
+    writer.write(
+        b"POST /v1/pre-reboot HTTP/1.1\r\nHost: x\r\nfleet-lock-protocol: true\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunk
+    )
     raw = await reader.read()
     writer.close()
     assert raw.startswith(b"HTTP/1.1 413") and b"body_too_large" in raw
@@ -81,8 +90,10 @@ async def test_body_over_4k_is_413(server) -> None:  # type: ignore[no-untyped-d
         (b"", "invalid_body"),
         (b"\xff\xfe\x00", "invalid_body"),
         (b"[" * 2000 + b"]" * 2000, "invalid_body"),
-        (b'{"client_params": {"id": ' + b"9" * 3000 + b', "group": "default"}}',
-         "invalid_client_identity"),
+        (
+            b'{"client_params": {"id": ' + b"9" * 3000 + b', "group": "default"}}',
+            "invalid_client_identity",
+        ),
         (b'{"client_params": null}', "invalid_body"),
         (b'{"client_params": {"group": "default"}}', "invalid_client_identity"),
         (body(id_=None), "invalid_client_identity"),
@@ -103,8 +114,11 @@ async def test_full_and_strict_groups(aiohttp_server) -> None:  # type: ignore[n
     settings = Settings(backend="memory://", groups={"workers": 1}, strict_groups=True)
     server = await aiohttp_server(create_app(settings))
     assert (await post(server, "/v1/pre-reboot", body("a", "workers"))).status == 200
-    assert_error(await post(server, "/v1/pre-reboot", body("b", "workers")), 423,
-                 "failed_lock_semaphore_full")
+    assert_error(
+        await post(server, "/v1/pre-reboot", body("b", "workers")),
+        423,
+        "failed_lock_semaphore_full",
+    )
     assert_error(await post(server, "/v1/pre-reboot", body("a", "other")), 404, "unknown_group")
     assert_error(await post(server, "/v1/steady-state", body("a", "other")), 404, "unknown_group")
 
@@ -115,8 +129,9 @@ async def test_paused_group_refuses_new_holders(server) -> None:  # type: ignore
     assert (await post(server, "/v1/pre-reboot", body("a", "workers"))).status == 200
     await server.app[SERVICE].set_paused("workers", True)
     assert (await post(server, "/v1/pre-reboot", body("a", "workers"))).status == 200
-    assert_error(await post(server, "/v1/pre-reboot", body("b", "workers")), 423,
-                 "failed_lock_group_paused")
+    assert_error(
+        await post(server, "/v1/pre-reboot", body("b", "workers")), 423, "failed_lock_group_paused"
+    )
 
 
 async def test_healthz_and_readyz(server) -> None:  # type: ignore[no-untyped-def]
@@ -134,8 +149,7 @@ async def test_locked_store_gives_503_and_loses_nothing(aiohttp_server, tmp_path
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
-        assert_error(await post(server, "/v1/steady-state", body("a")), 503,
-                     "backend_unavailable")
+        assert_error(await post(server, "/v1/steady-state", body("a")), 503, "backend_unavailable")
         resp = await request(server.host, server.port, "GET", "/readyz", {}, b"")
         assert_error(resp, 503, "backend_unavailable")
     finally:
@@ -151,34 +165,55 @@ async def test_locked_store_gives_503_and_loses_nothing(aiohttp_server, tmp_path
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 client_params = st.fixed_dictionaries(
     {},
-    optional={"id": json_values | st.sampled_from(["a", "b", "e0f3745b108f471cbd4883c6fbed8cdd"]),
-              "group": json_values | st.sampled_from(["default", "workers", "a.b-c", "bad group"])},
+    optional={
+        "id": json_values | st.sampled_from(["a", "b", "e0f3745b108f471cbd4883c6fbed8cdd"]),
+        "group": json_values | st.sampled_from(["default", "workers", "a.b-c", "bad group"]),
+    },
 )
 bodies = st.one_of(
     st.binary(max_size=600),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.builds(lambda p: json.dumps({"client_params": p}).encode(), client_params),
     st.integers(min_value=1, max_value=20000).map(lambda n: b"[" * n + b"]" * n),
-    st.integers(min_value=10, max_value=6000).map(lambda n: b'{"client_params":{"id":' +
-                                                  b"7" * n + b'}}'),
+    st.integers(min_value=10, max_value=6000).map(
+        lambda n: b'{"client_params":{"id":' + b"7" * n + b"}}"
+    ),
 )
-header_values = st.text(
-    st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20
-)
+header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
 headers = st.dictionaries(
-    st.sampled_from(["fleet-lock-protocol", "Fleet-Lock-Protocol", "content-type", "accept",
-                     "x-junk", "authorization"]),
+    st.sampled_from(
+        [
+            "fleet-lock-protocol",
+            "Fleet-Lock-Protocol",
+            "content-type",
+            "accept",
+            "x-junk",
+            "authorization",
+        ]
+    ),
     st.just("true") | header_values,
     max_size=4,
 )
-paths = st.sampled_from(["/v1/pre-reboot", "//v1/pre-reboot", "/v1/steady-state",
-                         "//v1/steady-state", "/v1/x", "/", "/healthz", "/%00", "/v1/../v1/pre-reboot"])
+paths = st.sampled_from(
+    [
+        "/v1/pre-reboot",
+        "//v1/pre-reboot",
+        "/v1/steady-state",
+        "//v1/steady-state",
+        "/v1/x",
+        "/",
+        "/healthz",
+        "/%00",
+        "/v1/../v1/pre-reboot",
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +232,12 @@ def snapshot(server: ThreadedLockd) -> dict[str, Any]:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT"]), path=paths,
-       headers=headers, data=bodies)
+@given(
+    method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT"]),
+    path=paths,
+    headers=headers,
+    data=bodies,
+)
 def test_fuzz_never_5xx_and_refusals_change_nothing(
     fuzz_server: ThreadedLockd, method: str, path: str, headers: dict[str, str], data: bytes
 ) -> None:

@@ -17,8 +17,9 @@ from tests.procs import Lockd
 async def test_200_clients_3_slots_over_http(aiohttp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     settings = Settings(backend=f"sqlite://{tmp_path / 'l.db'}", groups={"storm": 3})
     server = await aiohttp_server(create_app(settings))
-    report = await storm([str(server.make_url("/"))], {"storm": 3}, clients=200, rounds=1,
-                         hold=(0.0, 0.005))
+    report = await storm(
+        [str(server.make_url("/"))], {"storm": 3}, clients=200, rounds=1, hold=(0.0, 0.005)
+    )
     assert report.grants == 200 and len(report.holds) == 200
     assert violations(report.holds, {"storm": 3}) == []
     assert report.statuses[500] == 0 and report.statuses[0] == 0
@@ -30,11 +31,14 @@ async def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
     slots = {"a": 1, "b": 2, "c": 3}
     flags = [f"--group={g}={n}" for g, n in slots.items()]
-    replicas = [Lockd(tmp_path, "--backend", f"sqlite://{db}", *flags, name=f"r{i}").start()
-                for i in range(2)]
+    replicas = [
+        Lockd(tmp_path, "--backend", f"sqlite://{db}", *flags, name=f"r{i}").start()
+        for i in range(2)
+    ]
     try:
-        report = await storm([r.url for r in replicas], slots, clients=60, rounds=3,
-                             hold=(0.0, 0.01), seed=2)
+        report = await storm(
+            [r.url for r in replicas], slots, clients=60, rounds=3, hold=(0.0, 0.01), seed=2
+        )
     finally:
         codes = [r.stop() for r in replicas]
     assert report.grants == 180
@@ -45,8 +49,9 @@ async def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
 
 def fleetlock(url: str, op: str, id_: str, group: str = "default") -> tuple[int, dict]:
     data = json.dumps({"client_params": {"id": id_, "group": group}}).encode()
-    req = urllib.request.Request(f"{url}/v1/{op}", data=data, method="POST",
-                                 headers={"fleet-lock-protocol": "true"})
+    req = urllib.request.Request(
+        f"{url}/v1/{op}", data=data, method="POST", headers={"fleet-lock-protocol": "true"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.load(resp)

@@ -207,7 +207,6 @@ class SemaphoreMachine(RuleBasedStateMachine):
                 assert all(h.grant_id < sem.next_grant_id for h in sem.holders)
 
 
-
 TestSemaphoreModel = SemaphoreMachine.TestCase
 TestSemaphoreModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 
