@@ -1,0 +1,125 @@
+"""The service's compare-and-set loop: bounded retries, timeouts, and what it writes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backends.base import Version
+from backends.memory import MemoryBackend
+from lockd.errors import Kind, LockdError
+from lockd.semaphore import Outcome
+from lockd.service import GroupSettings, LockService
+
+
+class RivalWriter(MemoryBackend):
+    """A real memory store where another replica writes the key between every read and
+    swap, for the first ``rival_writes`` reads: the worst interleaving a CAS loop meets."""
+
+    def __init__(self, rival_writes: int) -> None:
+        super().__init__()
+        self.rival_writes = rival_writes
+        self.swaps = 0
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        value, version = await super().get(key)
+        if self.rival_writes > 0 and value is not None:
+            self.rival_writes -= 1
+            await super().compare_and_set(key, value, version)  # same bytes, new version
+        return value, version
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        self.swaps += 1
+        return await super().compare_and_set(key, value, expected)
+
+
+async def seeded(backend: MemoryBackend) -> LockService:
+    service = LockService(backend, GroupSettings(default_slots=2), max_attempts=5,
+                          backoff_base=0.0001)
+    assert await service.pre_reboot("g", "first") is Outcome.GRANTED
+    return service
+
+
+async def test_lost_races_are_retried_until_they_win() -> None:
+    backend = RivalWriter(rival_writes=0)
+    service = await seeded(backend)
+    backend.rival_writes = 3
+    assert await service.pre_reboot("g", "second") is Outcome.GRANTED
+    assert backend.swaps == 1 + 4  # the seed, three lost swaps and the winning one
+    sem = await service.read("g")
+    assert sem is not None and [h.id for h in sem.holders] == ["first", "second"]
+
+
+async def test_retries_are_bounded_and_end_in_503() -> None:
+    backend = RivalWriter(rival_writes=0)
+    service = await seeded(backend)
+    backend.rival_writes = 1000
+    with pytest.raises(LockdError) as err:
+        await service.pre_reboot("g", "second")
+    assert err.value.kind is Kind.backend_contention and err.value.status == 503
+    backend.rival_writes = 0
+    sem = await service.read("g")
+    assert sem is not None and [h.id for h in sem.holders] == ["first"]
+
+
+class HungStore(MemoryBackend):
+    """A store that stops answering (a SIGSTOPped server, a dead network path)."""
+
+    hung = False
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        if self.hung:
+            await asyncio.Event().wait()
+        return await super().get(key)
+
+
+async def test_a_hung_store_gives_503_within_the_timeout() -> None:
+    backend = HungStore()
+    service = LockService(backend, GroupSettings(), timeout=0.2)
+    assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+    backend.hung = True
+    for call in (service.pre_reboot("g", "b"), service.steady_state("g", "a"), service.ready()):
+        with pytest.raises(LockdError) as err:
+            await call
+        assert err.value.kind is Kind.backend_unavailable
+    backend.hung = False
+    assert await service.pre_reboot("g", "b") is Outcome.FULL  # nothing was lost
+
+
+async def test_decisions_reach_observers() -> None:
+    service = LockService(MemoryBackend(), GroupSettings())
+    seen = []
+    service.observers.append(seen.append)
+    service.observers.append(lambda d: 1 / 0)  # a broken observer changes nothing
+    await service.pre_reboot("g", "a")
+    await service.pre_reboot("g", "b")
+    await service.steady_state("g", "a")
+    assert [(d.action, d.id, d.outcome) for d in seen] == [
+        ("pre-reboot", "a", Outcome.GRANTED),
+        ("pre-reboot", "b", Outcome.FULL),
+        ("steady-state", "a", Outcome.RELEASED),
+    ]
+
+
+async def test_strict_groups_refuse_unknown_groups_without_writing() -> None:
+    backend = MemoryBackend()
+    service = LockService(backend, GroupSettings(slots={"w": 1}, strict=True))
+    with pytest.raises(LockdError) as err:
+        await service.pre_reboot("other", "a")
+    assert err.value.kind is Kind.unknown_group
+    assert await backend.scan("") == []
+
+
+async def test_configuration_changes_apply_once_and_set_max_survives() -> None:
+    backend = MemoryBackend()
+    service = LockService(backend, GroupSettings(slots={"w": 1}))
+    await service.pre_reboot("w", "a")
+    await service.set_slots("w", 3)
+    service.reconfigure(GroupSettings(slots={"w": 1}))  # same config: set-max stands
+    await service.apply_configuration()
+    assert (await service.read("w")).slots == 3  # type: ignore[union-attr]
+    service.reconfigure(GroupSettings(slots={"w": 2}))  # config changed: it wins
+    await service.apply_configuration()
+    assert (await service.read("w")).slots == 2  # type: ignore[union-attr]
+    assert await service.list_groups() == ["w"]
