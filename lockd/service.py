@@ -13,8 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +81,9 @@ class LockService:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.observers: list[Observer] = []
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Per group: requests waiting for the next round trip, and the task running them.
+        self._queues: dict[str, list[tuple[Transition, asyncio.Future[Any]]]] = {}
+        self._drainers: dict[str, asyncio.Task[None]] = {}
 
     def reconfigure(self, groups: GroupSettings) -> None:
         """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
@@ -177,23 +178,54 @@ class LockService:
     async def update(self, group: str, transition: Transition) -> tuple[Semaphore, Outcome, int]:
         """Apply ``transition`` to ``group`` atomically; return (state, outcome, attempts).
 
-        Writes only when the transition (or a configuration change) changed something.
+        Requests for one group that arrive while its store round trip is in flight are
+        coalesced: the next round trip applies all of them, in arrival order, to one read
+        and commits them with one compare-and-set. Writes only when something changed.
+        A request that waits longer than ``timeout`` gets 503 and is dropped from the queue
+        if its turn has not come yet.
         """
+        self._configured_slots(group)  # refuse unknown groups before queueing
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Semaphore, Outcome, int]] = loop.create_future()
+        self._queues.setdefault(group, []).append((transition, future))
+        if group not in self._drainers:
+            self._drainers[group] = loop.create_task(self._drain(group))
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError as exc:
+            raise _unavailable(exc) from exc
+
+    async def _drain(self, group: str) -> None:
+        """Run round trips for ``group`` until its queue is empty."""
+        try:
+            while batch := [p for p in self._queues.pop(group, []) if not p[1].done()]:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        results = await self._cas_loop(group, [t for t, _ in batch])
+                except (BackendUnavailable, TimeoutError) as exc:
+                    error: LockdError = _unavailable(exc)
+                    results = None
+                except LockdError as exc:
+                    error, results = exc, None
+                except Exception as exc:  # a bug must fail these requests, not strand them
+                    log.exception("group %r: round trip failed", group)
+                    error, results = exc, None  # type: ignore[assignment]
+                for i, (_, future) in enumerate(batch):
+                    if future.done():
+                        continue
+                    if results is None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(results[i])
+        finally:
+            del self._drainers[group]
+
+    async def _cas_loop(
+        self, group: str, transitions: list[Transition]
+    ) -> list[tuple[Semaphore, Outcome, int]]:
         slots = self._configured_slots(group)
         layout = self.backend.layout
         key = layout.key(group)
-        with self._group_lock(group) as lock:
-            async with lock:
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        return await self._cas_loop(group, key, slots, transition)
-                except (BackendUnavailable, TimeoutError) as exc:
-                    raise _unavailable(exc) from exc
-
-    async def _cas_loop(
-        self, group: str, key: str, slots: int, transition: Transition
-    ) -> tuple[Semaphore, Outcome, int]:
-        layout = self.backend.layout
         for attempt in range(1, self.max_attempts + 1):
             raw, version = await self.backend.get(key)
             if raw is None:
@@ -203,12 +235,15 @@ class LockService:
                 current = (
                     stored if layout.store_owns_slots else semaphore.apply_config(stored, slots)
                 )
-            new, outcome = transition(current)
-            if new == stored:
+            results = []
+            for transition in transitions:
+                current, outcome = transition(current)
+                results.append((current, outcome, attempt))
+            if current == stored:
                 # Nothing changed (or nothing to create): a read writes nothing.
-                return new, outcome, attempt
-            if await self.backend.compare_and_set(key, layout.encode(new, raw), version):
-                return new, outcome, attempt
+                return results
+            if await self.backend.compare_and_set(key, layout.encode(current, raw), version):
+                return results
             # Lost the race to another writer: back off with full jitter and re-read.
             delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
             await asyncio.sleep(random.uniform(0, delay))
@@ -282,20 +317,6 @@ class LockService:
             raise LockdError(
                 Kind.backend_invalid_data, f"the stored semaphore of group {group!r} is unreadable"
             ) from exc
-
-    @contextmanager
-    def _group_lock(self, group: str) -> Iterator[asyncio.Lock]:
-        # Reference-counted so the table holds only groups with requests in flight.
-        lock, users = self._locks.get(group) or (asyncio.Lock(), 0)
-        self._locks[group] = (lock, users + 1)
-        try:
-            yield lock
-        finally:
-            lock, users = self._locks[group]
-            if users == 1:
-                del self._locks[group]
-            else:
-                self._locks[group] = (lock, users - 1)
 
 
 def _unchanged(sem: Semaphore) -> tuple[Semaphore, Outcome]:

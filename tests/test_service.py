@@ -87,6 +87,27 @@ async def test_a_hung_store_gives_503_within_the_timeout() -> None:
     assert await service.pre_reboot("g", "b") is Outcome.FULL  # nothing was lost
 
 
+async def test_concurrent_requests_share_one_round_trip() -> None:
+    backend = RivalWriter(rival_writes=0)
+    reads = 0
+    real_get = backend.get
+
+    async def counting_get(key: str) -> tuple[bytes | None, Version]:
+        nonlocal reads
+        reads += 1
+        return await real_get(key)
+
+    backend.get = counting_get  # type: ignore[method-assign]
+    service = LockService(backend, GroupSettings(default_slots=2))
+    outcomes = await asyncio.gather(*(service.pre_reboot("g", f"n{i}") for i in range(50)))
+    # Arrival order decides: the first two are granted, the rest refused, one write.
+    assert outcomes[:2] == [Outcome.GRANTED] * 2 and set(outcomes[2:]) == {Outcome.FULL}
+    assert (reads, backend.swaps) == (1, 1)
+    relocks = await asyncio.gather(*(service.pre_reboot("g", "n0") for _ in range(50)))
+    assert set(relocks) == {Outcome.ALREADY_HELD}
+    assert (reads, backend.swaps) == (2, 1), "re-locks by the holder must not write"
+
+
 async def test_decisions_reach_observers() -> None:
     service = LockService(MemoryBackend(), GroupSettings())
     seen = []
