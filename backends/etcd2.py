@@ -1,0 +1,247 @@
+"""``etcd2://host:2379[,host2:2379,...]``: the etcd v2 keys API, in locksmith's layout.
+
+This is the store that locksmithd nodes use, so lockd can share one reboot semaphore with
+them while a fleet migrates node by node (see docs/migrating-from-locksmith.md). etcd 3.4 and
+3.5 serve the v2 API only with ``--enable-v2=true``; etcd 3.6 no longer serves it. The v2 and
+v3 stores are separate: a key written through one is invisible to the other.
+
+Wire operations, over one long-lived HTTP session:
+
+- get: ``GET /v2/keys/<key>?quorum=true``; the version is the node's ``modifiedIndex``.
+  ``quorum=true`` makes the read linearizable; without it a member could answer from a
+  stale copy and lockd would tell a node it still holds a slot that was released.
+- create: ``PUT <key>?prevExist=false`` with form field ``value``; errorCode 105 = lost.
+- swap: ``PUT <key>?prevIndex=<index>``; 412 with errorCode 101 (or 100, key gone) = lost.
+- delete: ``DELETE <key>?prevIndex=<index>``.
+- scan: ``GET <dir>?recursive=true&quorum=true``, flattened to leaf keys.
+
+Failover: a connection error, a timeout or a 5xx from one endpoint moves to the next one,
+within the same call. Every write carries a precondition (prevExist or prevIndex), so
+re-sending one whose answer was lost can never apply it twice: at worst it reports a loss,
+and the service's next read shows the write it had made.
+
+URL options: ``root=/path`` puts every key under that directory (tests use it to keep apart
+on one etcd; locksmith itself has no such option, so leave it unset to share with locksmith),
+``timeout_s=3`` bounds each HTTP request to one endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from backends.base import Backend, BackendUnavailable, Version
+from backends.layouts.base import Layout
+from backends.layouts.locksmith import LocksmithLayout
+
+KEYS_PREFIX = "/v2/keys"
+# etcd v2 error codes (etcd/error/error.go).
+KEY_NOT_FOUND = 100
+TEST_FAILED = 101
+NODE_EXIST = 105
+LOST = {KEY_NOT_FOUND, TEST_FAILED, NODE_EXIST}
+
+
+class Etcd2Backend(Backend):
+    scheme = "etcd2"
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        root: str = "",
+        timeout: float = 3.0,
+        layout: Layout | None = None,
+    ) -> None:
+        super().__init__(layout or LocksmithLayout())
+        if not endpoints:
+            raise ValueError("etcd2 needs at least one endpoint")
+        self.endpoints = endpoints
+        self.root = "/" + root.strip("/") if root.strip("/") else ""
+        self.timeout = timeout
+        self._current = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                # The v2 API answers small JSON documents; keep a few connections warm.
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def describe(self) -> str:
+        root = f", root {self.root}" if self.root else ""
+        return f"etcd2://{','.join(self.endpoints)} (etcd v2 keys API, locksmith layout{root})"
+
+    # Paths
+
+    def _path(self, key: str) -> str:
+        """The escaped URL path of a key: a ``%`` in the key travels as ``%25``."""
+        return KEYS_PREFIX + quote(f"{self.root}/{key.lstrip('/')}", safe="/")
+
+    def _strip_root(self, etcd_key: str) -> str | None:
+        head = self.root + "/"
+        if not etcd_key.startswith(head):
+            return None
+        return etcd_key[len(head) :]
+
+    # HTTP with failover
+
+    async def _request(
+        self,
+        method: str,
+        key: str,
+        params: dict[str, str],
+        form: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Send to the current endpoint, moving on after a failure; (status, JSON body)."""
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        path = self._path(key)
+        query = urlencode(params)
+        failures: list[str] = []
+        start = self._current
+        for step in range(len(self.endpoints)):
+            index = (start + step) % len(self.endpoints)
+            endpoint = self.endpoints[index]
+            url = URL(f"http://{endpoint}{path}?{query}", encoded=True)
+            try:
+                async with self._session.request(method, url, data=form) as resp:
+                    status = resp.status
+                    body = await resp.read()
+                if status >= 500:
+                    raise _EndpointFailed(f"HTTP {status}: {body[:200]!r}")
+                try:
+                    doc = json.loads(body)
+                except ValueError as exc:
+                    # etcd 3.4/3.5 without --enable-v2=true (or 3.6+) answers a plain 404.
+                    hint = " (is the v2 API enabled: --enable-v2=true?)" if status == 404 else ""
+                    raise _EndpointFailed(f"HTTP {status}, not JSON{hint}: {body[:120]!r}") from exc
+                if not isinstance(doc, dict):
+                    raise _EndpointFailed(f"HTTP {status}, unexpected body: {body[:200]!r}")
+                # Stay on the endpoint that answered, so later calls start there.
+                self._current = index
+                return status, doc
+            except (aiohttp.ClientError, TimeoutError, _EndpointFailed) as exc:
+                failures.append(f"{endpoint}: {str(exc) or type(exc).__name__}")
+        raise BackendUnavailable("etcd v2 unreachable: " + "; ".join(failures))
+
+    @staticmethod
+    def _fail(status: int, doc: dict[str, Any], what: str) -> BackendUnavailable:
+        # Anything else (not a file, not a dir, root read-only, v2 disabled...) is a store
+        # lockd cannot use as it stands; the operator must look, so say exactly what.
+        return BackendUnavailable(
+            f"etcd v2 {what}: HTTP {status} errorCode {doc.get('errorCode')} "
+            f"{doc.get('message', '')} {doc.get('cause', '')}".rstrip()
+        )
+
+    # The backend contract
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        status, doc = await self._request("GET", key, {"quorum": "true"})
+        if status == 404 and doc.get("errorCode") == KEY_NOT_FOUND:
+            return None, None
+        node = doc.get("node")
+        if status != 200 or not isinstance(node, dict):
+            raise self._fail(status, doc, f"get {key}")
+        if node.get("dir"):
+            raise BackendUnavailable(f"etcd v2 key {key} is a directory, not a semaphore")
+        return str(node.get("value", "")).encode(), int(node["modifiedIndex"])
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        params = {"prevExist": "false"} if expected is None else {"prevIndex": str(expected)}
+        # v2 values are text; every layout writes UTF-8 JSON.
+        status, doc = await self._request("PUT", key, params, {"value": value.decode()})
+        if status in (200, 201):
+            return True
+        if doc.get("errorCode") in LOST:
+            return False
+        raise self._fail(status, doc, f"put {key}")
+
+    async def delete(self, key: str, expected: Version) -> bool:
+        if expected is None:
+            return False
+        status, doc = await self._request("DELETE", key, {"prevIndex": str(expected)})
+        if status == 200:
+            return True
+        if doc.get("errorCode") in LOST:
+            return False
+        raise self._fail(status, doc, f"delete {key}")
+
+    async def scan(self, prefix: str) -> list[str]:
+        # v2 lists directories, not name prefixes: list the directory holding the prefix
+        # and keep the leaves that start with it.
+        directory = prefix.lstrip("/").rpartition("/")[0]
+        status, doc = await self._request("GET", directory, {"recursive": "true", "quorum": "true"})
+        if status == 404 and doc.get("errorCode") == KEY_NOT_FOUND:
+            return []
+        node = doc.get("node")
+        if status != 200 or not isinstance(node, dict):
+            raise self._fail(status, doc, f"list {directory}")
+        keys = []
+        for etcd_key in _leaves(node):
+            key = self._strip_root(etcd_key)
+            if key is not None and key.startswith(prefix.lstrip("/")):
+                keys.append(key)
+        return sorted(keys)
+
+
+class _EndpointFailed(Exception):
+    """This endpoint gave no usable answer; try the next one."""
+
+
+def _leaves(node: dict[str, Any]) -> list[str]:
+    if not node.get("dir"):
+        return [str(node.get("key", ""))]
+    out: list[str] = []
+    for child in node.get("nodes") or ():
+        if isinstance(child, dict):
+            out.extend(_leaves(child))
+    return out
+
+
+def from_url(url: str) -> Etcd2Backend:
+    from backends import InvalidBackendURL
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise InvalidBackendURL(
+            "etcd2 URL carries credentials; etcd v2 authentication is not supported by lockd"
+        )
+    if parts.path not in ("", "/"):
+        raise InvalidBackendURL(
+            f"etcd2 URL {url!r} has a path; write etcd2://host:2379[,host2:2379][?root=/dir]"
+        )
+    endpoints = [e.strip() for e in parts.netloc.split(",") if e.strip()]
+    if not endpoints:
+        raise InvalidBackendURL(f"etcd2 URL {url!r} names no endpoint; write etcd2://host:2379")
+    for e in endpoints:
+        host, sep, port = e.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise InvalidBackendURL(f"etcd2 endpoint {e!r} must be host:port")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    root = query.pop("root", "")
+    raw_timeout = query.pop("timeout_s", "3")
+    try:
+        timeout = float(raw_timeout)
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise InvalidBackendURL(f"etcd2 URL option timeout_s={raw_timeout!r}: must be > 0")
+    layout = query.pop("layout", "locksmith")
+    if layout != "locksmith":
+        raise InvalidBackendURL(f"etcd2 URL option layout={layout!r}: only 'locksmith' exists")
+    if query:
+        raise InvalidBackendURL(f"etcd2 URL has unknown options: {', '.join(sorted(query))}")
+    return Etcd2Backend(endpoints, root=root, timeout=timeout)
