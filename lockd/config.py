@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from lockd.service import GroupSettings
 
@@ -105,12 +106,17 @@ KEYS: dict[str, str] = {
     "etcd3.tls_ca": "str",
     "etcd3.tls_cert": "str",
     "etcd3.tls_key": "str",
+    # airlock's names for the same files (airlock reads them; lockd maps them to tls_*).
+    "etcd3.server_ca_cert_path": "str",
+    "etcd3.client_cert_pub_path": "str",
+    "etcd3.client_cert_key_path": "str",
     "log.format": "logformat",
     "log.level": "loglevel",
     "shutdown.timeout_s": "posfloat",
 }
-# airlock keys that lockd accepts and ignores, so an airlock file loads unchanged.
-IGNORED = {"etcd3.client_cert_pub_path", "etcd3.client_cert_key_path", "etcd3.server_ca_cert_path"}
+# airlock keys that lockd accepts and ignores, so an airlock file loads unchanged (none
+# now: its client certificate paths map onto the etcd:// URL, see _etcd3_url).
+IGNORED: set[str] = set()
 
 
 def _convert(key: str, value: Any, origin: str) -> Any:
@@ -288,9 +294,7 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         metrics = Listener(v.get("status.address", "127.0.0.1"), v.get("status.port", 2222))
     backend = v.get("storage.backend", "")
     if not backend and v.get("etcd3.endpoints"):
-        # airlock's [etcd3] section selects etcd in airlock's own keyspace.
-        hosts = ",".join(e.split("://", 1)[-1] for e in v["etcd3.endpoints"])
-        backend = f"etcd://{hosts}?layout=airlock"
+        backend = _etcd3_url(v)
     timeout = v.get("storage.timeout_s", d.timeout)
     if "etcd3.transaction_timeout_ms" in v and "storage.timeout_s" not in v:
         timeout = v["etcd3.transaction_timeout_ms"] / 1000
@@ -318,6 +322,28 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
     )
     _check(settings)
     return settings
+
+
+def _etcd3_url(v: dict[str, Any]) -> str:
+    """airlock's [etcd3] section as an etcd:// URL in airlock's own keyspace."""
+    endpoints = v["etcd3.endpoints"]
+    hosts = ",".join(e.split("://", 1)[-1].rstrip("/") for e in endpoints)
+    options = {"layout": "airlock"}
+    if any(e.lower().startswith("https://") for e in endpoints):
+        options["tls"] = "true"
+    for option, names in (
+        ("tls_ca", ("etcd3.tls_ca", "etcd3.server_ca_cert_path")),
+        ("tls_cert", ("etcd3.tls_cert", "etcd3.client_cert_pub_path")),
+        ("tls_key", ("etcd3.tls_key", "etcd3.client_cert_key_path")),
+    ):
+        path = next((v[n] for n in names if v.get(n)), "")
+        if path:
+            options[option] = os.path.expanduser(path)
+    if "etcd3.transaction_timeout_ms" in v:
+        # airlock's timeout bounds a whole transaction (it becomes storage.timeout_s); one
+        # try of one member gets half of it, so a dead member leaves time for the next.
+        options["timeout"] = str(v["etcd3.transaction_timeout_ms"] / 2000)
+    return f"etcd://{hosts}?{urlencode(options)}"
 
 
 def _check(s: Settings) -> None:

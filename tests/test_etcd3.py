@@ -1,0 +1,420 @@
+"""``etcd://`` (v3): URL parsing, revisions, 503 and recovery, failover, auth, TLS, airlock config.
+
+The contract suite (tests/test_backend_contract.py) covers the compare-and-set semantics on
+both layouts; this file covers what is particular to etcd v3. Every store here is a real
+etcd process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aetcd
+import pytest
+from aetcd import rpc
+
+from backends import InvalidBackendURL, open_backend
+from backends.base import BackendUnavailable
+from backends.etcd3 import Etcd3Backend
+from backends.layouts.airlock import AirlockLayout
+from backends.layouts.native import NativeLayout
+from lockd.config import load
+from lockd.errors import Kind, LockdError
+from lockd.semaphore import Outcome
+from lockd.service import GroupSettings, LockService
+from tests.procs import Lockd, Proc, free_port, require_binary, wait_for_port
+from tests.servers import EtcdServer
+
+
+def backend_of(url: str) -> Etcd3Backend:
+    backend = open_backend(url)
+    assert isinstance(backend, Etcd3Backend)
+    return backend
+
+
+# URL parsing
+
+
+def test_url_endpoints_credentials_and_options() -> None:
+    b = backend_of("etcd://alice:s%40cret@h1:2381,[::1]:2382,h3/?layout=airlock&timeout=0.5")
+    assert b.endpoints == [("h1", 2381), ("::1", 2382), ("h3", 2379)]
+    assert (b.username, b.password) == ("alice", "s@cret")
+    assert isinstance(b.layout, AirlockLayout) and b.timeout == 0.5
+    assert b.tls is None
+    assert "s@cret" not in b.describe() and "s%40cret" not in b.describe()
+
+
+def test_url_defaults_to_native_layout_and_namespace() -> None:
+    b = backend_of("etcd://127.0.0.1:2379?namespace=team-a/")
+    assert isinstance(b.layout, NativeLayout)
+    assert b.layout.key("workers") == "team-a/lockd/v1/groups/workers"
+    assert b.layout.ping_key.startswith("team-a/")
+
+
+def test_url_tls_options(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    b = backend_of(f"etcd://h:2379?tls_ca={ca}")
+    assert b.tls is not None and b.tls.ca == str(ca) and b.tls.cert is None
+    assert backend_of("etcd://h:2379?tls=true").tls is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("etcd://", "names no host"),
+        ("etcd://h:port", "bad port"),
+        ("etcd://h:2379?layout=zookeeper", "layout="),
+        ("etcd://h:2379?timeout=0", "timeout="),
+        ("etcd://h:2379?frobnicate=1", "unknown options: frobnicate"),
+        ("etcd://h:2379?tls_ca=/nonexistent/ca.pem", "tls_ca="),
+        ("etcd://h:2379/some/path", "no path"),
+        ("etcd://alice@h:2379", "user:password@"),
+    ],
+)
+def test_bad_urls_say_why(url: str, message: str) -> None:
+    with pytest.raises(InvalidBackendURL, match=message):
+        open_backend(url)
+
+
+# Revisions
+
+
+async def test_compare_is_on_mod_revision_not_version(etcd_native_url: str) -> None:
+    """A key deleted and recreated restarts its version at 1; its mod_revision is new."""
+    backend = backend_of(etcd_native_url)
+    await backend.open()
+    raw = aetcd.Client("127.0.0.1", backend.endpoints[0][1])
+    try:
+        key = backend.layout.key("recreated")
+        assert await backend.compare_and_set(key, b"first", None)
+        _, seen = await backend.get(key)
+        await raw.delete(key.encode())
+        await raw.put(key.encode(), b"second")  # version 1 again, as when first created
+        kv = await raw.get(key.encode())
+        assert kv is not None and kv.version == 1
+        # A compare on version would wrongly accept the stale view; mod_revision refuses it.
+        assert await backend.compare_and_set(key, b"lost update", seen) is False
+        assert (await backend.get(key))[0] == b"second"
+    finally:
+        await raw.close()
+        await backend.close()
+
+
+# Unavailability, recovery and failover
+
+
+async def test_unreachable_etcd_is_503_then_recovers_without_reopening(tmp_path: Path) -> None:
+    port = free_port()
+    backend = backend_of(f"etcd://127.0.0.1:{port}?timeout=1")
+    await backend.open()
+    service = LockService(backend, GroupSettings(default_slots=1), timeout=3)
+    server = EtcdServer(tmp_path, client_port=port)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await backend.get("k")
+        with pytest.raises(LockdError) as err:
+            await service.pre_reboot("default", "a")
+        assert err.value.kind is Kind.backend_unavailable and err.value.kind.status == 503
+        with pytest.raises(LockdError):
+            await service.ready()
+
+        server.start()
+        # The same backend object, never reopened, reaches the store once it is up.
+        outcome = await _eventually(lambda: service.pre_reboot("default", "a"))
+        assert outcome is Outcome.GRANTED
+        await service.ready()
+
+        # A member that hangs (accepts, never answers) is a timeout, also a 503.
+        assert server.proc is not None
+        server.proc.signal(signal.SIGSTOP)
+        with pytest.raises(LockdError) as err:
+            await service.pre_reboot("default", "b")
+        assert err.value.kind is Kind.backend_unavailable
+        server.proc.signal(signal.SIGCONT)
+        assert await _eventually(lambda: service.pre_reboot("default", "b")) is Outcome.FULL
+
+        server.stop()
+        with pytest.raises(LockdError) as err:
+            await service.pre_reboot("default", "b")
+        assert err.value.kind is Kind.backend_unavailable
+        server.start()
+        assert await _eventually(lambda: service.pre_reboot("default", "a")) is (
+            Outcome.ALREADY_HELD
+        )
+    finally:
+        await backend.close()
+        server.stop()
+
+
+async def _eventually(call, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except LockdError as exc:
+            if exc.kind is not Kind.backend_unavailable or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def test_fails_over_to_the_next_endpoint(etcd_server: EtcdServer, unique: str) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    backend = backend_of(f"etcd://{dead},{etcd_server.endpoint}?namespace={unique}/&timeout=1")
+    await backend.open()
+    try:
+        service = LockService(backend, GroupSettings(default_slots=1))
+        assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        # It stays on the member that answered.
+        assert backend.endpoints[backend._current] == ("127.0.0.1", etcd_server.client_port)
+    finally:
+        await backend.close()
+
+
+# Authentication
+
+
+@pytest.fixture(scope="module")
+def auth_etcd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    server = EtcdServer(tmp_path_factory.mktemp("etcd-auth")).start()
+    try:
+        asyncio.run(_enable_auth(server.endpoint))
+        yield server
+    finally:
+        server.stop()
+
+
+async def _enable_auth(endpoint: str) -> None:
+    channel = rpc.insecure_channel(endpoint)
+    stub = rpc.AuthStub(channel)
+    try:
+        await stub.UserAdd(rpc.AuthUserAddRequest(name="root", password="rootpw"))
+        await stub.RoleAdd(rpc.AuthRoleAddRequest(name="root"))
+        await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+        await stub.AuthEnable(rpc.AuthEnableRequest())
+    finally:
+        await channel.close()
+
+
+async def test_user_password_auth(auth_etcd: EtcdServer) -> None:
+    good = backend_of(f"etcd://root:rootpw@{auth_etcd.endpoint}")
+    anonymous = backend_of(f"etcd://{auth_etcd.endpoint}?timeout=1")
+    wrong = backend_of(f"etcd://root:nope@{auth_etcd.endpoint}?timeout=1")
+    for b in (good, anonymous, wrong):
+        await b.open()
+    try:
+        service = LockService(good, GroupSettings(default_slots=1))
+        assert await service.pre_reboot("auth", "a") is Outcome.GRANTED
+        assert await service.pre_reboot("auth", "a") is Outcome.ALREADY_HELD
+        for b in (anonymous, wrong):
+            with pytest.raises(BackendUnavailable):
+                await b.get(b.layout.key("auth"))
+        # A token etcd no longer accepts (expired, or the member restarted) is renewed.
+        good._clients[0].metadata = (("token", "stale.token"),)
+        assert await service.steady_state("auth", "a") is Outcome.RELEASED
+    finally:
+        for b in (good, anonymous, wrong):
+            await b.close()
+
+
+# TLS
+
+
+class TlsEtcd:
+    """One etcd member that serves clients over TLS and requires a client certificate."""
+
+    def __init__(self, workdir: Path, certs: dict[str, Path]) -> None:
+        self.binary = require_binary("etcd", "etcd-server")
+        self.workdir = workdir
+        self.certs = certs
+        self.port = free_port()
+        self.proc: Proc | None = None
+
+    def start(self) -> TlsEtcd:
+        peer = f"http://127.0.0.1:{free_port()}"
+        argv = [self.binary, "--name", "tls", "--data-dir", str(self.workdir / "tls.etcd"),
+                "--listen-client-urls", f"https://127.0.0.1:{self.port}",
+                "--advertise-client-urls", f"https://127.0.0.1:{self.port}",
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"tls={peer}",
+                "--cert-file", str(self.certs["server.crt"]),
+                "--key-file", str(self.certs["server.key"]),
+                "--trusted-ca-file", str(self.certs["ca.crt"]), "--client-cert-auth",
+                "--logger=zap", "--log-outputs=stderr"]
+        self.proc = Proc(argv, self.workdir / "tls.log").start()
+        wait_for_port(self.port, 30, proc=self.proc.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+
+def make_certs(where: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    openssl = require_binary("openssl", "openssl")
+    where.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=where, check=True, capture_output=True)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=lockd-test-ca",
+        "-days", "2")
+    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+        (where / f"{name}.ext").write_text(
+            f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"
+        )
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return {p.name: p for p in where.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    workdir = tmp_path_factory.mktemp("etcd-tls")
+    server = TlsEtcd(workdir, make_certs(workdir / "certs")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def tls_backend(tls_etcd: TlsEtcd) -> AsyncIterator[Etcd3Backend]:
+    c = tls_etcd.certs
+    backend = backend_of(
+        f"etcd://127.0.0.1:{tls_etcd.port}"
+        f"?tls_ca={c['ca.crt']}&tls_cert={c['client.crt']}&tls_key={c['client.key']}"
+    )
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def test_tls_with_client_certificate(tls_etcd: TlsEtcd, tls_backend: Etcd3Backend) -> None:
+    service = LockService(tls_backend, GroupSettings(default_slots=1))
+    assert await _eventually(lambda: service.pre_reboot("tls", "a")) is Outcome.GRANTED
+    assert await service.pre_reboot("tls", "b") is Outcome.FULL
+    # Without a client certificate the server refuses us: 503, not a crash.
+    no_cert = backend_of(
+        f"etcd://127.0.0.1:{tls_etcd.port}?tls_ca={tls_etcd.certs['ca.crt']}&timeout=1"
+    )
+    await no_cert.open()
+    try:
+        with pytest.raises(BackendUnavailable):
+            await no_cert.get("k")
+    finally:
+        await no_cert.close()
+
+
+# airlock's config file, unchanged
+
+
+def test_airlock_etcd3_section_maps_onto_the_url(tmp_path: Path) -> None:
+    certs = {n: tmp_path / n for n in ("ca.pem", "client.pem", "client-key.pem")}
+    for path in certs.values():
+        path.write_text("x")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[etcd3]
+endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+transaction_timeout_ms = 3000
+server_ca_cert_path = "{certs['ca.pem']}"
+client_cert_pub_path = "{certs['client.pem']}"
+client_cert_key_path = "{certs['client-key.pem']}"
+"""
+    )
+    settings = load(str(config), environ={})
+    backend = backend_of(settings.backend_url)
+    assert isinstance(backend.layout, AirlockLayout) and backend.layout.namespace == ""
+    assert backend.endpoints == [("10.0.0.1", 2379), ("10.0.0.2", 2379)]
+    assert backend.tls is not None
+    assert (backend.tls.ca, backend.tls.cert, backend.tls.key) == (
+        str(certs["ca.pem"]),
+        str(certs["client.pem"]),
+        str(certs["client-key.pem"]),
+    )
+    assert settings.timeout == 3.0
+    # Each try of one member gets a share of the transaction timeout, so a dead member
+    # leaves time to ask the next one.
+    assert backend.timeout <= 1.5
+    # lockd's own names for the same files work too.
+    lockd_style = load(
+        None,
+        environ={
+            "LOCKD_ETCD3__ENDPOINTS": "http://127.0.0.1:2379",
+            "LOCKD_ETCD3__TLS_CA": str(certs["ca.pem"]),
+        },
+    )
+    tls = backend_of(lockd_style.backend_url).tls
+    assert tls is not None and tls.ca == str(certs["ca.pem"])
+
+
+def post(url: str, op: str, id_: str, group: str) -> tuple[int, dict]:
+    data = json.dumps({"client_params": {"id": id_, "group": group}}).encode()
+    req = urllib.request.Request(url.rstrip("/") + f"/v1/{op}", data=data, method="POST",
+                                 headers={"fleet-lock-protocol": "true"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+async def test_lockd_serves_an_unchanged_airlock_config(
+    tmp_path: Path, etcd_server: EtcdServer, unique: str
+) -> None:
+    group = f"t-{unique}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[service]
+address = "127.0.0.1"
+port = 3333
+
+[etcd3]
+endpoints = ["http://{etcd_server.endpoint}"]
+transaction_timeout_ms = 4000
+
+[lock]
+default_group_name = "{group}"
+default_slots = 1
+
+[[lock.groups]]
+name = "{group}-workers"
+slots = 2
+"""
+    )
+    lockd = Lockd(tmp_path, "--config", str(config)).start()
+    raw = aetcd.Client("127.0.0.1", etcd_server.client_port)
+    try:
+        assert (await asyncio.to_thread(post, lockd.url, "pre-reboot", "n1", group))[0] == 200
+        status, doc = await asyncio.to_thread(post, lockd.url, "pre-reboot", "n2", group)
+        assert (status, doc["kind"]) == (423, "failed_lock_semaphore_full")
+        for node in ("n1", "n2"):
+            got = await asyncio.to_thread(post, lockd.url, "pre-reboot", node, f"{group}-workers")
+            assert got[0] == 200
+        # The keys are airlock's own, in airlock's own format.
+        kv = await raw.get(f"com.coreos.airlock/groups/{group}/v1/semaphore".encode())
+        assert kv is not None
+        value = json.loads(kv.value)
+        assert (value["total_slots"], value["holders"]) == (1, ["n1"])
+        kv = await raw.get(f"com.coreos.airlock/groups/{group}-workers/v1/semaphore".encode())
+        assert kv is not None and json.loads(kv.value)["holders"] == ["n1", "n2"]
+    finally:
+        await raw.close()
+        lockd.stop()
