@@ -17,6 +17,7 @@ from lockd import eventlog
 from lockd.config import Settings
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import PATH_RE, check_protocol_header, parse_body
+from lockd.metrics import METRICS, Metrics, TimedBackend, http_middleware
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 
@@ -114,8 +115,11 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         backend = open_backend(settings.backend_url)
         await backend.open()
-        service = LockService(backend, settings.group_settings(), timeout=settings.timeout)
+        # The service sees the backend through a timer, for lockd_backend_* metrics.
+        timed = TimedBackend(backend, app[METRICS])
+        service = LockService(timed, settings.group_settings(), timeout=settings.timeout)
         service.observers.append(eventlog.log_decision)
+        service.observers.append(app[METRICS].observe)
         app[SERVICE] = service
         try:
             yield
@@ -127,12 +131,17 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
 
 def create_app(settings: Settings, service: LockService | None = None) -> web.Application:
     """The FleetLock application. Without ``service``, it opens the configured backend."""
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[json_errors, http_middleware], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS] = settings
+    # Served on the admin (and [status]) listener, never on this one; see lockd.admin.
+    app[METRICS] = Metrics(settings.groups)
     if service is None:
         app.cleanup_ctx.append(service_context(settings))
     else:
         app[SERVICE] = service
+        service.observers.append(app[METRICS].observe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_route("*", "/{path:.*}", fleetlock)

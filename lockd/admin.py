@@ -1,0 +1,439 @@
+"""The admin listener: JSON admin API, the HTML status page and ``/metrics``.
+
+Served on its own listener (``[admin] address/port``, 127.0.0.1:8081 by default), never on
+the FleetLock one. With ``[admin] token_file`` every route but the status page shell, the
+OpenAPI document and ``/healthz`` requires ``Authorization: Bearer <token>``; a request
+without the right token gets a 401 JSON error and changes nothing.
+
+Routes (documented in ``lockd/openapi.json``, served at ``/api/openapi.json``)::
+
+    GET  /                                   status page (HTML; data comes from the API)
+    GET  /api/v1/groups                      every group with slots, holders, paused, policy
+    GET  /api/v1/groups/{group}              one group
+    POST /api/v1/groups/{group}/unlock       {"id": ...}: free a dead node's slot
+    PUT  /api/v1/groups/{group}/slots        {"slots": N}: change slots at run time
+    POST /api/v1/groups/{group}/pause        refuse new grants
+    POST /api/v1/groups/{group}/resume
+    GET  /metrics                            Prometheus exposition
+
+Every change is logged by ``lockd.admin`` as one structured ``admin_change`` event: who
+(actor from ``X-Lockd-Actor``, remote address, whether a token was checked), what (action,
+group, id, before and after) and when.
+
+Importing this module registers the listeners with :data:`lockd.server.extra_apps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from lockd import server
+from lockd.app import SERVICE, json_errors, read_body
+from lockd.config import ConfigError, Settings
+from lockd.errors import Kind, LockdError
+from lockd.fleetlock import GROUP_RE, MAX_GROUP_LENGTH, MAX_ID_LENGTH
+from lockd.metrics import METRICS
+from lockd.semaphore import Holder, Outcome, Semaphore
+from lockd.service import LockService
+
+log = logging.getLogger("lockd.admin")
+
+HERE = Path(__file__).resolve().parent
+STATUS_PAGE = HERE / "static" / "status.html"
+OPENAPI = HERE / "openapi.json"
+
+#: Upper bound for set-slots: far above any fleet, low enough to catch a typo'd paste.
+MAX_SLOTS = 1_000_000
+#: Groups shown by one listing; a self-hosted fleet has a handful.
+MAX_LISTED_GROUPS = 1000
+MAX_ACTOR_LENGTH = 128
+ACTOR_HEADER = "X-Lockd-Actor"
+#: Reachable without a token: they carry no fleet data.
+PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/healthz"})
+#: The page inlines its script and style and talks only to this listener.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+MAIN = web.AppKey("main", web.Application)
+#: (name, app, host, port), as lockd.server starts them.
+Listening = tuple[str, web.Application, str, int]
+
+
+class BearerToken:
+    """The admin token, read from a file; re-read when the file changes (rotation)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.expanduser(path)
+        self._mtime: float | None = None
+        self._token = self._read()
+
+    def _read(self) -> bytes:
+        try:
+            with open(self.path, "rb") as fh:
+                self._mtime = os.fstat(fh.fileno()).st_mtime
+                token = fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"admin.token_file: cannot read {self.path}: {exc}") from None
+        if not token:
+            # An empty token would let "Authorization: Bearer " in.
+            raise ConfigError(f"admin.token_file: {self.path} is empty")
+        return token
+
+    def current(self) -> bytes:
+        try:
+            if os.stat(self.path).st_mtime != self._mtime:
+                self._token = self._read()
+        except (OSError, ConfigError) as exc:
+            log.error("admin token file unreadable, keeping the previous token: %s", exc)
+        return self._token
+
+    def accepts(self, authorization: str | None) -> bool:
+        if not authorization:
+            return False
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # Constant time: the comparison must not tell how much of a guess was right.
+        return hmac.compare_digest(presented.strip().encode(), self.current())
+
+
+TOKEN = web.AppKey("token", BearerToken)
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    token = request.app.get(TOKEN)
+    if token is None or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    if not token.accepts(request.headers.get("Authorization")):
+        error = LockdError(Kind.unauthorized, "a valid admin token is required (Bearer)")
+        return web.json_response(
+            error.as_json(),
+            status=error.status,
+            headers={"WWW-Authenticate": 'Bearer realm="lockd-admin"'},
+        )
+    return await handler(request)
+
+
+# Views
+
+
+def holder_view(h: Holder, now: float) -> dict[str, Any]:
+    """A holder as JSON. Holders granted by airlock or locksmith have no grant time or id
+    (stored as 0): those are null, never a 56-year age."""
+    known = h.granted_at > 0
+    return {
+        "id": h.id,
+        "granted_at": h.granted_at if known else None,
+        "granted_at_iso": _iso(h.granted_at) if known else None,
+        "age_seconds": round(max(0.0, now - h.granted_at), 3) if known else None,
+        "grant_id": h.grant_id or None,
+    }
+
+
+def group_view(
+    service: LockService, name: str, sem: Semaphore, stored: bool, now: float
+) -> dict[str, Any]:
+    groups = service.groups
+    configured = groups.slots.get(name)
+    return {
+        "name": name,
+        "slots": sem.slots,
+        "available": sem.available,
+        "holders": [holder_view(h, now) for h in sorted(sem.holders, key=lambda h: h.grant_id)],
+        "paused": sem.paused,
+        "stored": stored,
+        "policy": {
+            "configured_slots": configured,
+            "slots_source": "group" if configured is not None else "default_slots",
+            "default_slots": groups.default_slots,
+            "strict_groups": groups.strict,
+            "store_owns_slots": bool(service.backend.layout.store_owns_slots),
+        },
+    }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+# Request parsing
+
+
+def _service(request: web.Request) -> LockService:
+    return request.app[MAIN][SERVICE]
+
+
+def _group(request: web.Request) -> str:
+    group = request.match_info["group"]
+    if len(group) > MAX_GROUP_LENGTH or not GROUP_RE.match(group):
+        raise LockdError(
+            Kind.invalid_group,
+            f"group must match ^[a-zA-Z0-9.-]+$ (at most {MAX_GROUP_LENGTH} characters)",
+        )
+    return group
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request, 4096)
+    try:
+        doc = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        raise LockdError(Kind.invalid_body, "request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise LockdError(Kind.invalid_body, "request body must be a JSON object")
+    return doc
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made a change, as far as the admin listener can tell."""
+
+    name: str
+    remote: str
+    token: bool
+
+    @classmethod
+    def of(cls, request: web.Request) -> Actor:
+        name = request.headers.get(ACTOR_HEADER, "").strip()
+        if not name or len(name) > MAX_ACTOR_LENGTH or not name.isprintable():
+            name = "admin-api"
+        return cls(name, request.remote or "unknown", TOKEN in request.app)
+
+
+async def _existing(service: LockService, group: str) -> tuple[Semaphore, bool]:
+    """The group's state and whether it is stored; 404 if it neither exists nor is configured.
+
+    Admin changes never create a group by accident: `lockd pause wrokers` must fail.
+    """
+    sem = await service.read(group)  # unknown_group under strict_groups
+    if sem is not None:
+        return sem, True
+    configured = service.groups.slots.get(group)
+    if configured is None:
+        raise LockdError(
+            Kind.unknown_group, f"group {group!r} does not exist (never used, not configured)"
+        )
+    return Semaphore.new(configured), False
+
+
+def _record(
+    request: web.Request, action: str, group: str, before: dict[str, Any], after: dict[str, Any],
+    **what: Any,
+) -> None:
+    actor = Actor.of(request)
+    log.info(
+        "admin %s %s by %s from %s",
+        action,
+        group,
+        actor.name,
+        actor.remote,
+        extra={
+            "event": "admin_change",
+            "actor": actor.name,
+            "remote": actor.remote,
+            "token": actor.token,
+            "action": action,
+            "group": group,
+            "before": before,
+            "after": after,
+            "at": _iso(time.time()),
+            **what,
+        },
+    )
+
+
+def _summary(sem: Semaphore) -> dict[str, Any]:
+    return {"slots": sem.slots, "holders": len(sem.holders), "paused": sem.paused}
+
+
+# Handlers
+
+
+async def list_groups(request: web.Request) -> web.Response:
+    service = _service(request)
+    names = sorted(set(await service.list_groups()) | set(service.groups.slots))
+    truncated = len(names) > MAX_LISTED_GROUPS
+    names = names[:MAX_LISTED_GROUPS]
+
+    async def one(name: str) -> tuple[str, Semaphore | None]:
+        try:
+            return name, await service.read(name)
+        except LockdError as exc:
+            if exc.kind is Kind.unknown_group:  # stored, no longer configured (strict)
+                return name, None
+            raise
+
+    now = time.time()
+    views = []
+    for name, sem in await asyncio.gather(*(one(n) for n in names)):
+        if sem is not None:
+            views.append(group_view(service, name, sem, True, now))
+        elif (configured := service.groups.slots.get(name)) is not None:
+            views.append(group_view(service, name, Semaphore.new(configured), False, now))
+    return web.json_response({"now": now, "groups": views, "truncated": truncated})
+
+
+async def get_group(request: web.Request) -> web.Response:
+    service = _service(request)
+    group = _group(request)
+    sem, stored = await _existing(service, group)
+    now = time.time()
+    return web.json_response({"now": now, **group_view(service, group, sem, stored, now)})
+
+
+async def unlock(request: web.Request) -> web.Response:
+    service = _service(request)
+    group = _group(request)
+    doc = await _json_body(request)
+    id_ = doc.get("id")
+    if not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_LENGTH or not id_.isprintable():
+        raise LockdError(
+            Kind.invalid_client_identity,
+            f"id must be a non-empty printable string of at most {MAX_ID_LENGTH} characters",
+        )
+    before, _ = await _existing(service, group)
+    outcome = await service.force_unlock(group, id_, actor=Actor.of(request).name)
+    if outcome is Outcome.NOT_HELD:
+        raise LockdError(Kind.not_found, f"{id_!r} holds no slot in group {group!r}")
+    after, stored = await _existing(service, group)
+    _record(request, "force-unlock", group, _summary(before), _summary(after), id=id_)
+    now = time.time()
+    return web.json_response(
+        {"outcome": outcome.value, "group": group_view(service, group, after, stored, now)}
+    )
+
+
+async def set_slots(request: web.Request) -> web.Response:
+    service = _service(request)
+    group = _group(request)
+    slots = (await _json_body(request)).get("slots")
+    if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= MAX_SLOTS:
+        raise LockdError(
+            Kind.invalid_request, f"slots must be a whole number from 1 to {MAX_SLOTS}"
+        )
+    before, _ = await _existing(service, group)
+    after = await service.set_slots(group, slots, actor=Actor.of(request).name)
+    _record(request, "set-slots", group, _summary(before), _summary(after))
+    return web.json_response(
+        {
+            "old_slots": before.slots,
+            "slots": after.slots,
+            "group": group_view(service, group, after, True, time.time()),
+        }
+    )
+
+
+async def _pause(request: web.Request, paused: bool) -> web.Response:
+    service = _service(request)
+    group = _group(request)
+    before, _ = await _existing(service, group)
+    after = await service.set_paused(group, paused, actor=Actor.of(request).name)
+    _record(request, "pause" if paused else "resume", group, _summary(before), _summary(after))
+    return web.json_response(
+        {
+            "changed": before.paused != after.paused,
+            "group": group_view(service, group, after, True, time.time()),
+        }
+    )
+
+
+async def pause(request: web.Request) -> web.Response:
+    return await _pause(request, True)
+
+
+async def resume(request: web.Request) -> web.Response:
+    return await _pause(request, False)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    main = request.app[MAIN]
+    collected = main[METRICS]
+    await collected.refresh(main[SERVICE])
+    return collected.response()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def status_page(request: web.Request) -> web.Response:
+    return web.Response(
+        body=STATUS_PAGE.read_bytes(),
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": PAGE_CSP},
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(
+        body=OPENAPI.read_bytes(), content_type="application/json", charset="utf-8"
+    )
+
+
+# Applications
+
+
+def create_admin_app(settings: Settings, main: web.Application) -> web.Application:
+    """The admin application for the FleetLock app ``main`` (its service and metrics)."""
+    app = web.Application(middlewares=[json_errors, require_token], client_max_size=4096)
+    app[MAIN] = main
+    if settings.admin_token_file:
+        app[TOKEN] = BearerToken(settings.admin_token_file)
+    r = app.router
+    r.add_get("/", status_page)
+    r.add_get("/api/openapi.json", openapi)
+    r.add_get("/api/v1/groups", list_groups)
+    r.add_get("/api/v1/groups/{group}", get_group)
+    r.add_post("/api/v1/groups/{group}/unlock", unlock)
+    r.add_put("/api/v1/groups/{group}/slots", set_slots)
+    r.add_post("/api/v1/groups/{group}/pause", pause)
+    r.add_post("/api/v1/groups/{group}/resume", resume)
+    r.add_get("/metrics", metrics)
+    r.add_get("/healthz", healthz)
+    return app
+
+
+def create_metrics_app(main: web.Application) -> web.Application:
+    """airlock's ``[status]`` listener: ``/metrics`` (and ``/healthz``) only, no token."""
+    app = web.Application(middlewares=[json_errors])
+    app[MAIN] = main
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def listeners(settings: Settings, main: web.Application) -> list[Listening]:
+    """The :data:`lockd.server.extra_apps` builder: the admin and [status] listeners."""
+    found: list[Listening] = []
+    if settings.admin_listen is not None:
+        a = settings.admin_listen
+        found.append(("admin", create_admin_app(settings, main), a.host, a.port))
+        if a.host not in ("127.0.0.1", "::1", "localhost") and not settings.admin_token_file:
+            log.warning(
+                "the admin listener on %s has no token: anyone who reaches it can unlock "
+                "and pause groups; set admin.token_file",
+                a,
+            )
+    if settings.metrics_listen is not None:
+        m = settings.metrics_listen
+        found.append(("metrics", create_metrics_app(main), m.host, m.port))
+    return found
+
+
+if listeners not in server.extra_apps:
+    server.extra_apps.append(listeners)

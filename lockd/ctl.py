@@ -1,0 +1,328 @@
+"""Operator commands (``lockd status|groups|unlock|set-max|pause|resume``) over the admin API.
+
+They talk HTTP to a running lockd's admin listener, like ``locksmithctl`` talks to etcd, and
+print what ``locksmithctl`` prints where it has an equivalent (``Available: N``, ``Max: N``,
+``Old-Max: X``). ``--json`` prints the API's answer instead, for scripts.
+
+Exit codes: 0 done; 1 the server refused (unknown group, id not holding, bad value...);
+2 bad usage or values, refused before asking; 3 the server cannot be reached or answered
+something that is not lockd; 4 the admin token is missing or wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+from lockd.cli import COMMANDS
+from lockd.fleetlock import GROUP_RE, MAX_GROUP_LENGTH
+
+DEFAULT_SERVER = "http://127.0.0.1:8081"
+EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHORIZED = 1, 2, 3, 4
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AdminClient:
+    """A small blocking client of the admin API (one request per command)."""
+
+    def __init__(self, server: str, token: str | None, timeout: float = 10.0) -> None:
+        self.server = server.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        req.add_header("X-Lockd-Actor", _actor())
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return self._decode(resp.read(), resp.status)
+        except urllib.error.HTTPError as exc:
+            doc = self._decode(exc.read(), exc.code, error=True)
+            kind, value = doc.get("kind", f"http_{exc.code}"), doc.get("value", exc.reason)
+            if exc.code == 401:
+                hint = "wrong token" if self.token else "this server needs --token-file"
+                raise CtlError(f"not authorized ({hint}): {value}", EXIT_UNAUTHORIZED) from None
+            code = EXIT_UNREACHABLE if exc.code >= 500 else EXIT_REFUSED
+            raise CtlError(f"{value} ({kind})", code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CtlError(
+                f"cannot reach the lockd admin API at {self.server}: {reason} "
+                "(is `lockd serve` running? see --server)",
+                EXIT_UNREACHABLE,
+            ) from None
+
+    def _decode(self, raw: bytes, status: int, error: bool = False) -> Any:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = None
+        if error and isinstance(doc, dict):
+            return doc
+        if error or doc is None:
+            raise CtlError(
+                f"{self.server} answered HTTP {status} without lockd JSON; "
+                "is --server the admin listener (default port 8081)?",
+                EXIT_UNREACHABLE,
+            )
+        return doc
+
+
+def _actor() -> str:
+    """Who runs this command, for the server's event log."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    actor = f"{user}@{socket.gethostname()} (lockd ctl)"
+    return actor.encode("ascii", "replace").decode()  # HTTP headers are not UTF-8
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    path = args.token_file or os.environ.get("LOCKD_ADMIN_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as fh:
+            token = fh.read().strip()
+    except OSError as exc:
+        raise CtlError(f"--token-file {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if not token:
+        raise CtlError(f"--token-file {path}: the file is empty", EXIT_USAGE)
+    return token
+
+
+def _server(args: argparse.Namespace) -> str:
+    return str(args.server or os.environ.get("LOCKD_ADMIN_URL") or DEFAULT_SERVER)
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    server = _server(args)
+    if not server.startswith(("http://", "https://")):
+        raise CtlError(f"--server {server}: expected an http:// or https:// URL", EXIT_USAGE)
+    return AdminClient(server, _token(args), timeout=args.timeout)
+
+
+def _group_arg(text: str) -> str:
+    if len(text) > MAX_GROUP_LENGTH or not GROUP_RE.match(text):
+        raise argparse.ArgumentTypeError(f"group must match ^[a-zA-Z0-9.-]+$, got {text!r}")
+    return text
+
+
+def _slots_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"slots must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _path(group: str, *rest: str) -> str:
+    return "/api/v1/groups/" + "/".join(quote(p, safe="") for p in (group, *rest))
+
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help=f"admin listener of lockd ($LOCKD_ADMIN_URL; default {DEFAULT_SERVER})",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the admin token ($LOCKD_ADMIN_TOKEN_FILE)",
+    )
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S", help=argparse.SUPPRESS)
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def _age(seconds: float) -> str:
+    s = int(max(0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}d{h}h"
+    if h:
+        return f"{h}h{m}m"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"
+
+
+def format_group(g: dict[str, Any]) -> str:
+    """locksmithctl's status block, with each holder's age and grant beside its id."""
+    lines = [f"Available: {g['available']}", f"Max: {g['slots']}"]
+    if g.get("paused"):
+        lines.append("Paused: yes (no new grants)")
+    lines.append("")
+    if g["holders"]:
+        width = max(len("MACHINE ID"), *(len(h["id"]) for h in g["holders"]))
+        lines.append(f"{'MACHINE ID':<{width}}  {'AGE':>8}  {'SINCE (UTC)':<20}  GRANT")
+        for h in g["holders"]:
+            # Holders granted by airlock or locksmith have no grant time: "?".
+            age = "?" if h["age_seconds"] is None else _age(h["age_seconds"])
+            since = h["granted_at_iso"] or "unknown"
+            grant = "-" if h["grant_id"] is None else f"#{h['grant_id']}"
+            lines.append(f"{h['id']:<{width}}  {age:>8}  {since:<20}  {grant}")
+    else:
+        lines.append("MACHINE ID")
+    return "\n".join(lines)
+
+
+# Commands
+
+
+def _status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.group:
+        doc = client.request("GET", _path(args.group))
+        print(json.dumps(doc, indent=2) if args.json else format_group(doc))
+        return 0
+    doc = client.request("GET", "/api/v1/groups")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    blocks = [f"Group: {g['name']}\n{format_group(g)}" for g in doc["groups"]]
+    print("\n\n".join(blocks) if blocks else "no groups yet")
+    return 0
+
+
+def _groups(args: argparse.Namespace) -> int:
+    doc = _client(args).request("GET", "/api/v1/groups")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    width = max([len("GROUP"), *(len(g["name"]) for g in doc["groups"])])
+    print(f"{'GROUP':<{width}}  {'SLOTS':>5}  {'HOLDERS':>7}  {'AVAILABLE':>9}  PAUSED")
+    for g in doc["groups"]:
+        paused = "yes" if g["paused"] else "no"
+        print(
+            f"{g['name']:<{width}}  {g['slots']:>5}  {len(g['holders']):>7}  "
+            f"{g['available']:>9}  {paused}"
+        )
+    return 0
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    doc = _client(args).request("POST", _path(args.group, "unlock"), {"id": args.id})
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"Unlocked {args.id} in group {args.group}")
+    return 0
+
+
+def _set_max(args: argparse.Namespace) -> int:
+    doc = _client(args).request("PUT", _path(args.group, "slots"), {"slots": args.slots})
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"Old-Max: {doc['old_slots']}\nMax: {doc['slots']}")
+    return 0
+
+
+def _pauser(paused: bool) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        verb = "pause" if paused else "resume"
+        doc = _client(args).request("POST", _path(args.group, verb))
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        elif doc["changed"]:
+            print(f"Group {args.group} {verb}d")
+        else:
+            print(f"Group {args.group} was already {'paused' if paused else 'running'}")
+        return 0
+
+    return run
+
+
+def _guarded(run: Any) -> Any:
+    """Turn CtlError into a message on stderr and its exit code."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return int(run(args))
+        except CtlError as exc:
+            print(f"lockd {args.command}: {exc}", file=sys.stderr)
+            return exc.code
+        except (KeyError, TypeError, AttributeError) as exc:
+            # A 200 JSON answer without the fields of lockd's admin API.
+            print(
+                f"lockd {args.command}: unexpected answer from {_server(args)} "
+                f"({exc!r}); is it lockd's admin listener?",
+                file=sys.stderr,
+            )
+            return EXIT_UNREACHABLE
+
+    return wrapper
+
+
+# Registration into lockd.cli
+
+
+def _add_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("group", nargs="?", type=_group_arg, metavar="GROUP",
+                   help="one group (default: every group)")
+    _common(p, json_flag=True)
+
+
+def _add_groups(p: argparse.ArgumentParser) -> None:
+    _common(p, json_flag=True)
+
+
+def _add_unlock(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID", help="the node id holding the slot")
+    p.add_argument("--group", "-g", type=_group_arg, default="default",
+                   help="group (default: default)")
+    _common(p, json_flag=True)
+
+
+def _add_set_max(p: argparse.ArgumentParser) -> None:
+    p.add_argument("slots", type=_slots_arg, metavar="N", help="new number of slots (>= 1)")
+    p.add_argument("--group", "-g", type=_group_arg, default="default",
+                   help="group (default: default)")
+    _common(p, json_flag=True)
+
+
+def _add_group_positional(p: argparse.ArgumentParser) -> None:
+    p.add_argument("group", type=_group_arg, metavar="GROUP")
+    _common(p, json_flag=True)
+
+
+COMMANDS.update(
+    {
+        "status": (
+            "show slots and holders (with age) of every group or of GROUP",
+            (_add_status, _guarded(_status)),
+        ),
+        "groups": ("list groups with slots, holders and paused state",
+                   (_add_groups, _guarded(_groups))),
+        "unlock": ("free the slot ID holds (a dead node)", (_add_unlock, _guarded(_unlock))),
+        "set-max": ("change a group's slots at run time", (_add_set_max, _guarded(_set_max))),
+        "pause": ("refuse new grants in GROUP", (_add_group_positional, _guarded(_pauser(True)))),
+        "resume": ("grant again in GROUP", (_add_group_positional, _guarded(_pauser(False)))),
+    }
+)

@@ -1,0 +1,350 @@
+"""Prometheus metrics, ``lockd_*``, in a registry of their own per application.
+
+Each FleetLock application gets one :class:`Metrics` (``app[METRICS]``): a private
+``CollectorRegistry``, so tests and several apps in one process never collide on the global
+one. Three feeds fill it:
+
+- :func:`http_middleware` on the FleetLock listener: requests by endpoint and outcome kind,
+  and their latency;
+- :meth:`Metrics.observe`, a :class:`lockd.service.Decision` observer: decisions, grants,
+  releases, compare-and-set retries;
+- :class:`TimedBackend`, wrapped around the backend the service uses: latency and errors of
+  every store operation.
+
+Per-group gauges (slots, holders, oldest holder age, paused) are read from the store when
+``/metrics`` is scraped (:meth:`Metrics.refresh`), so every replica shows the shared truth.
+
+Cardinality stays bounded: a ``group`` label is only ever a configured group or one of the
+first ``group_cap`` other groups that had a successful decision; any further group is counted
+under ``_other``. No label ever carries a node id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from backends.base import Backend, Version
+from lockd.errors import LockdError
+from lockd.fleetlock import PATH_RE
+from lockd.semaphore import Outcome, Semaphore
+from lockd.service import Decision, LockService
+
+log = logging.getLogger("lockd.metrics")
+
+#: What ``generate_latest`` writes; every Prometheus version reads it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: The label value that stands for every group beyond the cap.
+OTHER_GROUP = "_other"
+#: Non-configured groups that get series of their own; configured groups always do.
+DEFAULT_GROUP_CAP = 50
+
+#: Buckets for request and decision latency: a grant is a few ms on a local store and up to
+#: the store timeout (10 s by default) when the store struggles.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Metrics:
+    """Every ``lockd_*`` metric of one lockd process, in its own registry."""
+
+    def __init__(self, configured: Iterable[str] = (), group_cap: int = DEFAULT_GROUP_CAP) -> None:
+        self.registry = CollectorRegistry()
+        self.configured: set[str] = set(configured)
+        self.group_cap = group_cap
+        self._admitted: set[str] = set()
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        r = self.registry
+
+        self.requests = Counter(
+            "lockd_http_requests",
+            "FleetLock listener requests by endpoint and outcome kind ('ok' or an error kind)",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "lockd_http_request_duration_seconds",
+            "FleetLock listener request latency by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "lockd_decisions",
+            "Lock decisions by action and outcome (an outcome or an error kind)",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "lockd_decision_duration_seconds",
+            "Time to decide, compare-and-set retries included, by action",
+            ["action"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.grants = Counter("lockd_grants", "Slots granted, by group", ["group"], registry=r)
+        self.releases = Counter(
+            "lockd_releases",
+            "Slots released, by group and by whom (node: steady-state; operator: force-unlock)",
+            ["group", "by"],
+            registry=r,
+        )
+        self.cas_retries = Counter(
+            "lockd_cas_retries",
+            "Extra compare-and-set attempts decisions needed because another writer won "
+            "(attempts - 1 per decision), by action",
+            ["action"],
+            registry=r,
+        )
+        self.backend_seconds = Histogram(
+            "lockd_backend_request_duration_seconds",
+            "Latency of store operations, by operation",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "lockd_backend_errors",
+            "Store operations that failed or timed out, by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "lockd_backend_up",
+            "1 if the store answered the last scrape's reads, else 0",
+            registry=r,
+        )
+        self.config_groups = Gauge(
+            "lockd_config_groups", "Number of groups in the configuration", registry=r
+        )
+        self.config_slots = Gauge(
+            "lockd_config_slots", "Configured slots, by group", ["group"], registry=r
+        )
+        self.group_slots = Gauge(
+            "lockd_group_slots", "Live slots in the store, by group", ["group"], registry=r
+        )
+        self.group_holders = Gauge(
+            "lockd_group_holders", "Holders in the store, by group", ["group"], registry=r
+        )
+        self.group_available = Gauge(
+            "lockd_group_available_slots", "Free slots, by group", ["group"], registry=r
+        )
+        self.group_paused = Gauge(
+            "lockd_group_paused", "1 if an operator paused the group, by group", ["group"],
+            registry=r,
+        )
+        self.oldest_age = Gauge(
+            "lockd_group_oldest_holder_age_seconds",
+            "Age of the oldest holder's grant (0 without holders of known grant time), by group",
+            ["group"],
+            registry=r,
+        )
+
+    # Bounded group labels
+
+    def group_label(self, group: str, admit: bool = False) -> str:
+        """``group`` itself if it may have series, else ``_other``.
+
+        ``admit`` lets a not yet known group take one of the ``group_cap`` places; only
+        successful decisions admit, so a client sending random group names cannot.
+        """
+        if group in self.configured or group in self._admitted:
+            return group
+        if admit and len(self._admitted) < self.group_cap:
+            self._admitted.add(group)
+            return group
+        return OTHER_GROUP
+
+    def tracked_groups(self) -> list[str]:
+        return sorted(self.configured | self._admitted)
+
+    # Feeds
+
+    def observe(self, d: Decision) -> None:
+        """A :class:`lockd.service.Decision` observer."""
+        outcome = d.outcome.value if d.outcome is not None else (
+            d.error.value if d.error is not None else "error"
+        )
+        self.decisions.labels(d.action, outcome).inc()
+        self.decision_seconds.labels(d.action).observe(d.seconds)
+        if d.attempts > 1:
+            self.cas_retries.labels(d.action).inc(d.attempts - 1)
+        if d.outcome is None:
+            return
+        group = self.group_label(d.group, admit=True)
+        if d.outcome is Outcome.GRANTED:
+            self.grants.labels(group).inc()
+        elif d.outcome is Outcome.RELEASED:
+            by = "operator" if d.action == "force-unlock" else "node"
+            self.releases.labels(group, by).inc()
+
+    def observe_request(self, endpoint: str, kind: str, seconds: float) -> None:
+        # Children cached: this runs on every FleetLock request of a reboot storm.
+        key = (endpoint, kind)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(endpoint, kind), self.request_seconds.labels(endpoint))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    async def refresh(self, service: LockService) -> None:
+        """Read the tracked groups from the store into the per-group gauges."""
+        self.configured = set(service.groups.slots)
+        self.config_groups.set(len(service.groups.slots))
+        states: dict[str, Semaphore] = {}
+        up = 1
+        for group in self.tracked_groups():
+            try:
+                sem = await service.read(group)
+            except LockdError as exc:
+                if exc.kind.value.startswith("backend_"):
+                    up = 0
+                    break
+                continue  # e.g. no longer configured under strict_groups
+            if sem is None:
+                slots = service.groups.slots_for(group)
+                sem = Semaphore.new(slots) if slots is not None else None
+            if sem is not None:
+                states[group] = sem
+        self.backend_up.set(up)
+        if not up:
+            return  # keep the last known values rather than pretend the groups are empty
+        now = time.time()
+        # No await from here on: a scrape never sees half-updated gauges.
+        for gauge in (
+            self.config_slots, self.group_slots, self.group_holders, self.group_available,
+            self.group_paused, self.oldest_age,
+        ):  # fmt: skip
+            gauge.clear()
+        for group, slots in service.groups.slots.items():
+            self.config_slots.labels(group).set(slots)
+        for group, sem in states.items():
+            self.group_slots.labels(group).set(sem.slots)
+            self.group_holders.labels(group).set(len(sem.holders))
+            self.group_available.labels(group).set(sem.available)
+            self.group_paused.labels(group).set(1 if sem.paused else 0)
+            # A holder granted by airlock or locksmith has no grant time (0): not counted.
+            oldest = min((h.granted_at for h in sem.holders if h.granted_at > 0), default=None)
+            self.oldest_age.labels(group).set(0 if oldest is None else max(0.0, now - oldest))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def response(self) -> web.Response:
+        return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def endpoint_of(path: str) -> str:
+    """A bounded endpoint label for a FleetLock listener path."""
+    match = PATH_RE.match(path)
+    if match is not None:
+        return match["op"]
+    if path in ("/healthz", "/readyz"):
+        return path[1:]
+    return "other"
+
+
+@web.middleware
+async def http_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time FleetLock listener requests. Sits inside ``json_errors`` so that it
+    sees the error kind before it becomes a response."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await handler(request)
+    started = time.perf_counter()
+    kind = "internal_error"
+    try:
+        response = await handler(request)
+        kind = "ok" if response.status < 400 else f"http_{response.status}"
+        return response
+    except LockdError as exc:
+        kind = exc.kind.value
+        raise
+    except web.HTTPException as exc:
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "invalid_request" if exc.status < 500 else "internal_error"
+        )
+        raise
+    finally:
+        metrics.observe_request(
+            endpoint_of(request.path), kind, time.perf_counter() - started
+        )
+
+
+class TimedBackend(Backend):
+    """A backend that times and counts the operations of another one.
+
+    Everything else (``layout``, ``describe``, any backend-specific attribute) is the
+    wrapped backend's own.
+    """
+
+    def __init__(self, inner: Backend, metrics: Metrics) -> None:
+        # No super().__init__(): ``layout`` must stay the inner backend's.
+        self._inner = inner
+        self._metrics = metrics
+        self.scheme = inner.scheme
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @property
+    def layout(self) -> Any:  # type: ignore[override]
+        return self._inner.layout
+
+    @layout.setter
+    def layout(self, value: Any) -> None:
+        self._inner.layout = value
+
+    @property
+    def inner(self) -> Backend:
+        return self._inner
+
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call
+        except BaseException:  # a timeout cancels the call: that is a store failure too
+            self._metrics.backend_errors.labels(operation).inc()
+            raise
+        finally:
+            self._metrics.backend_seconds.labels(operation).observe(
+                time.perf_counter() - started
+            )
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        return await self._timed("get", self._inner.get(key))
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        call = self._inner.compare_and_set(key, value, expected)
+        return await self._timed("compare_and_set", call)
+
+    async def delete(self, key: str, expected: Version) -> bool:
+        return await self._timed("delete", self._inner.delete(key, expected))
+
+    async def scan(self, prefix: str) -> list[str]:
+        return await self._timed("scan", self._inner.scan(prefix))
+
+    async def ping(self) -> None:
+        await self._timed("ping", self._inner.ping())
+
+    async def open(self) -> None:
+        await self._inner.open()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    def describe(self) -> str:
+        return self._inner.describe()

@@ -1,0 +1,234 @@
+"""Prometheus metrics: the exposition parses, counters move as a scripted sequence says,
+group labels stay bounded and no label ever carries a node id."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from backends.base import Backend, Version
+from backends.memory import MemoryBackend
+from lockd.metrics import DEFAULT_GROUP_CAP, OTHER_GROUP, Metrics, TimedBackend
+from lockd.semaphore import Outcome
+from lockd.service import GroupSettings, LockService
+from tests.procs import Lockd, free_port
+from tests.test_admin import FLEETLOCK_HEADERS, call, lock, start_lockd
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+#: Every label name lockd may use; "id" is not one of them, ever.
+LABEL_NAMES = {"endpoint", "kind", "action", "outcome", "group", "by", "operation", "le"}
+
+
+def scrape(url: str) -> tuple[Samples, str]:
+    with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = resp.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name.startswith("lockd_"), family.name
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples, text
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def label_values(samples: Samples, label: str) -> set[str]:
+    return {v for (_, labels) in samples for k, v in labels if k == label}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def lockd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lockd]:
+    server = start_lockd(tmp_path, request.param)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_counters_follow_a_scripted_sequence(lockd: Lockd) -> None:
+    before, _ = scrape(lockd.admin_url)
+    ids = ["node-a", "node-b", "node-c", "ghost"]
+    assert lock(lockd.url, "pre-reboot", "node-a", "workers")[0] == 200  # granted
+    assert lock(lockd.url, "pre-reboot", "node-b", "workers")[0] == 200  # granted
+    assert lock(lockd.url, "pre-reboot", "node-a", "workers")[0] == 200  # already held
+    assert lock(lockd.url, "pre-reboot", "node-c", "workers")[0] == 423  # full
+    assert lock(lockd.url, "steady-state", "node-a", "workers")[0] == 200  # released
+    assert lock(lockd.url, "steady-state", "ghost", "workers")[0] == 200  # not held
+    assert call(lockd.url, "POST", "/v1/pre-reboot", raw=b"{", headers=FLEETLOCK_HEADERS)[0] == 400
+    assert call(lockd.url, "POST", "/v1/pre-reboot", {"client_params": {}})[0] == 400
+    assert call(lockd.url, "GET", "/healthz")[0] == 200
+    unlock = call(lockd.admin_url, "POST", "/api/v1/groups/workers/unlock", {"id": "node-b"})
+    assert unlock[0] == 200
+    assert call(lockd.admin_url, "POST", "/api/v1/groups/workers/pause")[0] == 200
+    assert lock(lockd.url, "pre-reboot", "node-c", "workers")[0] == 423  # paused
+    assert lock(lockd.url, "pre-reboot", "node-c", "workers")[0] == 423  # paused
+    after, text = scrape(lockd.admin_url)
+
+    req = "lockd_http_requests_total"
+    assert delta(before, after, req, endpoint="pre-reboot", kind="ok") == 3
+    assert delta(before, after, req, endpoint="pre-reboot", kind="failed_lock_semaphore_full") == 1
+    assert delta(before, after, req, endpoint="pre-reboot", kind="failed_lock_group_paused") == 2
+    assert delta(before, after, req, endpoint="pre-reboot", kind="invalid_body") == 1
+    assert delta(before, after, req, endpoint="pre-reboot", kind="missing_protocol_header") == 1
+    assert delta(before, after, req, endpoint="steady-state", kind="ok") == 2
+    assert delta(before, after, req, endpoint="healthz", kind="ok") == 1
+    assert delta(
+        before, after, "lockd_http_request_duration_seconds_count", endpoint="pre-reboot"
+    ) == 8
+
+    assert delta(before, after, "lockd_grants_total", group="workers") == 2
+    assert delta(before, after, "lockd_releases_total", group="workers", by="node") == 1
+    assert delta(before, after, "lockd_releases_total", group="workers", by="operator") == 1
+    dec = "lockd_decisions_total"
+    assert delta(before, after, dec, action="pre-reboot", outcome="granted") == 2
+    assert delta(before, after, dec, action="pre-reboot", outcome="already_held") == 1
+    assert delta(before, after, dec, action="pre-reboot", outcome="full") == 1
+    assert delta(before, after, dec, action="pre-reboot", outcome="paused") == 2
+    assert delta(before, after, dec, action="steady-state", outcome="not_held") == 1
+    assert delta(before, after, dec, action="force-unlock", outcome="released") == 1
+    assert delta(before, after, dec, action="pause", outcome="changed") == 1
+    # only grants, releases and operator changes write (2 + 1 + 1 + 1)
+    assert delta(
+        before, after, "lockd_backend_request_duration_seconds_count", operation="compare_and_set"
+    ) == 5
+    assert delta(
+        before, after, "lockd_backend_request_duration_seconds_count", operation="get"
+    ) > 8
+    assert value(after, "lockd_backend_errors_total", operation="get") == 0
+    assert value(after, "lockd_backend_up") == 1
+
+    # per-group gauges, read from the store at scrape time
+    assert value(after, "lockd_config_groups") == 2
+    assert value(after, "lockd_config_slots", group="workers") == 2
+    assert value(after, "lockd_group_slots", group="workers") == 2
+    assert value(after, "lockd_group_holders", group="workers") == 0
+    assert value(after, "lockd_group_available_slots", group="workers") == 2
+    assert value(after, "lockd_group_paused", group="workers") == 1
+    assert value(after, "lockd_group_oldest_holder_age_seconds", group="workers") == 0
+    assert value(after, "lockd_group_holders", group="default") == 0
+    call(lockd.admin_url, "POST", "/api/v1/groups/workers/resume")
+    assert lock(lockd.url, "pre-reboot", "node-c", "workers")[0] == 200
+    later, _ = scrape(lockd.admin_url)
+    assert value(later, "lockd_group_holders", group="workers") == 1
+    assert value(later, "lockd_group_paused", group="workers") == 0
+    assert value(later, "lockd_group_oldest_holder_age_seconds", group="workers") >= 0
+
+    # no per-id labels, ever
+    for samples in (after, later):
+        assert {k for (_, labels) in samples for k, _ in labels} <= LABEL_NAMES
+        assert not label_values(samples, "group") - {"workers", "default"}
+    assert not any(i in text for i in ids)
+
+
+def test_group_labels_stay_bounded(tmp_path: Path) -> None:
+    server = start_lockd(tmp_path, "memory")
+    try:
+        extra = DEFAULT_GROUP_CAP + 10
+        for i in range(extra):
+            assert lock(server.url, "pre-reboot", f"id-{i}", f"g{i}")[0] == 200
+        # a stream of invalid or refused groups admits nothing
+        for i in range(5):
+            assert lock(server.url, "pre-reboot", "x", f"bad_{i}")[0] == 400
+        samples, text = scrape(server.admin_url)
+    finally:
+        server.stop()
+    groups = label_values(samples, "group")
+    seen = groups - {"workers", "default", OTHER_GROUP}
+    assert len(seen) == DEFAULT_GROUP_CAP and seen <= {f"g{i}" for i in range(extra)}
+    assert OTHER_GROUP in groups
+    assert value(samples, "lockd_grants_total", group=OTHER_GROUP) == 10
+    total = sum(v for (n, _), v in samples.items() if n == "lockd_grants_total")
+    assert total == extra
+    # gauges cover only the tracked groups: the cap, not the store, bounds them
+    holders = [labels for (n, labels) in samples if n == "lockd_group_holders"]
+    assert len(holders) == DEFAULT_GROUP_CAP + 2
+    assert "id-" not in text and "bad_" not in text
+
+
+def test_backend_errors_are_counted(tmp_path: Path) -> None:
+    """A store that cannot be reached (nothing listens): 503s, errors counted, up = 0."""
+    dead = f"redis://127.0.0.1:{free_port()}/0?timeout=1"
+    server = Lockd(tmp_path, "--backend", dead).start()
+    try:
+        status, doc = lock(server.url, "pre-reboot", "node-a", "default")
+        assert (status, doc["kind"]) == (503, "backend_unavailable")
+        samples, _ = scrape(server.admin_url)
+    finally:
+        server.stop()
+    assert value(samples, "lockd_backend_errors_total", operation="get") >= 1
+    assert value(samples, "lockd_backend_up") == 0
+    assert value(
+        samples, "lockd_http_requests_total", endpoint="pre-reboot", kind="backend_unavailable"
+    ) == 1
+    assert value(
+        samples, "lockd_decisions_total", action="pre-reboot", outcome="backend_unavailable"
+    ) == 1
+
+
+class Interloper(Backend):
+    """Lets another service write the group between this service's read and its write, once:
+    the interleaving two replicas produce on a shared store."""
+
+    def __init__(self, store: MemoryBackend, other: LockService) -> None:
+        super().__init__(store.layout)
+        self.store, self.other, self.done = store, other, False
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        got = await self.store.get(key)
+        if not self.done:
+            self.done = True
+            assert await self.other.pre_reboot("workers", "intruder") is Outcome.GRANTED
+        return got
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        return await self.store.compare_and_set(key, value, expected)
+
+    async def delete(self, key: str, expected: Version) -> bool:
+        return await self.store.delete(key, expected)
+
+    async def scan(self, prefix: str) -> list[str]:
+        return await self.store.scan(prefix)
+
+
+async def test_cas_retries_are_counted() -> None:
+    groups = GroupSettings(default_slots=1, slots={"workers": 3})
+    store = MemoryBackend()
+    other = LockService(store, groups)
+    metrics = Metrics(groups.slots)
+    service = LockService(TimedBackend(Interloper(store, other), metrics), groups)
+    service.observers.append(metrics.observe)
+
+    assert await service.pre_reboot("workers", "node-a") is Outcome.GRANTED
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in text_string_to_metric_families(metrics.exposition().decode())
+        for s in f.samples
+    }
+    assert value(samples, "lockd_cas_retries_total", action="pre-reboot") == 1
+    # the lost race: two CAS calls, the first refused
+    assert value(
+        samples, "lockd_backend_request_duration_seconds_count", operation="compare_and_set"
+    ) == 2
+    assert value(samples, "lockd_grants_total", group="workers") == 1
+    sem = await service.read("workers")
+    assert sem is not None and {h.id for h in sem.holders} == {"intruder", "node-a"}
+
+
+def test_registries_are_private() -> None:
+    """Two apps in one process each count their own requests."""
+    a, b = Metrics(["x"]), Metrics(["x"])
+    a.observe_request("pre-reboot", "ok", 0.01)
+    assert b'lockd_http_requests_total{endpoint="pre-reboot",kind="ok"} 1.0' in a.exposition()
+    assert b"lockd_http_requests_total{" not in b.exposition()
