@@ -12,9 +12,14 @@ from backends import Backend, open_backend
 
 # Each name needs a fixture "<name>_url" returning a fresh, empty namespace on that store.
 # The Redis and etcd fixtures live in their own modules, registered below.
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis", "etcd2", "etcd_native", "etcd_airlock"]
 
-pytest_plugins = ["tests.servers"]
+pytest_plugins = [
+    "tests.servers",
+    "tests.fixtures_redis",
+    "tests.fixtures_etcd2",
+    "tests.fixtures_etcd3",
+]
 
 
 @pytest.fixture

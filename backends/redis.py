@@ -1,0 +1,425 @@
+"""Redis (or Valkey): ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``.
+
+Each stored value is a hash ``{value, gen, rev}``; its version is the string ``"gen:rev"``.
+``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-set and delete are Lua
+scripts kept in ``backends/resources/*.lua``: Redis runs a script to completion before any
+other command, so the check and the write cannot interleave with another replica's. The
+scripts are called by SHA; when Redis answers NOSCRIPT (a restart or ``SCRIPT FLUSH``
+emptied its script cache) the call is sent once more with the script text, which also
+caches it again.
+
+Key names: ``<prefix>{<layout key>}``, e.g. ``lockd:{lockd/v1/groups/workers}``, and the
+key's generation counter ``lockd:{lockd/v1/groups/workers}:gen``. Both carry the same hash
+tag, so on Redis Cluster they live in one slot and the scripts may touch both.
+
+Every Redis error and timeout becomes :class:`BackendUnavailable`; nothing is decided on
+the client. One connection pool per backend, created by :meth:`RedisBackend.open`, lives
+until :meth:`RedisBackend.close`. A broken pooled connection (Redis restarted) is retried
+once at once on a fresh connection; a timeout is never retried, so a hung Redis costs one
+timeout, not several.
+
+URL options (query string)::
+
+    prefix=lockd:          key prefix (no braces: the braces are the hash tag)
+    timeout=2              seconds for each command (socket read/write)
+    connect_timeout=2      seconds to connect; defaults to timeout
+    max_connections=N      cap the pool (default: no cap)
+    db=N                   database number (unix:// and redis+sentinel://)
+    ssl_ca_certs=FILE      rediss:// only: CA bundle to verify the server
+    ssl_certfile=FILE      rediss:// only: client certificate (mutual TLS)
+    ssl_keyfile=FILE       rediss:// only: client key
+    ssl_cert_reqs=required rediss:// only: required | optional | none
+    ssl_check_hostname=true rediss:// only
+    sentinel_password=PW   redis+sentinel:// only: password of the sentinels themselves
+    wait_replicas=N        with each read and write, WAIT until N replicas have every write
+                           so far, else answer 503 (a write may still be applied: safe, the
+                           client retries). For Sentinel; needs Redis >= 7.0 (see below)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+
+from backends.base import Backend, BackendUnavailable, Version
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "lockd:"
+DEFAULT_TIMEOUT = 2.0
+SCAN_COUNT = 1000
+_GLOB_SPECIAL = "\\*?[]"
+_TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+                "ssl_check_hostname"}
+_CERT_REQS = {"required", "optional", "none"}
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script from ``backends/resources``, called by SHA."""
+
+    name: str
+    text: str = field(repr=False)
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        text = resources.files("backends").joinpath(f"resources/{name}.lua").read_text()
+        return cls(name, text, hashlib.sha1(text.encode()).hexdigest())
+
+
+CAS = Script.load("cas")
+DELETE = Script.load("delete")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in _GLOB_SPECIAL else c for c in text)
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """What a URL asks for, checked when the configuration loads (before any connection)."""
+
+    scheme: str
+    url: str  # without the query string; for redis-py's own URL parsing
+    prefix: str = DEFAULT_PREFIX
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_TIMEOUT
+    max_connections: int | None = None
+    db: int | None = None
+    tls: dict[str, Any] = field(default_factory=dict)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str = ""
+    sentinel_password: str | None = None
+    wait_replicas: int = 0
+    username: str | None = None
+    password: str | None = None
+    where: str = ""  # host:port or socket path, without secrets, for messages
+
+
+class RedisBackend(Backend):
+    scheme = "redis"
+
+    def __init__(self, options: RedisOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.prefix = options.prefix
+        self._client: aioredis.Redis | None = None
+        self._sentinel: Sentinel | None = None
+
+    # Connection lifetime
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        kwargs: dict[str, Any] = {
+            "socket_timeout": o.timeout,
+            "socket_connect_timeout": o.connect_timeout,
+            # Retry a broken connection once, at once (a pooled socket Redis closed when it
+            # restarted); never retry a timeout: a hung Redis must cost one timeout only.
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            "max_connections": o.max_connections,
+        }
+        if o.db is not None:
+            kwargs["db"] = o.db
+        return kwargs
+
+    async def open(self) -> None:
+        """Create the pool; connections are made on first use, so a down Redis is no error."""
+        if self._client is not None:
+            return
+        o = self.options
+        kwargs = self._connection_kwargs()
+        if o.sentinels:
+            sentinel_kwargs = {
+                "socket_timeout": o.timeout,
+                "socket_connect_timeout": o.connect_timeout,
+                "retry": Retry(NoBackoff(), 0),
+            }
+            if o.sentinel_password:
+                sentinel_kwargs["password"] = o.sentinel_password
+            self._sentinel = Sentinel(list(o.sentinels), sentinel_kwargs=sentinel_kwargs)
+            self._client = self._sentinel.master_for(
+                o.service_name, username=o.username, password=o.password, **kwargs
+            )
+        else:
+            pool = aioredis.ConnectionPool.from_url(o.url, **kwargs, **o.tls)
+            self._client = aioredis.Redis.from_pool(pool)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            for s in sentinel.sentinels:
+                await s.aclose()
+
+    # Calls
+
+    async def _call(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run one operation; any failure or overrun becomes BackendUnavailable."""
+        if self._client is None:
+            await self.open()
+        assert self._client is not None
+        # Bound the whole call too: a connect plus one command, whatever redis-py does
+        # inside (sentinel discovery, pool waits), so a request can never hang on Redis.
+        deadline = self.options.connect_timeout + self.options.timeout
+        try:
+            async with asyncio.timeout(deadline):
+                return await fn(self._client)
+        except TimeoutError as exc:  # before OSError, of which it is a subclass
+            raise BackendUnavailable(
+                f"redis {self.options.where}: no answer within {deadline:g}s"
+            ) from exc
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(f"redis {self.options.where}: {exc}") from exc
+
+    async def _command(self, client: aioredis.Redis, *command: Any) -> Any:
+        if self.options.wait_replicas:
+            return await self._then_wait(client, *command)
+        return await client.execute_command(*command)
+
+    async def _then_wait(self, client: aioredis.Redis, *command: Any) -> Any:
+        """Run ``command``, then WAIT until ``wait_replicas`` replicas have every write.
+
+        Since Redis 7.0, WAIT after any command (a read too) waits for the replication
+        offset at that command, so it covers writes made by other clients as well: an
+        answer is only given from a state whose writes reached the replicas. Both go down
+        one connection in one pipeline (one round trip). WAIT gets half the command
+        timeout, so that its answer arrives before the socket read gives up.
+        """
+        wanted = self.options.wait_replicas
+        wait_ms = max(1, int(self.options.timeout * 500))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.wait(wanted, wait_ms)
+            result, acked = await pipe.execute(raise_on_error=False)
+        for item in (result, acked):
+            if isinstance(item, Exception):
+                raise item
+        if int(acked) < wanted:
+            # Often a failover under way: this may be the old master, still taking writes
+            # it is about to drop. Fresh connections ask Sentinel where the master is now.
+            await client.connection_pool.disconnect(inuse_connections=False)
+            raise BackendUnavailable(
+                f"redis {self.options.where}: {acked} of {wanted} replicas confirmed "
+                f"within {wait_ms} ms"
+            )
+        return result
+
+    async def _run_script(self, client: aioredis.Redis, script: Script, keys: list[str],
+                          args: list[bytes | str]) -> Any:
+        try:
+            return await self._command(client, "EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Script cache emptied (restart, failover, SCRIPT FLUSH): EVAL runs the script
+            # and caches it again, so later calls go back to EVALSHA.
+            return await self._command(client, "EVAL", script.text, len(keys), *keys, *args)
+
+    def redis_key(self, key: str) -> str:
+        """The Redis key for a layout key: prefix plus the key as the hash tag."""
+        if "{" in key or "}" in key:
+            raise ValueError(f"key {key!r} contains a brace; it cannot be a hash tag")
+        return f"{self.prefix}{{{key}}}"
+
+    def _layout_key(self, redis_key: bytes) -> str | None:
+        text = redis_key.decode(errors="replace")
+        head = self.prefix + "{"
+        if text.startswith(head) and text.endswith("}"):
+            return text[len(head) : -1]
+        return None
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        rkey = self.redis_key(key)
+        value, gen, rev = await self._call(
+            lambda c: self._command(c, "HMGET", rkey, "value", "gen", "rev")
+        )
+        if value is None or gen is None or rev is None:
+            return None, None
+        return bytes(value), f"{gen.decode()}:{rev.decode()}"
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        rkey = self.redis_key(key)
+        keys = [rkey, rkey + ":gen"]
+        args: list[bytes | str] = ["" if expected is None else str(expected), value]
+        result = await self._call(lambda c: self._run_script(c, CAS, keys, args))
+        return result is not None
+
+    async def delete(self, key: str, expected: Version) -> bool:
+        if expected is None:
+            return False
+        rkey = self.redis_key(key)
+        result = await self._call(
+            lambda c: self._run_script(c, DELETE, [rkey], [str(expected)])
+        )
+        return int(result) == 1
+
+    async def scan(self, prefix: str) -> list[str]:
+        # The closing brace in the pattern leaves out the ":gen" counters.
+        pattern = f"{_glob_escape(self.prefix)}{{{_glob_escape(prefix)}*}}"
+
+        async def collect(client: aioredis.Redis) -> list[bytes]:
+            found: list[bytes] = []
+            cursor = 0
+            while True:
+                cursor, batch = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
+                found.extend(batch)
+                if cursor == 0:
+                    return found
+
+        keys = await self._call(collect)
+        return sorted({k for k in map(self._layout_key, keys) if k and k.startswith(prefix)})
+
+    async def ping(self) -> None:
+        await self._call(lambda c: c.ping())
+
+    def describe(self) -> str:
+        o = self.options
+        kind = "sentinel master " + o.service_name if o.sentinels else o.scheme
+        return (
+            f"{o.scheme}://{o.where} ({kind}, prefix {o.prefix!r}, "
+            f"timeout {o.timeout:g}s; durability is Redis's own: see docs/redis.md)"
+        )
+
+
+def _invalid(message: str) -> Exception:
+    from backends import InvalidBackendURL
+
+    return InvalidBackendURL(message)
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise _invalid(f"redis URL option {name}={text!r}: must be a number of seconds > 0")
+    return value
+
+
+def _whole(name: str, text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise _invalid(f"redis URL option {name}={text!r}: must be a whole number >= {minimum}")
+    return value
+
+
+def _bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise _invalid(f"redis URL option {name}={text!r}: must be true or false")
+
+
+def _sentinel_hosts(netloc: str, url: str) -> tuple[tuple[str, int], ...]:
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = item.strip(), "26379"
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise _invalid(f"redis+sentinel URL {url!r}: expected host:port[,host:port...]")
+        hosts.append((host, int(port)))
+    return tuple(hosts)
+
+
+def from_url(url: str) -> RedisBackend:
+    """Parse and check a Redis URL; nothing connects until the backend is opened."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    prefix = query.pop("prefix", DEFAULT_PREFIX)
+    if "{" in prefix or "}" in prefix:
+        raise _invalid(f"redis URL option prefix={prefix!r}: braces are reserved for hash tags")
+    timeout = _seconds("timeout", query.pop("timeout", str(DEFAULT_TIMEOUT)))
+    connect_timeout = _seconds("connect_timeout", query.pop("connect_timeout", str(timeout)))
+    max_connections = (
+        _whole("max_connections", query.pop("max_connections"), 1)
+        if "max_connections" in query
+        else None
+    )
+    db = _whole("db", query.pop("db"), 0) if "db" in query else None
+    tls: dict[str, Any] = {}
+    for name in sorted(_TLS_OPTIONS & set(query)):
+        if scheme != "rediss":
+            raise _invalid(f"redis URL option {name} needs rediss:// (TLS), not {scheme}://")
+        text = query.pop(name)
+        if name == "ssl_check_hostname":
+            tls[name] = _bool(name, text)
+        elif name == "ssl_cert_reqs":
+            if text.lower() not in _CERT_REQS:
+                raise _invalid(f"redis URL option ssl_cert_reqs={text!r}: use one of "
+                               f"{', '.join(sorted(_CERT_REQS))}")
+            tls[name] = text.lower()
+        else:
+            tls[name] = text
+    wait_replicas = (
+        _whole("wait_replicas", query.pop("wait_replicas"), 0) if "wait_replicas" in query else 0
+    )
+    sentinel_password = query.pop("sentinel_password", None)
+    if sentinel_password is not None and scheme != "redis+sentinel":
+        raise _invalid("redis URL option sentinel_password needs redis+sentinel://")
+    if query:
+        raise _invalid(f"redis URL has unknown options: {', '.join(sorted(query))}; "
+                       "see docs/redis.md")
+    common: dict[str, Any] = dict(
+        scheme=scheme, prefix=prefix, timeout=timeout, connect_timeout=connect_timeout,
+        max_connections=max_connections, db=db, tls=tls, wait_replicas=wait_replicas,
+    )
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+
+    if scheme == "redis+sentinel":
+        service = unquote(parts.path.strip("/"))
+        if not service or "/" in service:
+            raise _invalid(f"redis+sentinel URL {url!r} names no master: write "
+                           "redis+sentinel://host:26379/mastername")
+        sentinels = _sentinel_hosts(parts.netloc, url)
+        where = ",".join(f"{h}:{p}" for h, p in sentinels) + f"/{service}"
+        return RedisBackend(RedisOptions(
+            url="", sentinels=sentinels, service_name=service,
+            sentinel_password=sentinel_password, username=username, password=password,
+            where=where, **common))
+
+    bare = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+    try:
+        parsed = parse_url(bare)
+    except ValueError as exc:
+        raise _invalid(f"redis URL {url!r}: {exc}") from None
+    if scheme == "unix":
+        path = parsed.get("path")
+        if not path:
+            raise _invalid(f"redis URL {url!r} names no socket: write unix:///path/redis.sock")
+        where = path
+    else:
+        if not parts.hostname:
+            raise _invalid(f"redis URL {url!r} names no host: write {scheme}://host:6379/0")
+        if parts.path.strip("/") and "db" not in parsed:
+            raise _invalid(f"redis URL {url!r}: the path must be a database number")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise _invalid(f"redis URL {url!r}: the port must be a number") from None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        where = f"{host}:{port}/{db if db is not None else parsed.get('db', 0)}"
+    return RedisBackend(RedisOptions(url=bare, where=where, **common))
