@@ -202,7 +202,7 @@ async def test_wait_replicas_refuses_answers_no_replica_confirmed(
     """The session server has no replica: with wait_replicas=1 nothing may be answered."""
     from backends.base import BackendUnavailable
 
-    backend = open_backend(redis_url + "&wait_replicas=1&timeout=0.2")
+    backend = open_backend(redis_url + "&wait_replicas=1&timeout=1")
     assert isinstance(backend, RedisBackend)
     await backend.open()
     try:
