@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from backends import Backend, open_backend
+from tests.procs import Lockd, start_lockd
 
 # Each name needs a fixture "<name>_url" returning a fresh, empty namespace on that store.
 # The Redis and etcd fixtures live in their own modules, registered below.
@@ -57,3 +58,13 @@ async def backend(backend_url: str) -> AsyncIterator[Backend]:
         yield b
     finally:
         await b.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def lockd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lockd]:
+    """``lockd serve`` (group workers=2, JSON logs) on memory:// and on sqlite://."""
+    server = start_lockd(tmp_path, request.param)
+    try:
+        yield server
+    finally:
+        server.stop()

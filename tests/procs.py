@@ -174,6 +174,13 @@ class Lockd:
             self.proc.kill()
 
 
+def start_lockd(tmp: Path, backend: str, *args: str, name: str = "lockd") -> Lockd:
+    url = "memory://" if backend == "memory" else f"sqlite://{tmp / f'{name}.db'}"
+    return Lockd(
+        tmp, "--backend", url, "--group", "workers=2", "--log-format", "json", *args, name=name
+    ).start()
+
+
 def drain(stream, sink: list[str]) -> threading.Thread:  # pragma: no cover - debugging aid
     t = threading.Thread(target=lambda: sink.extend(stream), daemon=True)
     t.start()

@@ -9,65 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.procs import Lockd, free_port
-
-FLEETLOCK_HEADERS = {"fleet-lock-protocol": "true"}
-
-
-def call(
-    base: str,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-    raw: bytes | None = None,
-) -> tuple[int, Any]:
-    """One HTTP request; (status, decoded JSON or text)."""
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            status, text, ctype = resp.status, resp.read().decode(), resp.headers["Content-Type"]
-    except urllib.error.HTTPError as exc:
-        status, text, ctype = exc.code, exc.read().decode(), exc.headers["Content-Type"]
-    if ctype and ctype.startswith("application/json"):
-        return status, json.loads(text)
-    return status, text
-
-
-def lock(url: str, op: str, id_: str, group: str) -> tuple[int, Any]:
-    body = {"client_params": {"id": id_, "group": group}}
-    return call(url, "POST", f"/v1/{op}", body, headers=FLEETLOCK_HEADERS)
-
-
-def start_lockd(tmp: Path, backend: str, *args: str, name: str = "lockd") -> Lockd:
-    url = "memory://" if backend == "memory" else f"sqlite://{tmp / f'{name}.db'}"
-    return Lockd(
-        tmp, "--backend", url, "--group", "workers=2", "--log-format", "json", *args, name=name
-    ).start()
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def lockd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lockd]:
-    server = start_lockd(tmp_path, request.param)
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.httpcall import call, lock
+from tests.procs import Lockd, free_port, start_lockd
 
 
 def events(server: Lockd) -> list[dict[str, Any]]:

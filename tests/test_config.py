@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from lockd.config import ConfigError, load
+from tests.httpcall import lock
 from tests.procs import REPO, Lockd
 
 AIRLOCK_TOML = """\
@@ -137,18 +136,6 @@ def test_serve_help_explains_every_flag() -> None:
         assert flag in out
 
 
-def post(url: str, op: str, id_: str, group: str) -> int:
-    data = json.dumps({"client_params": {"id": id_, "group": group}}).encode()
-    req = urllib.request.Request(
-        f"{url}/v1/{op}", data=data, method="POST", headers={"fleet-lock-protocol": "true"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
 def test_sighup_reload_changes_slots_live(tmp_path: Path) -> None:
     config = tmp_path / "lockd.toml"
     config.write_text("[[lock.groups]]\nname = 'workers'\nslots = 1\n")
@@ -156,16 +143,16 @@ def test_sighup_reload_changes_slots_live(tmp_path: Path) -> None:
         tmp_path, "--config", str(config), "--backend", "memory://", "--log-format", "json"
     ).start()
     try:
-        assert post(lockd.url, "pre-reboot", "a", "workers") == 200
-        assert post(lockd.url, "pre-reboot", "b", "workers") == 423
+        assert lock(lockd.url, "pre-reboot", "a", "workers")[0] == 200
+        assert lock(lockd.url, "pre-reboot", "b", "workers")[0] == 423
         config.write_text("[[lock.groups]]\nname = 'workers'\nslots = 2\n")
         lockd.proc.signal(signal.SIGHUP)  # type: ignore[union-attr]
         deadline = time.monotonic() + 10
         while "configuration reloaded" not in lockd.proc.output():  # type: ignore[union-attr]
             assert time.monotonic() < deadline, lockd.proc.output()  # type: ignore[union-attr]
             time.sleep(0.05)
-        assert post(lockd.url, "pre-reboot", "b", "workers") == 200
-        assert post(lockd.url, "pre-reboot", "c", "workers") == 423
+        assert lock(lockd.url, "pre-reboot", "b", "workers")[0] == 200
+        assert lock(lockd.url, "pre-reboot", "c", "workers")[0] == 423
         # A broken file is refused and the running configuration kept.
         config.write_text("[[lock.groups]]\nname = 'workers'\nslots = 0\n")
         lockd.proc.signal(signal.SIGHUP)  # type: ignore[union-attr]
@@ -173,8 +160,8 @@ def test_sighup_reload_changes_slots_live(tmp_path: Path) -> None:
         while "reload refused" not in lockd.proc.output():  # type: ignore[union-attr]
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert post(lockd.url, "steady-state", "a", "workers") == 200
-        assert post(lockd.url, "pre-reboot", "c", "workers") == 200
+        assert lock(lockd.url, "steady-state", "a", "workers")[0] == 200
+        assert lock(lockd.url, "pre-reboot", "c", "workers")[0] == 200
     finally:
         assert lockd.stop() == 0
     # --log-format json: every decision line is one JSON object with group, id, outcome.

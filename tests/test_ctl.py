@@ -10,23 +10,13 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lockd.cli import main
-from tests.procs import REPO, Lockd, free_port
-from tests.test_admin import call, lock, start_lockd
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def lockd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lockd]:
-    server = start_lockd(tmp_path, request.param)
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.httpcall import call, lock
+from tests.procs import REPO, Lockd, free_port, start_lockd
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

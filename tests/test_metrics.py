@@ -4,10 +4,8 @@ group labels stay bounded and no label ever carries a node id."""
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.base import Backend, Version
@@ -15,8 +13,8 @@ from backends.memory import MemoryBackend
 from lockd.metrics import DEFAULT_GROUP_CAP, OTHER_GROUP, Metrics, TimedBackend
 from lockd.semaphore import Outcome
 from lockd.service import GroupSettings, LockService
-from tests.procs import Lockd, free_port
-from tests.test_admin import FLEETLOCK_HEADERS, call, lock, start_lockd
+from tests.httpcall import FLEETLOCK_HEADERS, call, lock
+from tests.procs import Lockd, free_port, start_lockd
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -46,15 +44,6 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 def label_values(samples: Samples, label: str) -> set[str]:
     return {v for (_, labels) in samples for k, v in labels if k == label}
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def lockd(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lockd]:
-    server = start_lockd(tmp_path, request.param)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_counters_follow_a_scripted_sequence(lockd: Lockd) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from lockd.app import create_app
 from lockd.config import Settings
 from tests.history import storm, violations
+from tests.httpcall import lock
 from tests.procs import Lockd
 
 
@@ -47,31 +45,19 @@ async def test_two_processes_share_one_sqlite_file(tmp_path: Path) -> None:
     assert codes == [0, 0], "SIGTERM must stop lockd cleanly"
 
 
-def fleetlock(url: str, op: str, id_: str, group: str = "default") -> tuple[int, dict]:
-    data = json.dumps({"client_params": {"id": id_, "group": group}}).encode()
-    req = urllib.request.Request(
-        f"{url}/v1/{op}", data=data, method="POST", headers={"fleet-lock-protocol": "true"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as err:
-        return err.code, json.load(err)
-
-
 def test_holders_survive_sigkill_on_the_default_backend(tmp_path: Path) -> None:
     state = tmp_path / "state"
     first = Lockd(tmp_path, "--state-dir", str(state), name="first").start()
     try:
-        assert fleetlock(first.url, "pre-reboot", "node-a")[0] == 200
+        assert lock(first.url, "pre-reboot", "node-a", "default")[0] == 200
     finally:
         first.proc.signal(signal.SIGKILL)  # type: ignore[union-attr]
         first.stop()
     assert (state / "lockd.db").exists(), "the default backend is sqlite in the state dir"
     second = Lockd(tmp_path, "--state-dir", str(state), name="second").start()
     try:
-        assert fleetlock(second.url, "pre-reboot", "node-a")[0] == 200  # still the holder
-        status, doc = fleetlock(second.url, "pre-reboot", "node-b")
+        assert lock(second.url, "pre-reboot", "node-a", "default")[0] == 200  # still the holder
+        status, doc = lock(second.url, "pre-reboot", "node-b", "default")
         assert (status, doc["kind"]) == (423, "failed_lock_semaphore_full")
     finally:
         second.stop()
