@@ -6,7 +6,9 @@ loop lives in :mod:`lockd.service`.
 
 Versions are opaque to the caller: whatever ``get`` returned is what ``compare_and_set``
 expects. ``None`` means "the key does not exist", so ``compare_and_set(key, v, None)``
-creates the key only if it is still absent.
+creates the key only if it is still absent. A key's versions never repeat, not even
+after it is deleted and created again, so a version remembered for a long time can only
+make a compare-and-set fail, never succeed on a value it did not see.
 """
 
 from __future__ import annotations
@@ -44,6 +46,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
         """Store ``value`` if the key's version is still ``expected``; say whether it did."""
+
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
+        """``compare_and_set`` that also tells the key's state afterwards.
+
+        Returns ``(True, value, new_version)`` if it stored ``value``, or ``(False,
+        current_value, current_version)`` if the version had moved on. ``new_version`` may
+        be None, meaning "not known": the caller then re-reads before trusting its copy.
+        A store that can do this in one round trip overrides it; this default costs a
+        read after a lost race and never guesses a version.
+        """
+        if await self.compare_and_set(key, value, expected):
+            return True, value, None
+        current, version = await self.get(key)
+        return False, current, version
 
     @abc.abstractmethod
     async def delete(self, key: str, expected: Version) -> bool:

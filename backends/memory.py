@@ -18,14 +18,19 @@ class MemoryBackend(Backend):
         return (None, None) if entry is None else entry
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        return (await self.swap(key, value, expected))[0]
+
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
         # No await between the check and the write: atomic on the event loop.
         entry = self._data.get(key)
         current = None if entry is None else entry[1]
         if current != expected:
-            return False
+            return (False, None, None) if entry is None else (False, *entry)
         self._counter += 1
         self._data[key] = (value, self._counter)
-        return True
+        return True, value, self._counter
 
     async def delete(self, key: str, expected: Version) -> bool:
         entry = self._data.get(key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,20 +81,27 @@ class SqliteBackend(Backend):
         row = self._conn.execute("SELECT value, version FROM kv WHERE key = ?", (key,)).fetchone()
         return (None, None) if row is None else (bytes(row[0]), row[1])
 
-    def _cas(self, key: str, value: bytes, expected: Version) -> bool:
+    def _swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
         assert self._conn is not None
         if expected is None:
-            cur = self._conn.execute(
-                "INSERT INTO kv (key, value, version) VALUES (?, ?, 1) "
-                "ON CONFLICT (key) DO NOTHING",
-                (key, value),
-            )
+            # A new key starts from the clock in nanoseconds, not from 1, so a key deleted
+            # and created again never repeats a version it had before.
+            row = self._conn.execute(
+                "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO NOTHING RETURNING version",
+                (key, value, time.time_ns()),
+            ).fetchone()
         else:
-            cur = self._conn.execute(
-                "UPDATE kv SET value = ?, version = version + 1 WHERE key = ? AND version = ?",
+            row = self._conn.execute(
+                "UPDATE kv SET value = ?, version = version + 1 WHERE key = ? AND version = ? "
+                "RETURNING version",
                 (value, key, expected),
-            )
-        return cur.rowcount == 1
+            ).fetchone()
+        if row is not None:
+            return True, value, row[0]
+        return (False, *self._get(key))
 
     def _ping(self) -> None:
         # Ready means writable: take the write lock for an instant (another process
@@ -118,7 +126,12 @@ class SqliteBackend(Backend):
         return await self._run(self._get, key)
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        return await self._run(self._cas, key, value, expected)
+        return (await self.swap(key, value, expected))[0]
+
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
+        return await self._run(self._swap, key, value, expected)
 
     async def delete(self, key: str, expected: Version) -> bool:
         return await self._run(self._delete, key, expected)

@@ -331,6 +331,11 @@ class TimedBackend(Backend):
         call = self._inner.compare_and_set(key, value, expected)
         return await self._timed("compare_and_set", call)
 
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
+        return await self._timed("compare_and_set", self._inner.swap(key, value, expected))
+
     async def delete(self, key: str, expected: Version) -> bool:
         return await self._timed("delete", self._inner.delete(key, expected))
 

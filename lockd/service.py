@@ -13,11 +13,12 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import Backend, BackendUnavailable
+from backends.base import Backend, BackendUnavailable, Version
 from backends.layouts.base import LayoutError
 from lockd import semaphore
 from lockd.errors import Kind, LockdError
@@ -72,6 +73,7 @@ class LockService:
         timeout: float = 10.0,
         backoff_base: float = 0.002,
         backoff_cap: float = 0.1,
+        remember: int = 4096,
     ) -> None:
         self.backend = backend
         self.groups = groups
@@ -84,6 +86,10 @@ class LockService:
         # Per group: requests waiting for the next round trip, and the task running them.
         self._queues: dict[str, list[tuple[Transition, asyncio.Future[Any]]]] = {}
         self._drainers: dict[str, asyncio.Task[None]] = {}
+        # The last value and version seen per key (most recent last), to skip a read
+        # before a write; see _cas_loop.
+        self._seen: OrderedDict[str, tuple[bytes, Version]] = OrderedDict()
+        self.remember = remember
 
     def reconfigure(self, groups: GroupSettings) -> None:
         """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
@@ -223,11 +229,24 @@ class LockService:
     async def _cas_loop(
         self, group: str, transitions: list[Transition]
     ) -> list[tuple[Semaphore, Outcome, int]]:
+        """One round trip for a batch: decide on the group's value, then compare-and-set.
+
+        The value this process last wrote or read is remembered, so a write can go
+        straight to the compare-and-set: if someone else wrote since, it fails and
+        returns the current value to decide again on. A decision that writes nothing is
+        never made on a remembered value: it re-reads first.
+        """
         slots = self._configured_slots(group)
         layout = self.backend.layout
         key = layout.key(group)
-        for attempt in range(1, self.max_attempts + 1):
+        remembered = self._seen.get(key)
+        if remembered is None:
             raw, version = await self.backend.get(key)
+            fresh = True
+        else:
+            (raw, version), fresh = remembered, False
+        attempt = 1
+        while True:
             if raw is None:
                 current = stored = Semaphore.new(slots)
             else:
@@ -240,17 +259,39 @@ class LockService:
                 current, outcome = transition(current)
                 results.append((current, outcome, attempt))
             if current == stored:
+                if not fresh:
+                    raw, version = await self.backend.get(key)
+                    self._remember(key, raw, version)
+                    fresh = True
+                    continue
                 # Nothing changed (or nothing to create): a read writes nothing.
                 return results
-            if await self.backend.compare_and_set(key, layout.encode(current, raw), version):
+            stored_it, raw, version = await self.backend.swap(
+                key, layout.encode(current, raw), version
+            )
+            self._remember(key, raw, version)
+            if stored_it:
                 return results
-            # Lost the race to another writer: back off with full jitter and re-read.
+            fresh = True
+            if attempt == self.max_attempts:
+                raise LockdError(
+                    Kind.backend_contention,
+                    f"group {group!r} changed under {self.max_attempts} attempts in a row; "
+                    "try again",
+                )
+            # Lost the race to another writer: back off with full jitter, decide again.
             delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
             await asyncio.sleep(random.uniform(0, delay))
-        raise LockdError(
-            Kind.backend_contention,
-            f"group {group!r} changed under {self.max_attempts} attempts in a row; try again",
-        )
+            attempt += 1
+
+    def _remember(self, key: str, raw: bytes | None, version: Version) -> None:
+        if raw is None or version is None:
+            self._seen.pop(key, None)
+            return
+        self._seen[key] = (raw, version)
+        self._seen.move_to_end(key)
+        if len(self._seen) > self.remember:
+            self._seen.popitem(last=False)
 
     async def _decide(
         self, action: str, group: str, id: str | None, transition: Transition, **extra: Any

@@ -53,10 +53,30 @@ async def test_delete_needs_current_version(backend: Backend) -> None:
     _, v2 = await backend.get(key)
     assert await backend.delete(key, v2) is True
     assert await backend.get(key) == (None, None)
-    # Recreated after delete: a fresh version that does not match the deleted one.
+    # Recreated after delete: versions never repeat, so old ones cannot match again.
     assert await backend.compare_and_set(key, b"z", None)
-    _, v3 = await backend.get(key)
-    assert await backend.compare_and_set(key, b"w", v2) is False or v3 == v2
+    for _ in range(3):
+        _, v = await backend.get(key)
+        assert await backend.compare_and_set(key, b"z", v)
+    assert await backend.compare_and_set(key, b"w", v1) is False
+    assert await backend.compare_and_set(key, b"w", v2) is False
+
+
+async def test_swap_reports_the_state_after(backend: Backend) -> None:
+    key = k(backend, "swap-report")
+    ok, value, version = await backend.swap(key, b"one", None)
+    assert ok and value == b"one"
+    assert version in (None, (await backend.get(key))[1])
+    current = await backend.get(key)
+    ok, value, version = await backend.swap(key, b"two", current[1])
+    assert ok and value == b"two" and version in (None, (await backend.get(key))[1])
+    # A lost swap returns what is stored now, exactly as get() would.
+    ok, value, version = await backend.swap(key, b"three", current[1])
+    assert not ok and (value, version) == await backend.get(key)
+    ok, value, version = await backend.swap(key, b"four", None)
+    assert not ok and (value, version) == await backend.get(key)
+    ok, value, version = await backend.swap(k(backend, "swap-absent"), b"x", current[1])
+    assert (ok, value, version) == (False, None, None)
 
 
 async def test_values_round_trip_bytes(backend: Backend) -> None:

@@ -14,24 +14,24 @@ from lockd.service import GroupSettings, LockService
 
 
 class RivalWriter(MemoryBackend):
-    """A real memory store where another replica writes the key between every read and
-    swap, for the first ``rival_writes`` reads: the worst interleaving a CAS loop meets."""
+    """A real memory store where another replica writes the key just before each of our
+    next ``rival_writes`` swaps: the worst interleaving a CAS loop meets."""
 
     def __init__(self, rival_writes: int) -> None:
         super().__init__()
         self.rival_writes = rival_writes
         self.swaps = 0
 
-    async def get(self, key: str) -> tuple[bytes | None, Version]:
-        value, version = await super().get(key)
-        if self.rival_writes > 0 and value is not None:
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
+        if self.rival_writes > 0:
             self.rival_writes -= 1
-            await super().compare_and_set(key, value, version)  # same bytes, new version
-        return value, version
-
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+            current, version = await self.get(key)
+            if current is not None:  # same bytes, new version
+                await MemoryBackend.swap(self, key, current, version)
         self.swaps += 1
-        return await super().compare_and_set(key, value, expected)
+        return await MemoryBackend.swap(self, key, value, expected)
 
 
 async def seeded(backend: MemoryBackend) -> LockService:
@@ -73,6 +73,13 @@ class HungStore(MemoryBackend):
             await asyncio.Event().wait()
         return await super().get(key)
 
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
+        if self.hung:
+            await asyncio.Event().wait()
+        return await super().swap(key, value, expected)
+
 
 async def test_a_hung_store_gives_503_within_the_timeout() -> None:
     backend = HungStore()
@@ -106,6 +113,36 @@ async def test_concurrent_requests_share_one_round_trip() -> None:
     relocks = await asyncio.gather(*(service.pre_reboot("g", "n0") for _ in range(50)))
     assert set(relocks) == {Outcome.ALREADY_HELD}
     assert (reads, backend.swaps) == (2, 1), "re-locks by the holder must not write"
+
+
+async def test_a_write_skips_the_read_but_a_refusal_never_trusts_memory() -> None:
+    """Two replicas on one store: what one remembers may be stale; it must never decide
+    a read-only answer on it, and a stale write must fail and decide again."""
+    store = RivalWriter(rival_writes=0)
+    reads = 0
+    real_get = store.get
+
+    async def counting_get(key: str) -> tuple[bytes | None, Version]:
+        nonlocal reads
+        reads += 1
+        return await real_get(key)
+
+    store.get = counting_get  # type: ignore[method-assign]
+    a = LockService(store, GroupSettings(default_slots=1))
+    b = LockService(store, GroupSettings(default_slots=1))
+    assert await a.pre_reboot("g", "n1") is Outcome.GRANTED
+    assert await a.steady_state("g", "n1") is Outcome.RELEASED
+    assert (reads, store.swaps) == (1, 2), "the release went straight to the swap"
+    assert await b.pre_reboot("g", "n2") is Outcome.GRANTED  # a's memory is now stale
+    # a remembers a free slot: its grant's swap fails, it sees n2 and refuses.
+    assert await a.pre_reboot("g", "n3") is Outcome.FULL
+    # a remembers n2 holding, but n2 released and n4 took the slot through b. Answering
+    # n2's re-lock from memory would be a wrong 200: a reads first, and refuses.
+    assert await b.steady_state("g", "n2") is Outcome.RELEASED
+    assert await b.pre_reboot("g", "n4") is Outcome.GRANTED
+    before = reads
+    assert await a.pre_reboot("g", "n2") is Outcome.FULL
+    assert reads == before + 1
 
 
 async def test_decisions_reach_observers() -> None:
