@@ -12,6 +12,9 @@ Wire operations, over one long-lived HTTP session:
   stale copy and lockd would tell a node it still holds a slot that was released.
 - create: ``PUT <key>?prevExist=false`` with form field ``value``; errorCode 105 = lost.
 - swap: ``PUT <key>?prevIndex=<index>``; 412 with errorCode 101 (or 100, key gone) = lost.
+  A write answers the node's new ``modifiedIndex``, which ``swap`` returns as the version.
+  A lost create or swap then reads the key (the error body names the current index but not
+  the value), except errorCode 100, which already says the key is absent.
 - delete: ``DELETE <key>?prevIndex=<index>``.
 - scan: ``GET <dir>?recursive=true&quorum=true``, flattened to leaf keys.
 
@@ -160,13 +163,26 @@ class Etcd2Backend(Backend):
         return str(node.get("value", "")).encode(), int(node["modifiedIndex"])
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        return (await self.swap(key, value, expected))[0]
+
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
         params = {"prevExist": "false"} if expected is None else {"prevIndex": str(expected)}
         # v2 values are text; every layout writes UTF-8 JSON.
         status, doc = await self._request("PUT", key, params, {"value": value.decode()})
-        if status in (200, 201):
-            return True
-        if doc.get("errorCode") in LOST:
-            return False
+        node = doc.get("node")
+        if status in (200, 201) and isinstance(node, dict) and "modifiedIndex" in node:
+            # The write's own index: what a get would now return as the version.
+            return True, value, int(node["modifiedIndex"])
+        code = doc.get("errorCode")
+        if code == KEY_NOT_FOUND:
+            # The compare ran in the raft log, so the key was absent at that point.
+            return False, None, None
+        if code in LOST:
+            # The error carries the current index in "cause" but not the value: read both.
+            current, version = await self.get(key)
+            return False, current, version
         raise self._fail(status, doc, f"put {key}")
 
     async def delete(self, key: str, expected: Version) -> bool:

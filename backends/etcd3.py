@@ -17,13 +17,17 @@ Options:
 Versions are ``mod_revision``s: unlike ``version``, which restarts at 1 when a key is deleted
 and created again, a ``mod_revision`` is never reused, so a compare cannot succeed against a
 key that was recreated in between. Compare-and-set is one transaction
-``If(mod_revision == seen) Then(Put)``; create-if-absent is ``If(create_revision == 0)``.
+``If(mod_revision == seen) Then(Put) Else(Get)``; create-if-absent is
+``If(create_revision == 0)``. A success answers the new revision (the response header's, which
+is the key's new ``mod_revision``), a failure the current value and ``mod_revision``: one
+round trip either way.
 
 Failover: one long-lived aetcd client per endpoint, all opened in :meth:`open` (the gRPC
 channels connect lazily and reconnect by themselves). Requests go to the current endpoint;
 an error or timeout moves to the next one. Retrying a compare-and-set whose answer was lost
-is safe: if the first attempt was applied, the retry's compare fails and the service re-reads
-and sees its own write; lock and unlock are idempotent.
+is safe: if the first attempt was applied, the retry's compare fails and returns the current
+value, which is the service's own write; it decides again on it (lock and unlock are
+idempotent), so nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -234,15 +238,40 @@ class Etcd3Backend(Backend):
         return await self._call(op)
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        return (await self.swap(key, value, expected))[0]
+
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
         k = key.encode()
 
-        async def op(c: aetcd.Client) -> bool:
+        async def op(c: aetcd.Client) -> tuple[bool, bytes | None, Version]:
             t = c.transactions
             # create_revision == 0 only while the key does not exist.
             cond = t.create(k) == 0 if expected is None else t.mod(k) == int(expected)
-            succeeded, _ = await c.transaction(compare=[cond], success=[t.put(k, value)],
-                                               failure=[])
-            return bool(succeeded)
+            request = rpc.TxnRequest(
+                compare=[cond.build_message()],
+                success=c._ops_to_requests([t.put(k, value)]),
+                # A lost compare reads the key in the same transaction: the caller gets
+                # the state it lost to without a second round trip.
+                failure=c._ops_to_requests([t.get(k)]),
+            )
+            # aetcd's transaction() drops the response header, which carries the new
+            # revision, so call the stub directly (with aetcd's connect and error mapping).
+            try:
+                await c.connect()
+                response = await c.kvstub.Txn(request, timeout=c._timeout, metadata=c.metadata)
+            except rpc.AioRpcError as exc:
+                aetcd_errors._handle_exception(exc)
+                raise  # not reached: _handle_exception always raises
+            if response.succeeded:
+                # A write transaction makes exactly one new revision, and every key it puts
+                # carries it as mod_revision.
+                return True, value, response.header.revision
+            kvs = response.responses[0].response_range.kvs
+            if not kvs:
+                return False, None, None
+            return False, bytes(kvs[0].value), kvs[0].mod_revision
 
         return await self._call(op)
 

@@ -1,12 +1,13 @@
 """Redis (or Valkey): ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``.
 
 Each stored value is a hash ``{value, gen, rev}``; its version is the string ``"gen:rev"``.
-``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-set and delete are Lua
-scripts kept in ``backends/resources/*.lua``: Redis runs a script to completion before any
-other command, so the check and the write cannot interleave with another replica's. The
-scripts are called by SHA; when Redis answers NOSCRIPT (a restart or ``SCRIPT FLUSH``
-emptied its script cache) the call is sent once more with the script text, which also
-caches it again.
+``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-set (``swap``, which
+also returns the new version, or the current value and version after a lost race, in the
+same round trip) and delete are Lua scripts kept in ``backends/resources/*.lua``: Redis
+runs a script to completion before any other command, so the check and the write cannot
+interleave with another replica's. The scripts are called by SHA; when Redis answers
+NOSCRIPT (a restart or ``SCRIPT FLUSH`` emptied its script cache) the call is sent once
+more with the script text, which also caches it again.
 
 Key names: ``<prefix>{<layout key>}``, e.g. ``lockd:{lockd/v1/groups/workers}``, and the
 key's generation counter ``lockd:{lockd/v1/groups/workers}:gen``. Both carry the same hash
@@ -252,11 +253,22 @@ class RedisBackend(Backend):
         return bytes(value), f"{gen.decode()}:{rev.decode()}"
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+        return (await self.swap(key, value, expected))[0]
+
+    async def swap(
+        self, key: str, value: bytes, expected: Version
+    ) -> tuple[bool, bytes | None, Version]:
+        # One script call: the new version on success, the current state after a lost race
+        # (see cas.lua). With wait_replicas the WAIT follows it on the same connection.
         rkey = self.redis_key(key)
         keys = [rkey, rkey + ":gen"]
         args: list[bytes | str] = ["" if expected is None else str(expected), value]
         result = await self._call(lambda c: self._run_script(c, CAS, keys, args))
-        return result is not None
+        if int(result[0]) == 1:
+            return True, value, _text(result[1])
+        if len(result) < 3:
+            return False, None, None
+        return False, bytes(result[1]), _text(result[2])
 
     async def delete(self, key: str, expected: Version) -> bool:
         if expected is None:
@@ -293,6 +305,10 @@ class RedisBackend(Backend):
             f"{o.scheme}://{o.where} ({kind}, prefix {o.prefix!r}, "
             f"timeout {o.timeout:g}s; durability is Redis's own: see docs/redis.md)"
         )
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 def _invalid(message: str) -> Exception:

@@ -190,6 +190,45 @@ async def test_root_and_escaping_on_the_wire(
         await rooted.close()
 
 
+async def test_swap_answers_modified_index_and_the_state_it_lost_to(
+    etcd2_url: str, etcd2_endpoint: str, session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write answers its own modifiedIndex (no read); a lost one answers the current state."""
+    backend = open_backend(etcd2_url)
+    assert isinstance(backend, Etcd2Backend)
+    read = backend.get
+    reads: list[str] = []
+
+    async def counted_get(k: str) -> tuple[bytes | None, object]:
+        reads.append(k)
+        return await read(k)
+
+    monkeypatch.setattr(backend, "get", counted_get)
+    try:
+        key = backend.layout.key("swap-native")
+        ok, value, v1 = await backend.swap(key, b"one", None)
+        assert ok and value == b"one" and isinstance(v1, int)
+        ok, value, v2 = await backend.swap(key, b"two", v1)
+        assert ok and value == b"two" and isinstance(v2, int) and v2 > v1
+        assert reads == []  # the native path: the PUT's answer gave the version
+        assert await read(key) == (b"two", v2)
+        # Another writer (a locksmith node, say) moves the key on.
+        async with session.put(
+            f"http://{etcd2_endpoint}{backend._path(key)}", data={"value": "foreign"}
+        ) as resp:
+            v3 = (await resp.json())["node"]["modifiedIndex"]
+        assert await backend.swap(key, b"three", v2) == (False, b"foreign", v3)
+        assert await backend.swap(key, b"three", None) == (False, b"foreign", v3)
+        # A swap on an absent key is told so by the PUT itself (errorCode 100), unread.
+        reads.clear()
+        absent = backend.layout.key("swap-absent")
+        assert await backend.swap(absent, b"x", v3) == (False, None, None)
+        assert reads == []
+    finally:
+        await backend.close()
+
+
 async def test_failover_to_a_live_endpoint(etcd2_endpoint: str, unique: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
     backend = Etcd2Backend([dead, etcd2_endpoint], root=f"/f-{unique}", timeout=2)

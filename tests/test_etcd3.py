@@ -109,6 +109,45 @@ async def test_compare_is_on_mod_revision_not_version(etcd_native_url: str) -> N
         await backend.close()
 
 
+async def test_swap_answers_revisions_and_lost_races_in_one_transaction(
+    etcd_native_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Success answers the header revision (the key's new mod_revision); a lost compare
+    answers the current value and mod_revision from the same transaction, with no get."""
+    backend = backend_of(etcd_native_url)
+    await backend.open()
+    raw = aetcd.Client("127.0.0.1", backend.endpoints[0][1])
+    read = backend.get
+    reads: list[str] = []
+
+    async def counted_get(k: str) -> tuple[bytes | None, object]:
+        reads.append(k)
+        return await read(k)
+
+    monkeypatch.setattr(backend, "get", counted_get)
+    try:
+        key = backend.layout.key("swap-native")
+        ok, value, v1 = await backend.swap(key, b"one", None)
+        assert ok and value == b"one" and isinstance(v1, int)
+        ok, value, v2 = await backend.swap(key, b"two", v1)
+        assert ok and value == b"two" and isinstance(v2, int) and v2 > v1
+        kv = await raw.get(key.encode())
+        assert kv is not None and kv.mod_revision == v2
+        assert await read(key) == (b"two", v2)
+        await raw.put(key.encode(), b"foreign")  # another writer moves the key on
+        foreign = await raw.get(key.encode())
+        assert foreign is not None
+        assert await backend.swap(key, b"three", v2) == (False, b"foreign", foreign.mod_revision)
+        assert await backend.swap(key, b"three", None) == (
+            False, b"foreign", foreign.mod_revision)
+        await raw.delete(key.encode())
+        assert await backend.swap(key, b"four", foreign.mod_revision) == (False, None, None)
+        assert reads == []
+    finally:
+        await raw.close()
+        await backend.close()
+
+
 # Unavailability, recovery and failover
 
 

@@ -150,6 +150,33 @@ async def test_a_recreated_key_never_repeats_a_version(rbackend: RedisBackend) -
         assert await rbackend.compare_and_set(key, b"stale", stale) is False
 
 
+async def test_swap_answers_versions_and_lost_races_itself(
+    rbackend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script returns the new version, or the state it lost to: no read after it."""
+    key = rbackend.layout.key("swap-native")
+    read = rbackend.get
+    reads: list[str] = []
+
+    async def counted_get(k: str) -> tuple[bytes | None, object]:
+        reads.append(k)
+        return await read(k)
+
+    monkeypatch.setattr(rbackend, "get", counted_get)
+    ok, value, v1 = await rbackend.swap(key, b"one", None)
+    assert ok and value == b"one" and v1 is not None
+    ok, value, v2 = await rbackend.swap(key, b"two", v1)
+    assert ok and value == b"two" and v2 not in (None, v1)
+    assert await read(key) == (b"two", v2)
+    gen, rev = await raw.hmget(rbackend.redis_key(key), "gen", "rev")
+    assert v2 == f"{gen.decode()}:{rev.decode()}"
+    # Lost races (a stale version; a create of a key that exists) report the current state.
+    assert await rbackend.swap(key, b"three", v1) == (False, b"two", v2)
+    assert await rbackend.swap(key, b"three", None) == (False, b"two", v2)
+    assert await rbackend.swap(rbackend.layout.key("swap-none"), b"x", v2) == (False, None, None)
+    assert reads == []
+
+
 async def test_scan_ignores_foreign_keys(rbackend: RedisBackend, raw: aioredis.Redis) -> None:
     await raw.set(f"{rbackend.prefix}lockd/v1/groups/plain", b"not ours")
     await raw.set(f"{rbackend.prefix}{{lockd/v1/other/x}}", b"not a group")
@@ -211,6 +238,9 @@ async def test_wait_replicas_refuses_answers_no_replica_confirmed(
             await backend.compare_and_set(key, b"x", None)
         # The write itself happened (WAIT cannot undo it); the caller was told 503.
         assert await raw.hget(backend.redis_key(key), "value") == b"x"
+        # A lost swap's report of the current state is no more confirmed than a write.
+        with pytest.raises(BackendUnavailable, match="0 of 1 replicas"):
+            await backend.swap(key, b"y", None)
         with pytest.raises(BackendUnavailable, match="0 of 1 replicas"):
             await backend.get(key)
     finally:
