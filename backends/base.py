@@ -27,7 +27,12 @@ class BackendError(Exception):
 
 
 class BackendUnavailable(BackendError):
-    """The store cannot be reached or did not answer in time. Nothing was decided."""
+    """The store cannot be reached or did not answer in time.
+
+    The caller must not assume a write it sent was refused: a distributed store may
+    still commit it (etcd, once quorum returns). Clients see 503 and retry, and a retry
+    finds the outcome (a re-lock by the holder is 200).
+    """
 
 
 class Backend(abc.ABC):
