@@ -71,7 +71,7 @@ class Settings:
     @property
     def resolved_state_dir(self) -> str:
         if self.state_dir:
-            return os.path.expanduser(self.state_dir)
+            return os.path.abspath(os.path.expanduser(self.state_dir))
         if os.geteuid() == 0:
             return SYSTEM_STATE_DIR
         return os.path.expanduser(DEFAULT_STATE_DIR)

@@ -26,8 +26,15 @@ extra_apps: list[ExtraApp] = []
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     app = create_app(settings)
     runners: list[web.AppRunner] = []
+    # handler_cancellation: a request whose client has hung up is dropped from its
+    # group's queue instead of being applied late. A late release is the dangerous one:
+    # it could free a slot the same node took again since (see service.update).
     main = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout, access_log=None
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        handler_cancellation=True,
     )
     await main.setup()  # opens the backend (cleanup_ctx)
     runners.append(main)
@@ -69,7 +76,9 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
 
 
 async def _start(runner: web.AppRunner, host: str, port: int, name: str, s: Settings) -> None:
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    # A reboot storm opens thousands of connections at once; the default backlog (128)
+    # overflows and clients wait seconds for SYN retries.
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
     await site.start()
     for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
         addr = sock.getsockname()
@@ -99,6 +108,8 @@ def _reloader(reload: Callable[[], Settings], app: web.Application) -> Callable[
 
     return on_sighup
 
+
+LISTEN_BACKLOG = 4096
 
 _background: set[asyncio.Task[None]] = set()
 

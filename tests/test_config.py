@@ -53,6 +53,12 @@ def test_defaults() -> None:
     assert s.group_settings().slots_for("anything") == 1
 
 
+def test_relative_state_dir_becomes_absolute(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    s = load(environ={}, overrides={"storage.state_dir": "state"})
+    assert s.backend_url == f"sqlite://{tmp_path / 'state' / 'lockd.db'}"
+
+
 def test_airlock_config_is_read_unchanged(tmp_path: Path) -> None:
     s = load(write(tmp_path, AIRLOCK_TOML), environ={})
     assert (s.listen.host, s.listen.port) == ("127.0.0.1", 3333)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 from pathlib import Path
+
+import aiohttp
+import pytest
 
 from lockd.app import create_app
 from lockd.config import Settings
@@ -61,3 +66,40 @@ def test_holders_survive_sigkill_on_the_default_backend(tmp_path: Path) -> None:
         assert (status, doc["kind"]) == (423, "failed_lock_semaphore_full")
     finally:
         second.stop()
+
+
+async def test_a_request_whose_client_hung_up_is_not_applied_late(tmp_path: Path) -> None:
+    """A release that waited while the store was stuck, and whose client gave up, must not
+    be applied afterwards: by then the node may hold a slot again."""
+    db = tmp_path / "l.db"
+    server = Lockd(
+        tmp_path, "--backend", f"sqlite://{db}?busy_timeout=8", "--default-slots", "2"
+    ).start()
+    try:
+        assert lock(server.url, "pre-reboot", "a", "default")[0] == 200
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the store stops answering writes
+        body = {"client_params": {"id": "x", "group": "default"}}
+        headers = {"fleet-lock-protocol": "true"}
+        async with aiohttp.ClientSession() as session:
+            # x's grant (a write) takes the group's round trip and waits on the store...
+            stuck = asyncio.create_task(
+                session.post(f"{server.url}/v1/pre-reboot", json=body, headers=headers)
+            )
+            await asyncio.sleep(0.3)
+            # ...so a's release queues behind it; a's client gives up and hangs up.
+            body_a = {"client_params": {"id": "a", "group": "default"}}
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await session.post(
+                        f"{server.url}/v1/steady-state", json=body_a, headers=headers
+                    )
+            await asyncio.sleep(0.3)
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            resp = await stuck
+            assert resp.status == 200  # x's grant was in flight: it completes
+        status, doc = lock(server.url, "pre-reboot", "a", "default")
+        assert (status, doc["outcome"]) == (200, "already_held"), "the dropped release ran"
+    finally:
+        server.stop()
