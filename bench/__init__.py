@@ -1,0 +1,1 @@
+"""lockd benchmarks: the locust reboot storm (bench.storm) and the throughput harness."""

@@ -1,0 +1,1 @@
+"""The locust reboot storm: simulated zincati nodes, an independent safety record."""

@@ -1,0 +1,204 @@
+"""Run a reboot storm against a FleetLock server and print the summary.
+
+    .venv-bench/bin/python -m bench.storm.run --url http://127.0.0.1:8080/ \
+        --nodes 1000 --groups 10 --slots 2 --period 300 --reboot 60 --time-scale 1/100
+
+Starts locust headless (standalone, or one master and ``--workers`` workers), waits for it
+to end by itself (every node rebooted or died, or ``--max-time``), then reads the
+benchmark's own record and prints drain, rates, latency, statuses and the SAFETY verdict;
+writes ``result.json`` and ``timeline.png`` in ``--out``. ``--lockd "CMD"`` starts a lockd
+for the run (its slots set to ``--slots``), e.g. ``--lockd ".venv/bin/lockd serve --backend
+memory://"``. Exit status: 0 safe and every live node rebooted, 1 violation, 3 incomplete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import secrets
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from bench.storm.report import render, summarise
+
+HERE = Path(__file__).resolve().parent
+LOCUSTFILE = HERE / "locustfile.py"
+LISTEN_RE = re.compile(r"FleetLock listening on (http://\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(argv: list[str], cpus: str | None) -> list[str]:
+    if cpus and shutil.which("taskset"):
+        return ["taskset", "-c", cpus, *argv]
+    return argv
+
+
+def start_lockd(cmd: str, slots: int, out: Path, cpus: str | None,
+                n: int = 0) -> tuple[subprocess.Popen, str]:
+    argv = [*shlex.split(cmd), "--listen", "127.0.0.1:0", "--no-admin",
+            "--default-slots", str(slots), "--log-level", "warning"]
+    path = out / f"lockd-{n}.log"
+    log = open(path, "wb")
+    proc = subprocess.Popen(pinned(argv, cpus), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = LISTEN_RE.search(path.read_text(errors="replace"))
+        if m:
+            return proc, m.group(1).rstrip("/") + "/"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"lockd did not start:\n{path.read_text()}")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="FleetLock base URL (zincati's base_url); several, comma-"
+                   "separated, spread the nodes over replicas (node i uses URL i mod n)")
+    p.add_argument("--lockd", metavar="CMD", help="start this lockd command for the run")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="with --lockd: start this many (they must share a backend)")
+    p.add_argument("--nodes", type=int, default=100)
+    p.add_argument("--groups", type=int, default=10)
+    p.add_argument("--slots", type=int, default=1, help="slots per group on the server")
+    p.add_argument("--period", type=float, default=300.0, help="poll period, real seconds")
+    p.add_argument("--reboot", type=float, default=60.0, help="reboot time, real seconds")
+    p.add_argument("--time-scale", default="1/100",
+                   help="fraction of real time, e.g. 1/300 runs a 300 s period as 1 s")
+    p.add_argument("--die-fraction", type=float, default=0.0,
+                   help="fraction of nodes that die while holding a slot")
+    p.add_argument("--workers", type=int, default=0,
+                   help="locust workers (0 = one standalone locust process)")
+    p.add_argument("--spawn-rate", type=float, default=0.0, help="users/s (default: all at once)")
+    p.add_argument("--max-time", type=float, default=0.0,
+                   help="bound on the storm in seconds (default: estimated from the parameters)")
+    p.add_argument("--out", type=Path, default=None, help="record/result dir")
+    p.add_argument("--locust-cpus", help="taskset CPU list for locust, e.g. 1")
+    p.add_argument("--server-cpus", help="taskset CPU list for --lockd, e.g. 0")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if not a.url and not a.lockd:
+        p.error("give --url or --lockd")
+    return a
+
+
+def default_bound(a: argparse.Namespace, period: float, reboot: float) -> float:
+    per_group = math.ceil(a.nodes / a.groups)
+    rounds = math.ceil(per_group / a.slots)
+    return 30.0 + 3.0 * (2 * period + rounds * (reboot + period / 4))
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    scale = float(Fraction(a.time_scale))
+    period, reboot = a.period * scale, a.reboot * scale
+    bound = a.max_time or default_bound(a, period, reboot)
+    out = a.out or Path("bench/out") / time.strftime("storm-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("record-*.jsonl"), out / "locust-stats.json"]:
+        old.unlink(missing_ok=True)
+    servers: list[subprocess.Popen] = []
+    url = a.url or ""
+    if a.lockd:
+        urls = []
+        for n in range(a.replicas):
+            proc, one = start_lockd(a.lockd, a.slots, out, a.server_cpus, n)
+            servers.append(proc)
+            urls.append(one)
+        url = ",".join(urls)
+    # Fresh group names per run, so holders left by an earlier run cannot skew this one.
+    prefix = f"storm{secrets.token_hex(3)}-"
+    params: dict[str, Any] = {
+        "url": url, "nodes": a.nodes, "groups": a.groups, "slots": a.slots,
+        "period_s": a.period, "reboot_s": a.reboot, "time_scale": a.time_scale,
+        "scaled_period_s": period, "scaled_reboot_s": reboot, "die_fraction": a.die_fraction,
+        "workers": a.workers, "max_time_s": bound, "group_prefix": prefix,
+    }
+    env = {**os.environ, "STORM_GROUPS": str(a.groups), "STORM_SLOTS": str(a.slots),
+           "STORM_PERIOD": str(a.period), "STORM_REBOOT": str(a.reboot),
+           "STORM_TIME_SCALE": a.time_scale, "STORM_DIE_FRACTION": str(a.die_fraction),
+           "STORM_GROUP_PREFIX": prefix, "STORM_RECORD_DIR": str(out),
+           "STORM_WORKERS": str(max(1, a.workers)), "STORM_SEED": str(a.seed),
+           "STORM_URLS": url,
+           "PYTHONUNBUFFERED": "1"}
+    locust = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
+    head = [*locust, "--headless", "--only-summary", "--users", str(a.nodes),
+            "--spawn-rate", str(a.spawn_rate or a.nodes), "--run-time", f"{math.ceil(bound)}s",
+            "--stop-timeout", "0", "--host", url.split(",")[0]]
+    print(f"storm: {a.nodes} nodes, {a.groups} groups x {a.slots} slots, period {period:g}s, "
+          f"reboot {reboot:g}s (time scale {a.time_scale}), target {url}, bound {bound:.0f}s, "
+          f"{'standalone' if not a.workers else f'{a.workers} workers'}; record in {out}",
+          file=sys.stderr, flush=True)
+    procs: list[subprocess.Popen] = []
+    log = open(out / "locust.log", "wb")
+    try:
+        if a.workers:
+            port = free_port()
+            master = subprocess.Popen(
+                pinned([*head, "--master", "--expect-workers", str(a.workers),
+                        "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)],
+                       a.locust_cpus), env=env, stdout=log, start_new_session=True)
+            for _ in range(a.workers):
+                procs.append(subprocess.Popen(
+                    pinned([*locust, "--worker", "--master-host", "127.0.0.1",
+                            "--master-port", str(port)], a.locust_cpus),
+                    env=env, stdout=log, stderr=log, start_new_session=True))
+        else:
+            master = subprocess.Popen(pinned(head, a.locust_cpus), env=env, stdout=log,
+                                      start_new_session=True)
+        procs.insert(0, master)
+        try:
+            master.wait(bound + 60)
+        except subprocess.TimeoutExpired:
+            print("storm: locust did not stop by itself; killing it", file=sys.stderr)
+        for p in procs[1:]:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        for p in procs:
+            stop(p)
+        log.close()
+        for server in servers:
+            stop(server)
+    result = summarise(out, slots=a.slots, reboot=reboot, params=params,
+                       png=out / "timeline.png")
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    print(render(result))
+    print(f"  result       {out / 'result.json'}, {out / 'timeline.png'}")
+    if result["safety"]["verdict"] != "SAFE":
+        return 1
+    return 0 if result["all_rebooted"] else 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

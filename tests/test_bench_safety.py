@@ -1,0 +1,123 @@
+"""The storm's own safety checker (bench/storm/safety.py) on hand-made histories."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.storm.report import drain
+from bench.storm.safety import (
+    Hold,
+    holds_from_events,
+    max_holders,
+    split_holds,
+    verdict,
+    violations,
+)
+
+
+def ev(t: float, node: str, what: str, group: str = "g") -> tuple[float, str, str, str]:
+    return (t, node, group, what)
+
+
+def test_one_after_another_is_safe() -> None:
+    events = [ev(0, "a", "grant"), ev(1, "a", "release"), ev(2, "b", "grant"),
+              ev(3, "b", "release")]
+    holds = holds_from_events(events, end=10)
+    assert holds == [Hold("g", "a", 0, 1), Hold("g", "b", 2, 3)]
+    assert violations(holds, 1) == []
+    assert verdict(holds, 1)[0].max_holders == 1
+
+
+def test_overlap_beyond_slots_is_a_violation_naming_who_and_when() -> None:
+    events = [ev(0, "a", "grant"), ev(0.5, "b", "grant"), ev(1, "a", "release"),
+              ev(2, "b", "release")]
+    found = violations(holds_from_events(events, end=10), 1)
+    assert len(found) == 1
+    assert (found[0].group, found[0].max_holders, found[0].at) == ("g", 2, 0.5)
+    assert found[0].holders == ("a", "b")
+
+
+def test_release_sent_at_the_instant_of_the_next_grant_is_not_an_overlap() -> None:
+    events = [ev(0, "a", "grant"), ev(1, "a", "release"), ev(1, "b", "grant"),
+              ev(2, "b", "release")]
+    assert violations(holds_from_events(events, end=10), 1) == []
+
+
+def test_a_node_that_died_holding_keeps_its_slot_to_the_end() -> None:
+    events = [ev(0, "a", "grant"), ev(0.1, "a", "die"), ev(50, "b", "grant"),
+              ev(51, "b", "release")]
+    holds = holds_from_events(events, end=60)
+    assert Hold("g", "a", 0, 60) in holds
+    assert [v.holders for v in violations(holds, 1)] == [("a", "b")]
+    assert violations(holds, 2) == []
+
+
+def test_a_repeated_grant_to_the_holder_is_one_hold() -> None:
+    # zincati re-locks while it holds; a second 200 must not count as a second holder.
+    events = [ev(0, "a", "grant"), ev(1, "a", "grant"), ev(2, "a", "release")]
+    holds = holds_from_events(events, end=5)
+    assert holds == [Hold("g", "a", 0, 2)]
+    assert violations(holds, 1) == []
+
+
+def test_groups_are_judged_separately_against_their_own_slots() -> None:
+    events = [
+        ev(0, "a", "grant", "x"), ev(0, "b", "grant", "x"), ev(0, "c", "grant", "x"),
+        ev(0, "d", "grant", "y"), ev(0, "e", "grant", "y"),
+        *(ev(5, n, "release", g) for n, g in
+          [("a", "x"), ("b", "x"), ("c", "x"), ("d", "y"), ("e", "y")]),
+    ]
+    holds = holds_from_events(events, end=9)
+    assert {g: n for g, (n, _, _) in max_holders(holds).items()} == {"x": 3, "y": 2}
+    assert [v.group for v in violations(holds, 2)] == ["x"]
+    assert violations(holds, {"x": 3, "y": 2}) == []
+    assert [v.group for v in violations(holds, {"x": 3, "y": 1})] == ["y"]
+
+
+def test_events_in_any_order_and_regrants_after_release() -> None:
+    events = [ev(4, "a", "release"), ev(3, "a", "grant"), ev(1, "a", "release"),
+              ev(0, "a", "grant"), ev(2, "b", "grant"), ev(3.5, "b", "release")]
+    holds = holds_from_events(events, end=10)
+    assert sorted(holds, key=lambda h: h.start) == [
+        Hold("g", "a", 0, 1), Hold("g", "b", 2, 3.5), Hold("g", "a", 3, 4)]
+    found = violations(holds, 1)
+    assert [(v.at, v.holders) for v in found] == [(3, ("a", "b"))]
+
+
+@pytest.mark.parametrize("second_grant, ratio", [(1.0, 1.0), (1.5, 1.25)])
+def test_drain_is_first_grant_to_last_release_against_the_ideal(second_grant: float,
+                                                                  ratio: float) -> None:
+    events = [ev(0, "a", "grant"), ev(1, "a", "release"), ev(1.01, "a", "done"),
+              ev(second_grant, "b", "grant"), ev(second_grant + 1, "b", "release"),
+              ev(second_grant + 1.01, "b", "done")]
+    result = drain(events, {"a": "g", "b": "g"}, slots=1, reboot=1.0)
+    assert result["groups"]["g"]["ideal_s"] == 2.0
+    assert result["ratio_max"] == pytest.approx(ratio)
+
+
+def test_a_group_with_a_dead_node_has_no_drain_time() -> None:
+    events = [ev(0, "a", "grant"), ev(0, "a", "die"), ev(0, "b", "grant"),
+              ev(1, "b", "release"), ev(1, "b", "done")]
+    result = drain(events, {"a": "g", "b": "g"}, slots=2, reboot=1.0)
+    assert result["groups"]["g"]["drain_s"] is None
+    assert result["incomplete_groups"] == 1
+
+
+def test_a_grant_after_an_unanswered_release_is_uncertain_not_a_violation() -> None:
+    # "a" sent a steady-state that got no 200 at t=1; the server may apply it at any time,
+    # for instance while "a" holds its next grant, so "b" at t=3 proves nothing.
+    events = [ev(1, "a", "unsure"), ev(2, "a", "grant"), ev(3, "b", "grant"),
+              ev(4, "a", "release"), ev(5, "b", "release")]
+    certain, uncertain = split_holds(events, end=10)
+    assert certain == [Hold("g", "b", 3, 5)] and uncertain == [Hold("g", "a", 2, 4)]
+    assert violations(certain, 1) == []
+    # Without the unanswered request the same history is a violation.
+    assert len(violations(holds_from_events(events[1:], end=10), 1)) == 1
+
+
+def test_an_unanswered_release_of_the_hold_itself_keeps_the_hold_certain() -> None:
+    events = [ev(0, "a", "grant"), ev(1, "a", "release"), ev(1, "a", "unsure"),
+              ev(0.5, "b", "grant"), ev(2, "b", "release")]
+    certain, uncertain = split_holds(events, end=10)
+    assert uncertain == []
+    assert [v.holders for v in violations(certain, 1)] == [("a", "b")]
