@@ -63,6 +63,7 @@ class Metrics:
         self.group_cap = group_cap
         self._admitted: set[str] = set()
         self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._decision_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         r = self.registry
 
         self.requests = Counter(
@@ -174,8 +175,13 @@ class Metrics:
         outcome = d.outcome.value if d.outcome is not None else (
             d.error.value if d.error is not None else "error"
         )
-        self.decisions.labels(d.action, outcome).inc()
-        self.decision_seconds.labels(d.action).observe(d.seconds)
+        key = (d.action, outcome)
+        children = self._decision_children.get(key)
+        if children is None:  # cached, as for requests: this runs on every decision
+            children = (self.decisions.labels(*key), self.decision_seconds.labels(d.action))
+            self._decision_children[key] = children
+        children[0].inc()
+        children[1].observe(d.seconds)
         if d.attempts > 1:
             self.cas_retries.labels(d.action).inc(d.attempts - 1)
         if d.outcome is None:

@@ -196,10 +196,12 @@ class LockService:
         self._queues.setdefault(group, []).append((transition, future))
         if group not in self._drainers:
             self._drainers[group] = loop.create_task(self._drain(group))
+        # A timer rather than wait_for: cheaper, and this runs for every request.
+        timer = loop.call_later(self.timeout, _expire, future)
         try:
-            return await asyncio.wait_for(future, self.timeout)
-        except TimeoutError as exc:
-            raise _unavailable(exc) from exc
+            return await future
+        finally:
+            timer.cancel()
 
     async def _drain(self, group: str) -> None:
         """Run round trips for ``group`` until its queue is empty."""
@@ -358,6 +360,12 @@ class LockService:
             raise LockdError(
                 Kind.backend_invalid_data, f"the stored semaphore of group {group!r} is unreadable"
             ) from exc
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    """The request waited ``timeout``: 503, and its turn is skipped if not yet taken."""
+    if not future.done():
+        future.set_exception(_unavailable(TimeoutError()))
 
 
 def _unchanged(sem: Semaphore) -> tuple[Semaphore, Outcome]:
