@@ -138,12 +138,14 @@ async def test_cluster_loses_one_member_then_quorum_then_recovers(tmp_path: Path
             await asyncio.to_thread(member.wait_healthy)
         # A 503 means "not decided yet", not "refused": a write that the last member had
         # logged may still commit once quorum is back. So, like zincati, every late node
-        # retries until it is granted, reboots, and releases; one at a time (1 slot).
-        for i in range(12):
+        # keeps asking until it is granted, reboots, and releases.
+        async def late_node(i: int) -> None:
             url = lockd_urls[i % len(lockd_urls)]
             while (await post_all([url], [f"late-{i}"]))[0][0] != 200:
                 await asyncio.sleep(0.02)
             assert await post_all([url], [f"late-{i}"], op="steady-state") == [(200, "")]
+
+        await asyncio.wait_for(asyncio.gather(*(late_node(i) for i in range(12))), 60)
         again = await asyncio.wait_for(
             storm(lockd_urls, SLOTS, clients=20, rounds=2, hold=(0.0, 0.01), seed=12), 60
         )
