@@ -256,6 +256,8 @@ class Results:
     samples: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
     ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
+    #: lockd-on-etcd cycle requests/s over the raw aetcd compare-and-set rate, per run
+    raw_ratios: list[float] = field(default_factory=list)
 
 
 def _report(res: Results, run: int, runs: int, name: str, mode: str, s: Sample) -> None:
@@ -323,8 +325,27 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
                 s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
                 _report(res, run, a.runs, name, mode, s)
                 res.ratios.setdefault(name, {}).setdefault(mode, []).append(s.rps / b.rps)
+                if name == "etcd" and mode == "cycle":
+                    raw = raw_etcd(target.store.endpoint, a.duration, a.connections,
+                                   a.server_cpus)
+                    print(f"run {run}/{a.runs}  etcd-raw compare-and-set {raw.rps:>8.0f} "
+                          f"txn/s (lockd cycle: {s.rps / raw.rps:.2f} of it)", flush=True)
+                    res.samples.setdefault("etcd-raw", {}).setdefault(mode, []).append(raw)
+                    res.raw_ratios.append(s.rps / raw.rps)
         finally:
             target.stop()
+
+
+def raw_etcd(endpoint: str, seconds: float, conns: int, cpus: str | None) -> Sample:
+    """aetcd's bare compare-and-set rate, in place of lockd on the server CPU."""
+    argv = [sys.executable, "-m", "bench.raw_etcd", endpoint, "--duration", str(seconds),
+            "--connections", str(conns)]
+    if cpus and shutil.which("taskset"):
+        argv = ["taskset", "-c", cpus, *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120)
+    doc = json.loads(out.stdout)
+    return Sample(rps=doc["rps"], requests=doc["requests"], non2xx=0, p50_ms=None,
+                  p99_ms=None)
 
 
 def table(res: Results) -> str:
@@ -380,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"medians of {a.runs} run(s); 'x bare' = median ratio to the bare handler measured "
           "just before")
     print(table(res))
+    if res.raw_ratios:
+        print(f"etcd: lockd's grant+release requests/s = {statistics.median(res.raw_ratios):.2f}"
+              f" of the raw aetcd compare-and-set rate (each such request is one transaction)")
     for line in res.anomalies:
         print("ANOMALY " + line)
     a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -388,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpus": a.server_cpus, "load_cpus": a.load_cpus,
         "samples": {n: {m: [s.__dict__ for s in ss] for m, ss in bm.items()}
                     for n, bm in res.samples.items()},
-        "ratios": res.ratios, "anomalies": res.anomalies,
+        "ratios": res.ratios, "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
     }, indent=2))
     return 1 if res.anomalies else 0
 
