@@ -48,38 +48,57 @@ class SqliteBackend(Backend):
         self.busy_timeout = busy_timeout
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # Reads have their own thread and connection: in WAL mode they need not wait for
+        # a write's fsync, which is what made polls slow while grants were committing.
+        self._reader: ThreadPoolExecutor | None = None
+        self._read_conn: sqlite3.Connection | None = None
 
     async def open(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-sqlite")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-sqlite-r")
         await self._run(self._connect)
+        await self._run(self._connect_reader, read=True)
+
+    def _open_connection(self) -> sqlite3.Connection:
+        return sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = self._open_connection()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         conn.execute(SCHEMA)
         self._conn = conn
 
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+    def _connect_reader(self) -> None:
+        self._read_conn = self._open_connection()
+
+    async def _run(self, fn: Callable[..., T], *args: object, read: bool = False) -> T:
         if self._executor is None:
             await self.open()
-        assert self._executor is not None
+        executor = self._reader if read else self._executor
+        assert executor is not None
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn, *args)
+            return await loop.run_in_executor(executor, fn, *args)
         except sqlite3.OperationalError as exc:
             # "database is locked" past the busy timeout, a full or read-only disk...
             raise BackendUnavailable(f"sqlite {self.path}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise BackendUnavailable(f"sqlite {self.path}: {exc}") from exc
 
-    def _get(self, key: str) -> tuple[bytes | None, Version]:
-        assert self._conn is not None
-        row = self._conn.execute("SELECT value, version FROM kv WHERE key = ?", (key,)).fetchone()
+    def _get(
+        self, key: str, conn: sqlite3.Connection | None = None
+    ) -> tuple[bytes | None, Version]:
+        conn = conn or self._conn
+        assert conn is not None
+        row = conn.execute("SELECT value, version FROM kv WHERE key = ?", (key,)).fetchone()
         return (None, None) if row is None else (bytes(row[0]), row[1])
+
+    def _read(self, key: str) -> tuple[bytes | None, Version]:
+        return self._get(key, self._read_conn)
 
     def _swap(
         self, key: str, value: bytes, expected: Version
@@ -116,14 +135,14 @@ class SqliteBackend(Backend):
         return cur.rowcount == 1
 
     def _scan(self, prefix: str) -> list[str]:
-        assert self._conn is not None
-        rows = self._conn.execute(
+        assert self._read_conn is not None
+        rows = self._read_conn.execute(
             "SELECT key FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix)
         ).fetchall()
         return [r[0] for r in rows]
 
     async def get(self, key: str) -> tuple[bytes | None, Version]:
-        return await self._run(self._get, key)
+        return await self._run(self._read, key, read=True)
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
         return (await self.swap(key, value, expected))[0]
@@ -137,19 +156,22 @@ class SqliteBackend(Backend):
         return await self._run(self._delete, key, expected)
 
     async def scan(self, prefix: str) -> list[str]:
-        return await self._run(self._scan, prefix)
+        return await self._run(self._scan, prefix, read=True)
 
     async def ping(self) -> None:
         await self._run(self._ping)
 
     async def close(self) -> None:
-        if self._executor is None:
+        if self._executor is None or self._reader is None:
             return
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        loop = asyncio.get_running_loop()
+        for executor, attr in ((self._reader, "_read_conn"), (self._executor, "_conn")):
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                await loop.run_in_executor(executor, conn.close)
+            executor.shutdown(wait=True)
+        self._executor = self._reader = None
 
     def describe(self) -> str:
         return f"sqlite://{self.path} (durable, synchronous={self.synchronous})"
