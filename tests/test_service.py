@@ -21,13 +21,18 @@ class RivalWriter(MemoryBackend):
         super().__init__()
         self.rival_writes = rival_writes
         self.swaps = 0
+        self.reads = 0
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        self.reads += 1
+        return await super().get(key)
 
     async def swap(
         self, key: str, value: bytes, expected: Version
     ) -> tuple[bool, bytes | None, Version]:
         if self.rival_writes > 0:
             self.rival_writes -= 1
-            current, version = await self.get(key)
+            current, version = await MemoryBackend.get(self, key)
             if current is not None:  # same bytes, new version
                 await MemoryBackend.swap(self, key, current, version)
         self.swaps += 1
@@ -96,43 +101,25 @@ async def test_a_hung_store_gives_503_within_the_timeout() -> None:
 
 async def test_concurrent_requests_share_one_round_trip() -> None:
     backend = RivalWriter(rival_writes=0)
-    reads = 0
-    real_get = backend.get
-
-    async def counting_get(key: str) -> tuple[bytes | None, Version]:
-        nonlocal reads
-        reads += 1
-        return await real_get(key)
-
-    backend.get = counting_get  # type: ignore[method-assign]
     service = LockService(backend, GroupSettings(default_slots=2))
     outcomes = await asyncio.gather(*(service.pre_reboot("g", f"n{i}") for i in range(50)))
     # Arrival order decides: the first two are granted, the rest refused, one write.
     assert outcomes[:2] == [Outcome.GRANTED] * 2 and set(outcomes[2:]) == {Outcome.FULL}
-    assert (reads, backend.swaps) == (1, 1)
+    assert (backend.reads, backend.swaps) == (1, 1)
     relocks = await asyncio.gather(*(service.pre_reboot("g", "n0") for _ in range(50)))
     assert set(relocks) == {Outcome.ALREADY_HELD}
-    assert (reads, backend.swaps) == (2, 1), "re-locks by the holder must not write"
+    assert (backend.reads, backend.swaps) == (2, 1), "re-locks by the holder must not write"
 
 
 async def test_a_write_skips_the_read_but_a_refusal_never_trusts_memory() -> None:
     """Two replicas on one store: what one remembers may be stale; it must never decide
     a read-only answer on it, and a stale write must fail and decide again."""
     store = RivalWriter(rival_writes=0)
-    reads = 0
-    real_get = store.get
-
-    async def counting_get(key: str) -> tuple[bytes | None, Version]:
-        nonlocal reads
-        reads += 1
-        return await real_get(key)
-
-    store.get = counting_get  # type: ignore[method-assign]
     a = LockService(store, GroupSettings(default_slots=1))
     b = LockService(store, GroupSettings(default_slots=1))
     assert await a.pre_reboot("g", "n1") is Outcome.GRANTED
     assert await a.steady_state("g", "n1") is Outcome.RELEASED
-    assert (reads, store.swaps) == (1, 2), "the release went straight to the swap"
+    assert (store.reads, store.swaps) == (1, 2), "the release went straight to the swap"
     assert await b.pre_reboot("g", "n2") is Outcome.GRANTED  # a's memory is now stale
     # a remembers a free slot: its grant's swap fails, it sees n2 and refuses.
     assert await a.pre_reboot("g", "n3") is Outcome.FULL
@@ -140,9 +127,9 @@ async def test_a_write_skips_the_read_but_a_refusal_never_trusts_memory() -> Non
     # n2's re-lock from memory would be a wrong 200: a reads first, and refuses.
     assert await b.steady_state("g", "n2") is Outcome.RELEASED
     assert await b.pre_reboot("g", "n4") is Outcome.GRANTED
-    before = reads
+    before = store.reads
     assert await a.pre_reboot("g", "n2") is Outcome.FULL
-    assert reads == before + 1
+    assert store.reads == before + 1
 
 
 async def test_decisions_reach_observers() -> None:
