@@ -153,6 +153,9 @@ def group_view(
         "name": name,
         "slots": sem.slots,
         "available": sem.available,
+        # locksmith's own counter of free slots (etcd2 layout), which locksmithctl prints;
+        # it can disagree with slots - holders, or go negative after a set-max.
+        "store_counter": sem.free_counter,
         "holders": [holder_view(h, now) for h in sorted(sem.holders, key=lambda h: h.grant_id)],
         "paused": sem.paused,
         "stored": stored,

@@ -174,7 +174,9 @@ def _age(seconds: float) -> str:
 
 def format_group(g: dict[str, Any]) -> str:
     """locksmithctl's status block, with each holder's age and grant beside its id."""
-    lines = [f"Available: {g['available']}", f"Max: {g['slots']}"]
+    # Like locksmithctl, show the store's own counter where there is one (etcd2).
+    available = g["available"] if g.get("store_counter") is None else g["store_counter"]
+    lines = [f"Available: {available}", f"Max: {g['slots']}"]
     if g.get("paused"):
         lines.append("Paused: yes (no new grants)")
     lines.append("")

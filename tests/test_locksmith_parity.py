@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -307,3 +309,34 @@ async def test_mixed_fleet_storm_keeps_the_invariant(
     finally:
         for r in replicas:
             r.stop()
+
+
+async def test_lockd_status_prints_what_locksmithctl_prints(
+    session: aiohttp.ClientSession,
+    etcd2_endpoint: str,
+    group: str,
+    tmp_path: Path,
+) -> None:
+    """`lockd status` shows locksmith's own counter, negative after a set-max below the
+    holders, exactly as `locksmithctl status` does."""
+    smith = LocksmithClient(session, etcd2_endpoint, group)
+    await smith.lock("machine-a")
+    await smith.set_max(2)
+    await LocksmithClient(session, etcd2_endpoint, group).lock("machine-b")
+    await smith.set_max(1)  # 2 holders, 1 slot: locksmith's counter goes to -1
+    server = Lockd(tmp_path, "--backend", f"etcd2://{etcd2_endpoint}").start()
+    try:
+        out = (
+            await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "lockd", "status", group, "--server", server.admin_url],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+        ).stdout
+    finally:
+        server.stop()
+    ours, theirs = out.splitlines()[:2], (await smith.status()).splitlines()[:2]
+    assert ours == theirs == ["Available: -1", "Max: 1"]
