@@ -228,35 +228,28 @@ def _groups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answer(args: argparse.Namespace, doc: Any, text: str) -> int:
+    """The API's answer with --json, else one line for a person."""
+    print(json.dumps(doc, indent=2) if args.json else text)
+    return 0
+
+
 def _unlock(args: argparse.Namespace) -> int:
     doc = _client(args).request("POST", _path(args.group, "unlock"), {"id": args.id})
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"Unlocked {args.id} in group {args.group}")
-    return 0
+    return _answer(args, doc, f"Unlocked {args.id} in group {args.group}")
 
 
 def _set_max(args: argparse.Namespace) -> int:
     doc = _client(args).request("PUT", _path(args.group, "slots"), {"slots": args.slots})
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"Old-Max: {doc['old_slots']}\nMax: {doc['slots']}")
-    return 0
+    return _answer(args, doc, f"Old-Max: {doc['old_slots']}\nMax: {doc['slots']}")
 
 
 def _pauser(paused: bool) -> Any:
     def run(args: argparse.Namespace) -> int:
         verb = "pause" if paused else "resume"
         doc = _client(args).request("POST", _path(args.group, verb))
-        if args.json:
-            print(json.dumps(doc, indent=2))
-        elif doc["changed"]:
-            print(f"Group {args.group} {verb}d")
-        else:
-            print(f"Group {args.group} was already {'paused' if paused else 'running'}")
-        return 0
+        already = f"Group {args.group} was already {'paused' if paused else 'running'}"
+        return _answer(args, doc, f"Group {args.group} {verb}d" if doc["changed"] else already)
 
     return run
 

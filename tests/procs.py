@@ -166,6 +166,15 @@ class Lockd:
     def admin_url(self) -> str:
         return self.urls["admin"]
 
+    def wait_for_output(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until lockd has printed or logged ``text``."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.proc.output():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lockd never said {text!r}:\n{self.proc.output()}")
+            time.sleep(0.05)
+
     def stop(self) -> int | None:
         return self.proc.stop() if self.proc else None
 

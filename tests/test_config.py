@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -153,19 +152,13 @@ def test_sighup_reload_changes_slots_live(tmp_path: Path) -> None:
         assert lock(lockd.url, "pre-reboot", "b", "workers")[0] == 423
         config.write_text("[[lock.groups]]\nname = 'workers'\nslots = 2\n")
         lockd.proc.signal(signal.SIGHUP)  # type: ignore[union-attr]
-        deadline = time.monotonic() + 10
-        while "configuration reloaded" not in lockd.proc.output():  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, lockd.proc.output()  # type: ignore[union-attr]
-            time.sleep(0.05)
+        lockd.wait_for_output("configuration reloaded")
         assert lock(lockd.url, "pre-reboot", "b", "workers")[0] == 200
         assert lock(lockd.url, "pre-reboot", "c", "workers")[0] == 423
         # A broken file is refused and the running configuration kept.
         config.write_text("[[lock.groups]]\nname = 'workers'\nslots = 0\n")
         lockd.proc.signal(signal.SIGHUP)  # type: ignore[union-attr]
-        deadline = time.monotonic() + 10
-        while "reload refused" not in lockd.proc.output():  # type: ignore[union-attr]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        lockd.wait_for_output("reload refused")
         assert lock(lockd.url, "steady-state", "a", "workers")[0] == 200
         assert lock(lockd.url, "pre-reboot", "c", "workers")[0] == 200
     finally:

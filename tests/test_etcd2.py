@@ -26,6 +26,7 @@ from lockd.semaphore import Holder, Outcome, Semaphore
 from lockd.service import GroupSettings, LockService
 from tests.history import HEADERS, storm, violations
 from tests.locksmith_client import LocksmithClient
+from tests.probes import count_reads
 from tests.procs import Lockd, free_port
 from tests.servers import EtcdCluster, EtcdServer
 
@@ -198,13 +199,7 @@ async def test_swap_answers_modified_index_and_the_state_it_lost_to(
     backend = open_backend(etcd2_url)
     assert isinstance(backend, Etcd2Backend)
     read = backend.get
-    reads: list[str] = []
-
-    async def counted_get(k: str) -> tuple[bytes | None, object]:
-        reads.append(k)
-        return await read(k)
-
-    monkeypatch.setattr(backend, "get", counted_get)
+    reads = count_reads(backend, monkeypatch)
     try:
         key = backend.layout.key("swap-native")
         ok, value, v1 = await backend.swap(key, b"one", None)

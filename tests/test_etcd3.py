@@ -30,6 +30,7 @@ from lockd.config import load
 from lockd.errors import Kind, LockdError
 from lockd.semaphore import Outcome
 from lockd.service import GroupSettings, LockService
+from tests.probes import count_reads
 from tests.procs import Lockd, Proc, free_port, require_binary, wait_for_port
 from tests.servers import EtcdServer
 
@@ -118,13 +119,7 @@ async def test_swap_answers_revisions_and_lost_races_in_one_transaction(
     await backend.open()
     raw = aetcd.Client("127.0.0.1", backend.endpoints[0][1])
     read = backend.get
-    reads: list[str] = []
-
-    async def counted_get(k: str) -> tuple[bytes | None, object]:
-        reads.append(k)
-        return await read(k)
-
-    monkeypatch.setattr(backend, "get", counted_get)
+    reads = count_reads(backend, monkeypatch)
     try:
         key = backend.layout.key("swap-native")
         ok, value, v1 = await backend.swap(key, b"one", None)

@@ -24,6 +24,7 @@ from backends.redis import CAS, RedisBackend
 from lockd.semaphore import Outcome
 from lockd.service import GroupSettings, LockService
 from tests.history import HEADERS, storm, violations
+from tests.probes import count_reads
 from tests.procs import Lockd, Proc, require_binary, wait_for_port
 from tests.servers import RedisServer
 
@@ -156,13 +157,7 @@ async def test_swap_answers_versions_and_lost_races_itself(
     """The script returns the new version, or the state it lost to: no read after it."""
     key = rbackend.layout.key("swap-native")
     read = rbackend.get
-    reads: list[str] = []
-
-    async def counted_get(k: str) -> tuple[bytes | None, object]:
-        reads.append(k)
-        return await read(k)
-
-    monkeypatch.setattr(rbackend, "get", counted_get)
+    reads = count_reads(rbackend, monkeypatch)
     ok, value, v1 = await rbackend.swap(key, b"one", None)
     assert ok and value == b"one" and v1 is not None
     ok, value, v2 = await rbackend.swap(key, b"two", v1)
