@@ -20,11 +20,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -e '.[speed]'
+	$(PIP) install -e '.[all]'
 	@touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(PIP) install -e '.[speed,test]'
+	$(PIP) install -e '.[all,test]'
 	@touch $@
 
 $(BENCH_STAMP): bench/requirements.txt | $(PY)

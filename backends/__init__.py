@@ -1,7 +1,11 @@
-"""Storage backends, picked by URL scheme.
+"""Storage backends, picked by URL scheme; installed as ``lockd.backends``.
 
 ``open_backend("sqlite:///var/lib/lockd/lockd.db")`` returns a backend; the caller never
-imports a driver. Each scheme's module is imported only when that scheme is used.
+imports a driver. Each scheme's module is imported only when that scheme is used, and a
+driver that is not installed is named with the extra that brings it.
+
+This package stores versioned bytes and imports nothing from the rest of lockd (a test walks
+its imports); what the bytes mean lives in ``lockd.layouts``.
 """
 
 from __future__ import annotations
@@ -9,25 +13,42 @@ from __future__ import annotations
 import importlib
 from urllib.parse import urlsplit
 
-from backends.base import Backend, BackendError, BackendUnavailable
+from .base import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    CasResult,
+    InvalidBackendURL,
+    MissingDriver,
+    ValueTooLarge,
+    Version,
+)
 
-__all__ = ["SCHEMES", "Backend", "BackendError", "BackendUnavailable", "open_backend"]
+__all__ = [
+    "SCHEMES",
+    "Backend",
+    "BackendError",
+    "BackendUnavailable",
+    "CasResult",
+    "InvalidBackendURL",
+    "MissingDriver",
+    "ValueTooLarge",
+    "Version",
+    "open_backend",
+]
 
-#: scheme -> "module:factory"; the factory takes the URL and returns a Backend.
-SCHEMES: dict[str, str] = {
-    "memory": "backends.memory:from_url",
-    "sqlite": "backends.sqlite:from_url",
-    "redis": "backends.redis:from_url",
-    "rediss": "backends.redis:from_url",
-    "unix": "backends.redis:from_url",
-    "redis+sentinel": "backends.redis:from_url",
-    "etcd": "backends.etcd3:from_url",
-    "etcd2": "backends.etcd2:from_url",
+#: scheme -> (module, extra that installs its driver or None). Each module has
+#: ``from_url(url) -> Backend``.
+SCHEMES: dict[str, tuple[str, str | None]] = {
+    "memory": ("memory", None),
+    "sqlite": ("sqlite", None),
+    "redis": ("redis", "redis"),
+    "rediss": ("redis", "redis"),
+    "unix": ("redis", "redis"),
+    "redis+sentinel": ("redis", "redis"),
+    "etcd": ("etcd3", None),
+    "etcd2": ("etcd2", None),
 }
-
-
-class InvalidBackendURL(ValueError):
-    """The URL names no backend, or a backend cannot use it. The message says why."""
 
 
 def open_backend(url: str) -> Backend:
@@ -39,9 +60,14 @@ def open_backend(url: str) -> Backend:
         raise InvalidBackendURL(
             f"unknown backend scheme {scheme + '://' if scheme else url!r}; use one of {known}"
         )
-    module_name, _, factory = target.partition(":")
+    module_name, extra = target
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(f"{__name__}.{module_name}")
     except ModuleNotFoundError as exc:
-        raise InvalidBackendURL(f"backend {scheme}:// is not available: {exc}") from exc
-    return getattr(module, factory)(url)
+        if extra is None or exc.name is None or exc.name.startswith(__name__):
+            raise
+        raise MissingDriver(
+            f"backend {scheme}:// needs the {exc.name!r} driver, which is not installed; "
+            f"install it with: pip install 'lockd[{extra}]'"
+        ) from exc
+    return module.from_url(url)

@@ -1,29 +1,41 @@
 """The backend contract: a versioned key-value store with compare-and-set.
 
-A backend never decides who gets a slot; it only stores bytes under a key with a version and
-swaps them atomically. All lock semantics live in :mod:`lockd.semaphore`, and the one retry
-loop lives in :mod:`lockd.service`.
+A backend never decides who gets a slot and knows nothing of semaphores: it stores bytes
+under a key with a version and swaps them atomically. What the bytes mean (the layouts) and
+the one retry loop live in ``lockd``; this package imports nothing from it.
 
 Versions are opaque to the caller: whatever ``get`` returned is what ``compare_and_set``
 expects. ``None`` means "the key does not exist", so ``compare_and_set(key, v, None)``
-creates the key only if it is still absent. A key's versions never repeat, not even
-after it is deleted and created again, so a version remembered for a long time can only
-make a compare-and-set fail, never succeed on a value it did not see.
+creates the key only if it is still absent. A key's versions never repeat, not even after
+the store is rolled back (a failover, a restored backup), so a version remembered for a
+long time can only make a compare-and-set fail, never succeed on a value it did not see.
+
+The whole contract, each method with a caller in ``lockd`` and a test in
+``tests/test_backend_contract.py``: ``get``, ``compare_and_set``, ``scan``, ``ping``,
+``open``, ``close``, ``describe``.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
-
-from backends.layouts.base import Layout
-from backends.layouts.native import NativeLayout
+from typing import Any, NamedTuple
 
 Version = Any
+
+#: The key ``ping`` reads by default; it need not exist.
+PING_KEY = "lockd/ping"
 
 
 class BackendError(Exception):
     """Base class for errors a backend raises."""
+
+
+class InvalidBackendURL(BackendError, ValueError):
+    """The URL names no backend, or a backend cannot use it. The message says why."""
+
+
+class MissingDriver(InvalidBackendURL):
+    """The URL's backend needs a driver that is not installed; the message names the extra."""
 
 
 class BackendUnavailable(BackendError):
@@ -35,42 +47,41 @@ class BackendUnavailable(BackendError):
     """
 
 
+class ValueTooLarge(BackendError):
+    """The store refuses a value of this size (etcd's request limit, for one)."""
+
+
+class CasResult(NamedTuple):
+    """What a compare-and-set did, and the key's state afterwards.
+
+    ``stored``: whether ``value`` was written. Then ``value``/``version`` are the written
+    value and its new version; otherwise they are the key's current value and version
+    (``None, None`` if it is absent). ``version`` may be None after a write, meaning "not
+    known": the caller then reads before trusting its copy.
+    """
+
+    stored: bool
+    value: bytes | None
+    version: Version
+
+
 class Backend(abc.ABC):
     """A store with atomic compare-and-set on one key."""
 
-    #: URL scheme(s) this backend serves, for messages.
+    #: URL scheme this backend serves, for messages.
     scheme: str = ""
-
-    def __init__(self, layout: Layout | None = None) -> None:
-        self.layout: Layout = layout or NativeLayout()
 
     @abc.abstractmethod
     async def get(self, key: str) -> tuple[bytes | None, Version]:
         """Return ``(value, version)``, or ``(None, None)`` when the key is absent."""
 
     @abc.abstractmethod
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        """Store ``value`` if the key's version is still ``expected``; say whether it did."""
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        """Store ``value`` if the key's version is still ``expected``; see :class:`CasResult`.
 
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
-        """``compare_and_set`` that also tells the key's state afterwards.
-
-        Returns ``(True, value, new_version)`` if it stored ``value``, or ``(False,
-        current_value, current_version)`` if the version had moved on. ``new_version`` may
-        be None, meaning "not known": the caller then re-reads before trusting its copy.
-        A store that can do this in one round trip overrides it; this default costs a
-        read after a lost race and never guesses a version.
+        One round trip where the store allows it: a lost race answers the current value, so
+        the caller can decide again without a read.
         """
-        if await self.compare_and_set(key, value, expected):
-            return True, value, None
-        current, version = await self.get(key)
-        return False, current, version
-
-    @abc.abstractmethod
-    async def delete(self, key: str, expected: Version) -> bool:
-        """Delete the key if its version is still ``expected``; say whether it did."""
 
     @abc.abstractmethod
     async def scan(self, prefix: str) -> list[str]:
@@ -78,7 +89,7 @@ class Backend(abc.ABC):
 
     async def ping(self) -> None:
         """Raise :class:`BackendUnavailable` unless the store answers."""
-        await self.get(self.layout.ping_key)
+        await self.get(PING_KEY)
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect (optional): called once before first use."""

@@ -1,4 +1,4 @@
-"""``etcd2://host:2379[,host2:2379,...]``: the etcd v2 keys API, in locksmith's layout.
+"""``etcd2://host:2379[,host2:2379,...]``: the etcd v2 keys API (lockd writes locksmith's layout).
 
 This is the store that locksmithd nodes use, so lockd can share one reboot semaphore with
 them while a fleet migrates node by node (see docs/migrating-from-locksmith.md). etcd 3.4 and
@@ -7,15 +7,15 @@ v3 stores are separate: a key written through one is invisible to the other.
 
 Wire operations, over one long-lived HTTP session:
 
-- get: ``GET /v2/keys/<key>?quorum=true``; the version is the node's ``modifiedIndex``.
+- get: ``GET /v2/keys/<key>?quorum=true``; the version is the node's ``modifiedIndex`` with
+  its value.
   ``quorum=true`` makes the read linearizable; without it a member could answer from a
   stale copy and lockd would tell a node it still holds a slot that was released.
 - create: ``PUT <key>?prevExist=false`` with form field ``value``; errorCode 105 = lost.
-- swap: ``PUT <key>?prevIndex=<index>``; 412 with errorCode 101 (or 100, key gone) = lost.
-  A write answers the node's new ``modifiedIndex``, which ``swap`` returns as the version.
+- compare-and-set: ``PUT <key>?prevIndex=<index>&prevValue=<value>``; 412 with errorCode
+  101 (or 100, key gone) = lost. A write answers the node's new ``modifiedIndex``.
   A lost create or swap then reads the key (the error body names the current index but not
   the value), except errorCode 100, which already says the key is absent.
-- delete: ``DELETE <key>?prevIndex=<index>``.
 - scan: ``GET <dir>?recursive=true&quorum=true``, flattened to leaf keys.
 
 Failover: a connection error, a timeout or a 5xx from one endpoint moves to the next one,
@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from yarl import URL
 
-from backends.base import Backend, BackendUnavailable, Version
-from backends.layouts.base import Layout
-from backends.layouts.locksmith import LocksmithLayout
+from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .urls import Options
 
 KEYS_PREFIX = "/v2/keys"
 # etcd v2 error codes (etcd/error/error.go).
@@ -58,9 +57,7 @@ class Etcd2Backend(Backend):
         *,
         root: str = "",
         timeout: float = 3.0,
-        layout: Layout | None = None,
     ) -> None:
-        super().__init__(layout or LocksmithLayout())
         if not endpoints:
             raise ValueError("etcd2 needs at least one endpoint")
         self.endpoints = endpoints
@@ -84,7 +81,7 @@ class Etcd2Backend(Backend):
 
     def describe(self) -> str:
         root = f", root {self.root}" if self.root else ""
-        return f"etcd2://{','.join(self.endpoints)} (etcd v2 keys API, locksmith layout{root})"
+        return f"etcd2://{','.join(self.endpoints)} (etcd v2 keys API{root})"
 
     # Paths
 
@@ -160,40 +157,33 @@ class Etcd2Backend(Backend):
             raise self._fail(status, doc, f"get {key}")
         if node.get("dir"):
             raise BackendUnavailable(f"etcd v2 key {key} is a directory, not a semaphore")
-        return str(node.get("value", "")).encode(), int(node["modifiedIndex"])
+        text = str(node.get("value", ""))
+        return text.encode(), (int(node["modifiedIndex"]), text)
 
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        return (await self.swap(key, value, expected))[0]
-
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
-        params = {"prevExist": "false"} if expected is None else {"prevIndex": str(expected)}
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        # A version is (modifiedIndex, value) and the swap compares both: an etcd restored
+        # from a backup repeats indexes, but never an index with a value this process did
+        # not see. locksmith itself compares the index alone; both agree on every write.
+        if expected is None:
+            params = {"prevExist": "false"}
+        else:
+            index, seen = expected
+            params = {"prevIndex": str(index), "prevValue": seen}
         # v2 values are text; every layout writes UTF-8 JSON.
-        status, doc = await self._request("PUT", key, params, {"value": value.decode()})
+        text = value.decode()
+        status, doc = await self._request("PUT", key, params, {"value": text})
         node = doc.get("node")
         if status in (200, 201) and isinstance(node, dict) and "modifiedIndex" in node:
             # The write's own index: what a get would now return as the version.
-            return True, value, int(node["modifiedIndex"])
+            return CasResult(True, value, (int(node["modifiedIndex"]), text))
         code = doc.get("errorCode")
         if code == KEY_NOT_FOUND:
             # The compare ran in the raft log, so the key was absent at that point.
-            return False, None, None
+            return CasResult(False, None, None)
         if code in LOST:
             # The error carries the current index in "cause" but not the value: read both.
-            current, version = await self.get(key)
-            return False, current, version
+            return CasResult(False, *await self.get(key))
         raise self._fail(status, doc, f"put {key}")
-
-    async def delete(self, key: str, expected: Version) -> bool:
-        if expected is None:
-            return False
-        status, doc = await self._request("DELETE", key, {"prevIndex": str(expected)})
-        if status == 200:
-            return True
-        if doc.get("errorCode") in LOST:
-            return False
-        raise self._fail(status, doc, f"delete {key}")
 
     async def scan(self, prefix: str) -> list[str]:
         # v2 lists directories, not name prefixes: list the directory holding the prefix
@@ -228,8 +218,6 @@ def _leaves(node: dict[str, Any]) -> list[str]:
 
 
 def from_url(url: str) -> Etcd2Backend:
-    from backends import InvalidBackendURL
-
     parts = urlsplit(url)
     if parts.username or parts.password:
         raise InvalidBackendURL(
@@ -246,18 +234,8 @@ def from_url(url: str) -> Etcd2Backend:
         host, sep, port = e.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise InvalidBackendURL(f"etcd2 endpoint {e!r} must be host:port")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    root = query.pop("root", "")
-    raw_timeout = query.pop("timeout_s", "3")
-    try:
-        timeout = float(raw_timeout)
-    except ValueError:
-        timeout = -1.0
-    if not timeout > 0:
-        raise InvalidBackendURL(f"etcd2 URL option timeout_s={raw_timeout!r}: must be > 0")
-    layout = query.pop("layout", "locksmith")
-    if layout != "locksmith":
-        raise InvalidBackendURL(f"etcd2 URL option layout={layout!r}: only 'locksmith' exists")
-    if query:
-        raise InvalidBackendURL(f"etcd2 URL has unknown options: {', '.join(sorted(query))}")
+    options = Options("etcd2", parts.query)
+    root = options.text("root")
+    timeout = options.seconds("timeout_s", 3.0)
+    options.finish()
     return Etcd2Backend(endpoints, root=root, timeout=timeout)

@@ -5,7 +5,8 @@ URL: ``etcd://[user:password@]host[:port][,host[:port]...][/][?option=value&...]
 Options:
 
 - ``layout=native`` (default, lockd's own document per group) or ``layout=airlock``
-  (airlock's keys and JSON, to take over a running airlock's keyspace);
+  (airlock's keys and JSON, to take over a running airlock's keyspace): read by
+  ``lockd.store``, not by this module, which only stores bytes;
 - ``namespace=PREFIX``: put every key under ``PREFIX`` (like ``etcdctl --namespace``);
 - ``timeout=SECONDS``: deadline of one request to one member (default 2); a request that
   fails or times out is tried once on each other member before lockd answers 503;
@@ -38,26 +39,20 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aetcd
 import grpc
 from aetcd import exceptions as aetcd_errors
 from aetcd import rpc
 
-from backends.base import Backend, BackendUnavailable, Version
-from backends.layouts.airlock import AirlockLayout
-from backends.layouts.base import Layout
-from backends.layouts.native import PREFIX as NATIVE_PREFIX
-from backends.layouts.native import NativeLayout
+from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .urls import Options
 
 log = logging.getLogger("lockd.backends.etcd3")
 
 T = TypeVar("T")
 DEFAULT_PORT = 2379
-LAYOUTS = ("native", "airlock")
-TRUE = ("1", "true", "yes", "on")
-FALSE = ("0", "false", "no", "off")
 
 # Reconnect quickly after a member comes back (gRPC's default backoff grows to 120 s), and
 # notice a dead peer that did not close its connection.
@@ -143,16 +138,16 @@ class Etcd3Backend(Backend):
         self,
         endpoints: list[tuple[str, int]],
         *,
-        layout: Layout | None = None,
+        namespace: str = "",
         username: str | None = None,
         password: str | None = None,
         tls: TlsFiles | None = None,
         timeout: float = 2.0,
     ) -> None:
-        super().__init__(layout)
         if not endpoints:
             raise ValueError("at least one endpoint")
         self.endpoints = endpoints
+        self.namespace = namespace
         self.username = username
         self.password = password
         self.tls = tls
@@ -230,22 +225,20 @@ class Etcd3Backend(Backend):
                 await client.close()
             raise
 
+    def _key(self, key: str) -> bytes:
+        return (self.namespace + key).encode()
+
     async def get(self, key: str) -> tuple[bytes | None, Version]:
         async def op(c: aetcd.Client) -> tuple[bytes | None, Version]:
-            kv = await c.get(key.encode())
+            kv = await c.get(self._key(key))
             return (None, None) if kv is None else (bytes(kv.value), kv.mod_revision)
 
         return await self._call(op)
 
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        return (await self.swap(key, value, expected))[0]
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        k = self._key(key)
 
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
-        k = key.encode()
-
-        async def op(c: aetcd.Client) -> tuple[bool, bytes | None, Version]:
+        async def op(c: aetcd.Client) -> CasResult:
             t = c.transactions
             # create_revision == 0 only while the key does not exist.
             cond = t.create(k) == 0 if expected is None else t.mod(k) == int(expected)
@@ -267,47 +260,34 @@ class Etcd3Backend(Backend):
             if response.succeeded:
                 # A write transaction makes exactly one new revision, and every key it puts
                 # carries it as mod_revision.
-                return True, value, response.header.revision
+                return CasResult(True, value, response.header.revision)
             kvs = response.responses[0].response_range.kvs
             if not kvs:
-                return False, None, None
-            return False, bytes(kvs[0].value), kvs[0].mod_revision
-
-        return await self._call(op)
-
-    async def delete(self, key: str, expected: Version) -> bool:
-        if expected is None:
-            return False
-        k = key.encode()
-
-        async def op(c: aetcd.Client) -> bool:
-            t = c.transactions
-            succeeded, _ = await c.transaction(compare=[t.mod(k) == int(expected)],
-                                               success=[t.delete(k)], failure=[])
-            return bool(succeeded)
+                return CasResult(False, None, None)
+            return CasResult(False, bytes(kvs[0].value), kvs[0].mod_revision)
 
         return await self._call(op)
 
     async def scan(self, prefix: str) -> list[str]:
+        skip = len(self.namespace)
+
         async def op(c: aetcd.Client) -> list[str]:
-            found = await c.get_prefix(prefix.encode(), keys_only=True)
-            return sorted(kv.key.decode() for kv in found)
+            found = await c.get_prefix(self._key(prefix), keys_only=True)
+            return sorted(kv.key.decode()[skip:] for kv in found)
 
         return await self._call(op)
 
     def describe(self) -> str:
         hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
-        extras = [f"layout={self.layout.name}"]
+        extras = [f"namespace={self.namespace!r}"] if self.namespace else []
         if self.tls is not None:
             extras.append("tls")
         if self.username:
             extras.append(f"user={self.username}")
-        return f"etcd://{hosts} (v3, {', '.join(extras)})"
+        return f"etcd://{hosts} (v3{''.join(', ' + e for e in extras)})"
 
 
 def _endpoint(text: str, url: str) -> tuple[str, int]:
-    from backends import InvalidBackendURL
-
     text = text.strip()
     if text.startswith("["):  # [v6]:port
         host, _, rest = text[1:].partition("]")
@@ -328,8 +308,6 @@ def _endpoint(text: str, url: str) -> tuple[str, int]:
 
 
 def from_url(url: str) -> Etcd3Backend:
-    from backends import InvalidBackendURL
-
     parts = urlsplit(url)
     # urlsplit cannot parse a comma-separated host list, so read the netloc by hand.
     userinfo, at, hostlist = parts.netloc.rpartition("@")
@@ -345,48 +323,23 @@ def from_url(url: str) -> Etcd3Backend:
     if parts.path not in ("", "/"):
         raise InvalidBackendURL(f"etcd URL {url!r}: no path allowed (use ?namespace=...)")
 
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    layout_name = query.pop("layout", "native").lower()
-    if layout_name not in LAYOUTS:
-        raise InvalidBackendURL(f"etcd URL option layout={layout_name!r}: use one of {LAYOUTS}")
-    namespace = query.pop("namespace", "")
-    layout: Layout = (
-        AirlockLayout(namespace)
-        if layout_name == "airlock"
-        else NativeLayout(namespace + NATIVE_PREFIX)
-    )
-    if layout_name == "native":
-        layout.ping_key = namespace + layout.ping_key
-    timeout_text = query.pop("timeout", "2")
-    try:
-        timeout = float(timeout_text)
-        if not timeout > 0:
-            raise ValueError
-    except ValueError:
-        raise InvalidBackendURL(
-            f"etcd URL option timeout={timeout_text!r}: seconds, a number > 0"
-        ) from None
-
-    tls_flag = query.pop("tls", "").lower()
-    if tls_flag and tls_flag not in TRUE + FALSE:
-        raise InvalidBackendURL(f"etcd URL option tls={tls_flag!r}: true or false")
-    files = {name: query.pop(f"tls_{name}", "") or None for name in ("ca", "cert", "key")}
-    server_name = query.pop("tls_server_name", "") or None
-    for name, path in files.items():
-        if path and not os.path.isfile(os.path.expanduser(path)):
-            raise InvalidBackendURL(f"etcd URL option tls_{name}={path!r}: no such file")
+    options = Options("etcd", parts.query)
+    namespace = options.text("namespace")
+    timeout = options.seconds("timeout", 2.0)
+    tls_flag = options.flag("tls")
+    files = {name: options.file(f"tls_{name}") for name in ("ca", "cert", "key")}
+    server_name = options.text("tls_server_name") or None
+    options.finish()
     if bool(files["cert"]) != bool(files["key"]):
         raise InvalidBackendURL("etcd URL: tls_cert and tls_key go together")
     tls = None
-    if tls_flag in TRUE or any(files.values()) or server_name:
-        if tls_flag in FALSE:
+    if tls_flag or any(files.values()) or server_name:
+        if tls_flag is False:
             raise InvalidBackendURL("etcd URL: tls=false with tls_* files")
         tls = TlsFiles(files["ca"], files["cert"], files["key"], server_name)
-    if query:
-        raise InvalidBackendURL(f"etcd URL has unknown options: {', '.join(sorted(query))}")
     return Etcd3Backend(
         endpoints,
-        layout=layout,
+        namespace=namespace,
         username=username,
         password=password,
         tls=tls,

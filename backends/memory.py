@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from backends.base import Backend, Version
+from .base import Backend, CasResult, Version
 
 
 class MemoryBackend(Backend):
     scheme = "memory"
 
     def __init__(self) -> None:
-        super().__init__()
         self._data: dict[str, tuple[bytes, int]] = {}
         self._counter = 0
 
@@ -17,27 +16,16 @@ class MemoryBackend(Backend):
         entry = self._data.get(key)
         return (None, None) if entry is None else entry
 
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        return (await self.swap(key, value, expected))[0]
-
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
-        # No await between the check and the write: atomic on the event loop.
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        # No await between the check and the write: atomic on the event loop. The counter
+        # never repeats within the process, and nothing outlives the process.
         entry = self._data.get(key)
         current = None if entry is None else entry[1]
         if current != expected:
-            return (False, None, None) if entry is None else (False, *entry)
+            return CasResult(False, None, None) if entry is None else CasResult(False, *entry)
         self._counter += 1
         self._data[key] = (value, self._counter)
-        return True, value, self._counter
-
-    async def delete(self, key: str, expected: Version) -> bool:
-        entry = self._data.get(key)
-        if entry is None or entry[1] != expected:
-            return False
-        del self._data[key]
-        return True
+        return CasResult(True, value, self._counter)
 
     async def scan(self, prefix: str) -> list[str]:
         return sorted(k for k in self._data if k.startswith(prefix))
@@ -47,4 +35,8 @@ class MemoryBackend(Backend):
 
 
 def from_url(url: str) -> MemoryBackend:
+    from . import InvalidBackendURL
+
+    if url.rstrip("/") != "memory:":
+        raise InvalidBackendURL(f"memory URL {url!r}: takes no host, path or options")
     return MemoryBackend()

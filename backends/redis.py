@@ -1,17 +1,17 @@
 """Redis (or Valkey): ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``.
 
-Each stored value is a hash ``{value, gen, rev}``; its version is the string ``"gen:rev"``.
-``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-set (``swap``, which
-also returns the new version, or the current value and version after a lost race, in the
-same round trip) and delete are Lua scripts kept in ``backends/resources/*.lua``: Redis
-runs a script to completion before any other command, so the check and the write cannot
-interleave with another replica's. The scripts are called by SHA; when Redis answers
+Each stored value is a hash ``{value, ver}``; ``ver`` is a random token made for each
+write, so a Redis that lost writes (failover, restore) never repeats a version a client
+remembers. ``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-set (which
+answers the current value and version after a lost race, in the same round trip) is a Lua
+script kept in ``backends/resources/cas.lua``: Redis runs a script to completion before
+any other command, so the check and the write cannot interleave with another replica's.
+The script is called by SHA; when Redis answers
 NOSCRIPT (a restart or ``SCRIPT FLUSH`` emptied its script cache) the call is sent once
 more with the script text, which also caches it again.
 
-Key names: ``<prefix>{<layout key>}``, e.g. ``lockd:{lockd/v1/groups/workers}``, and the
-key's generation counter ``lockd:{lockd/v1/groups/workers}:gen``. Both carry the same hash
-tag, so on Redis Cluster they live in one slot and the scripts may touch both.
+Key names: ``<prefix>{<key>}``, e.g. ``lockd:{lockd/v1/groups/workers}``: the key is the
+hash tag, so on Redis Cluster everything of one group lives in one slot.
 
 Every Redis error and timeout becomes :class:`BackendUnavailable`; nothing is decided on
 the client. One connection pool per backend, created by :meth:`RedisBackend.open`, lives
@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
@@ -55,7 +56,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from backends.base import Backend, BackendUnavailable, Version
+from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .urls import Options
 
 T = TypeVar("T")
 
@@ -65,7 +67,7 @@ SCAN_COUNT = 1000
 _GLOB_SPECIAL = "\\*?[]"
 _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname"}
-_CERT_REQS = {"required", "optional", "none"}
+_CERT_REQS = ("required", "optional", "none")
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,11 @@ class Script:
 
     @classmethod
     def load(cls, name: str) -> Script:
-        text = resources.files("backends").joinpath(f"resources/{name}.lua").read_text()
+        text = resources.files(__package__).joinpath(f"resources/{name}.lua").read_text()
         return cls(name, text, hashlib.sha1(text.encode()).hexdigest())
 
 
 CAS = Script.load("cas")
-DELETE = Script.load("delete")
 
 
 def _glob_escape(text: str) -> str:
@@ -115,7 +116,6 @@ class RedisBackend(Backend):
     scheme = "redis"
 
     def __init__(self, options: RedisOptions) -> None:
-        super().__init__()
         self.options = options
         self.prefix = options.prefix
         self._client: aioredis.Redis | None = None
@@ -245,39 +245,29 @@ class RedisBackend(Backend):
 
     async def get(self, key: str) -> tuple[bytes | None, Version]:
         rkey = self.redis_key(key)
-        value, gen, rev = await self._call(
-            lambda c: self._command(c, "HMGET", rkey, "value", "gen", "rev")
+        value, ver, gen, rev = await self._call(
+            lambda c: self._command(c, "HMGET", rkey, "value", "ver", "gen", "rev")
         )
-        if value is None or gen is None or rev is None:
+        if value is None:
             return None, None
-        return bytes(value), f"{gen.decode()}:{rev.decode()}"
+        if ver is None:  # written before versions were tokens; see cas.lua
+            if gen is None or rev is None:
+                return None, None
+            return bytes(value), f"{gen.decode()}:{rev.decode()}"
+        return bytes(value), ver.decode()
 
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        return (await self.swap(key, value, expected))[0]
-
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
-        # One script call: the new version on success, the current state after a lost race
-        # (see cas.lua). With wait_replicas the WAIT follows it on the same connection.
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        # One script call: the current state after a lost race comes with the answer (see
+        # cas.lua). With wait_replicas the WAIT follows it on the same connection.
         rkey = self.redis_key(key)
-        keys = [rkey, rkey + ":gen"]
-        args: list[bytes | str] = ["" if expected is None else str(expected), value]
-        result = await self._call(lambda c: self._run_script(c, CAS, keys, args))
+        version = secrets.token_hex(12)
+        args: list[bytes | str] = ["" if expected is None else str(expected), value, version]
+        result = await self._call(lambda c: self._run_script(c, CAS, [rkey], args))
         if int(result[0]) == 1:
-            return True, value, _text(result[1])
+            return CasResult(True, value, version)
         if len(result) < 3:
-            return False, None, None
-        return False, bytes(result[1]), _text(result[2])
-
-    async def delete(self, key: str, expected: Version) -> bool:
-        if expected is None:
-            return False
-        rkey = self.redis_key(key)
-        result = await self._call(
-            lambda c: self._run_script(c, DELETE, [rkey], [str(expected)])
-        )
-        return int(result) == 1
+            return CasResult(False, None, None)
+        return CasResult(False, bytes(result[1]), _text(result[2]))
 
     async def scan(self, prefix: str) -> list[str]:
         # The closing brace in the pattern leaves out the ":gen" counters.
@@ -312,38 +302,7 @@ def _text(reply: bytes | str) -> str:
 
 
 def _invalid(message: str) -> Exception:
-    from backends import InvalidBackendURL
-
     return InvalidBackendURL(message)
-
-
-def _seconds(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise _invalid(f"redis URL option {name}={text!r}: must be a number of seconds > 0")
-    return value
-
-
-def _whole(name: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise _invalid(f"redis URL option {name}={text!r}: must be a whole number >= {minimum}")
-    return value
-
-
-def _bool(name: str, text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise _invalid(f"redis URL option {name}={text!r}: must be true or false")
 
 
 def _sentinel_hosts(netloc: str, url: str) -> tuple[tuple[str, int], ...]:
@@ -363,41 +322,29 @@ def from_url(url: str) -> RedisBackend:
     """Parse and check a Redis URL; nothing connects until the backend is opened."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    prefix = query.pop("prefix", DEFAULT_PREFIX)
+    options = Options(scheme, parts.query)
+    prefix = options.text("prefix", DEFAULT_PREFIX)
     if "{" in prefix or "}" in prefix:
         raise _invalid(f"redis URL option prefix={prefix!r}: braces are reserved for hash tags")
-    timeout = _seconds("timeout", query.pop("timeout", str(DEFAULT_TIMEOUT)))
-    connect_timeout = _seconds("connect_timeout", query.pop("connect_timeout", str(timeout)))
-    max_connections = (
-        _whole("max_connections", query.pop("max_connections"), 1)
-        if "max_connections" in query
-        else None
-    )
-    db = _whole("db", query.pop("db"), 0) if "db" in query else None
+    timeout = options.seconds("timeout", DEFAULT_TIMEOUT)
+    connect_timeout = options.seconds("connect_timeout", timeout)
+    max_connections = options.whole("max_connections", None, 1)
+    db = options.whole("db", None, 0)
     tls: dict[str, Any] = {}
-    for name in sorted(_TLS_OPTIONS & set(query)):
+    for name in sorted(n for n in _TLS_OPTIONS if options.has(n)):
         if scheme != "rediss":
             raise _invalid(f"redis URL option {name} needs rediss:// (TLS), not {scheme}://")
-        text = query.pop(name)
         if name == "ssl_check_hostname":
-            tls[name] = _bool(name, text)
+            tls[name] = options.flag(name)
         elif name == "ssl_cert_reqs":
-            if text.lower() not in _CERT_REQS:
-                raise _invalid(f"redis URL option ssl_cert_reqs={text!r}: use one of "
-                               f"{', '.join(sorted(_CERT_REQS))}")
-            tls[name] = text.lower()
+            tls[name] = options.choice(name, "required", _CERT_REQS)
         else:
-            tls[name] = text
-    wait_replicas = (
-        _whole("wait_replicas", query.pop("wait_replicas"), 0) if "wait_replicas" in query else 0
-    )
-    sentinel_password = query.pop("sentinel_password", None)
+            tls[name] = options.text(name)
+    wait_replicas = options.whole("wait_replicas", 0, 0)
+    sentinel_password = options.text("sentinel_password") or None
     if sentinel_password is not None and scheme != "redis+sentinel":
         raise _invalid("redis URL option sentinel_password needs redis+sentinel://")
-    if query:
-        raise _invalid(f"redis URL has unknown options: {', '.join(sorted(query))}; "
-                       "see docs/redis.md")
+    options.finish()
     common: dict[str, Any] = dict(
         scheme=scheme, prefix=prefix, timeout=timeout, connect_timeout=connect_timeout,
         max_connections=max_connections, db=db, tls=tls, wait_replicas=wait_replicas,

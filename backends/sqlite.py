@@ -1,7 +1,7 @@
 """``sqlite:///path/to/lockd.db``: the embedded, durable default.
 
 One table of ``(key, value, version)``. Compare-and-set is a single ``UPDATE ... WHERE
-version = ?`` (or ``INSERT ... ON CONFLICT DO NOTHING`` to create), so SQLite's own file
+version = ?`` (or ``INSERT OR IGNORE`` to create), with a fresh random version per write, so SQLite's own file
 locking makes it atomic across every process that opens the same file. Calls run on one
 dedicated thread per process so the event loop never waits on disk or on another process's
 lock.
@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from backends.base import Backend, BackendUnavailable, Version
+from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .urls import Options
 
 T = TypeVar("T")
 
@@ -31,18 +32,17 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     key     TEXT PRIMARY KEY,
     value   BLOB NOT NULL,
-    version INTEGER NOT NULL
+    version NOT NULL
 ) WITHOUT ROWID
 """
 
-SYNCHRONOUS = {"off", "normal", "full", "extra"}
+SYNCHRONOUS = ("off", "normal", "full", "extra")
 
 
 class SqliteBackend(Backend):
     scheme = "sqlite"
 
     def __init__(self, path: Path, *, synchronous: str = "full", busy_timeout: float = 5.0):
-        super().__init__()
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
@@ -100,27 +100,26 @@ class SqliteBackend(Backend):
     def _read(self, key: str) -> tuple[bytes | None, Version]:
         return self._get(key, self._read_conn)
 
-    def _swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
+    def _compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
         assert self._conn is not None
+        # A random token per write, never a counter: a database restored from a backup
+        # (or copied back by hand) must not repeat a version another process remembers
+        # with a different value. The "v" keeps it text under the column's affinity.
+        # rowcount rather than RETURNING, which needs SQLite 3.35.
+        version = "v" + secrets.token_hex(12)
         if expected is None:
-            # A new key starts from the clock in nanoseconds, not from 1, so a key deleted
-            # and created again never repeats a version it had before.
-            row = self._conn.execute(
-                "INSERT INTO kv (key, value, version) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO NOTHING RETURNING version",
-                (key, value, time.time_ns()),
-            ).fetchone()
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO kv (key, value, version) VALUES (?, ?, ?)",
+                (key, value, version),
+            )
         else:
-            row = self._conn.execute(
-                "UPDATE kv SET value = ?, version = version + 1 WHERE key = ? AND version = ? "
-                "RETURNING version",
-                (value, key, expected),
-            ).fetchone()
-        if row is not None:
-            return True, value, row[0]
-        return (False, *self._get(key))
+            cur = self._conn.execute(
+                "UPDATE kv SET value = ?, version = ? WHERE key = ? AND version = ?",
+                (value, version, key, expected),
+            )
+        if cur.rowcount == 1:
+            return CasResult(True, value, version)
+        return CasResult(False, *self._get(key))
 
     def _ping(self) -> None:
         # Ready means writable: take the write lock for an instant (another process
@@ -128,11 +127,6 @@ class SqliteBackend(Backend):
         assert self._conn is not None
         self._conn.execute("BEGIN IMMEDIATE")
         self._conn.execute("ROLLBACK")
-
-    def _delete(self, key: str, expected: Version) -> bool:
-        assert self._conn is not None
-        cur = self._conn.execute("DELETE FROM kv WHERE key = ? AND version = ?", (key, expected))
-        return cur.rowcount == 1
 
     def _scan(self, prefix: str) -> list[str]:
         assert self._read_conn is not None
@@ -144,16 +138,8 @@ class SqliteBackend(Backend):
     async def get(self, key: str) -> tuple[bytes | None, Version]:
         return await self._run(self._read, key, read=True)
 
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        return (await self.swap(key, value, expected))[0]
-
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
-        return await self._run(self._swap, key, value, expected)
-
-    async def delete(self, key: str, expected: Version) -> bool:
-        return await self._run(self._delete, key, expected)
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        return await self._run(self._compare_and_set, key, value, expected)
 
     async def scan(self, prefix: str) -> list[str]:
         return await self._run(self._scan, prefix, read=True)
@@ -178,8 +164,6 @@ class SqliteBackend(Backend):
 
 
 def from_url(url: str) -> SqliteBackend:
-    from backends import InvalidBackendURL
-
     parts = urlsplit(url)
     if parts.netloc:
         raise InvalidBackendURL(
@@ -188,19 +172,10 @@ def from_url(url: str) -> SqliteBackend:
     path = unquote(parts.path)
     if not path or path == "/":
         raise InvalidBackendURL(f"sqlite URL {url!r} names no file; write sqlite:///path/lockd.db")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    synchronous = query.pop("synchronous", "full").lower()
-    if synchronous not in SYNCHRONOUS:
-        raise InvalidBackendURL(
-            f"sqlite URL option synchronous={synchronous!r}: use one of {sorted(SYNCHRONOUS)}"
-        )
-    busy = query.pop("busy_timeout", "5")
-    try:
-        busy_timeout = float(busy)
-    except ValueError as exc:
-        raise InvalidBackendURL(f"sqlite URL option busy_timeout={busy!r}: not a number") from exc
-    if query:
-        raise InvalidBackendURL(f"sqlite URL has unknown options: {', '.join(sorted(query))}")
+    options = Options("sqlite", parts.query)
+    synchronous = options.choice("synchronous", "full", SYNCHRONOUS)
+    busy_timeout = options.seconds("busy_timeout", 5.0)
+    options.finish()
     return SqliteBackend(
         Path(os.path.expanduser(path)), synchronous=synchronous, busy_timeout=busy_timeout
     )

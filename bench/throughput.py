@@ -122,7 +122,7 @@ class Bare(Target):
         self.tmp, self.cpus = tmp, cpus
 
     def start(self) -> str:
-        from tests.procs import Proc, free_port, wait_for_port
+        from bench.procs import Proc, free_port, wait_for_port
 
         port = free_port()
         self.proc = Proc([sys.executable, "-m", "bench.throughput", "--serve-bare", str(port)],
@@ -143,7 +143,7 @@ class LockdTarget(Target):
         self.store: Any = None
 
     def start(self) -> str:
-        from tests.procs import Lockd
+        from bench.procs import Lockd
 
         args = ["--no-admin", "--default-slots", "1", "--log-level", "warning"]
         if self.name == "memory":
@@ -151,13 +151,13 @@ class LockdTarget(Target):
         elif self.name == "sqlite":
             args += ["--state-dir", str(self.tmp / "state")]  # the default backend
         elif self.name == "redis":
-            from tests.servers import RedisServer
+            from bench.servers import RedisServer
 
             self.store = RedisServer(self.tmp / "redis").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
         elif self.name == "etcd":
-            from tests.servers import EtcdServer
+            from bench.servers import EtcdServer
 
             self.store = EtcdServer(self.tmp / "etcd").start()
             pin(self.store.proc.pid, self.cpus)

@@ -20,7 +20,7 @@ Every change is logged by ``lockd.admin`` as one structured ``admin_change`` eve
 (actor from ``X-Lockd-Actor``, remote address, whether a token was checked), what (action,
 group, id, before and after) and when.
 
-Importing this module registers the listeners with :data:`lockd.server.extra_apps`.
+:func:`listeners` is what :mod:`lockd.daemon` starts.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from typing import Any
 
 from aiohttp import web
 
-from lockd import server
-from lockd.app import SERVICE, json_errors, read_body
 from lockd.config import ConfigError, Settings
 from lockd.errors import Kind, LockdError
-from lockd.fleetlock import GROUP_RE, MAX_GROUP_LENGTH, MAX_ID_LENGTH
+from lockd.fleetlock import MAX_ID_LENGTH
+from lockd.groups import GROUP_RULE, is_group_name
+from lockd.http import SERVICE, json_errors, read_body
 from lockd.metrics import METRICS
 from lockd.semaphore import Holder, Outcome, Semaphore
 from lockd.service import LockService
@@ -68,7 +68,7 @@ PAGE_CSP = (
 )
 
 MAIN = web.AppKey("main", web.Application)
-#: (name, app, host, port), as lockd.server starts them.
+#: (name, app, host, port), as lockd.daemon starts them.
 Listening = tuple[str, web.Application, str, int]
 
 
@@ -164,7 +164,7 @@ def group_view(
             "slots_source": "group" if configured is not None else "default_slots",
             "default_slots": groups.default_slots,
             "strict_groups": groups.strict,
-            "store_owns_slots": bool(service.backend.layout.store_owns_slots),
+            "store_owns_slots": bool(service.layout.store_owns_slots),
         },
     }
 
@@ -182,11 +182,8 @@ def _service(request: web.Request) -> LockService:
 
 def _group(request: web.Request) -> str:
     group = request.match_info["group"]
-    if len(group) > MAX_GROUP_LENGTH or not GROUP_RE.match(group):
-        raise LockdError(
-            Kind.invalid_group,
-            f"group must match ^[a-zA-Z0-9.-]+$ (at most {MAX_GROUP_LENGTH} characters)",
-        )
+    if not is_group_name(group):
+        raise LockdError(Kind.invalid_group, f"group {GROUP_RULE}")
     return group
 
 
@@ -421,7 +418,7 @@ def create_metrics_app(main: web.Application) -> web.Application:
 
 
 def listeners(settings: Settings, main: web.Application) -> list[Listening]:
-    """The :data:`lockd.server.extra_apps` builder: the admin and [status] listeners."""
+    """The admin and [status] listeners :mod:`lockd.daemon` starts beside ``main``."""
     found: list[Listening] = []
     if settings.admin_listen is not None:
         a = settings.admin_listen
@@ -437,6 +434,3 @@ def listeners(settings: Settings, main: web.Application) -> list[Listening]:
         found.append(("metrics", create_metrics_app(main), m.host, m.port))
     return found
 
-
-if listeners not in server.extra_apps:
-    server.extra_apps.append(listeners)

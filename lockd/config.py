@@ -13,7 +13,6 @@ A value that cannot work raises :class:`ConfigError` naming the key and where it
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,9 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from lockd.service import GroupSettings
+from lockd.groups import GROUP_RULE, GroupSettings, is_group_name
 
-GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
 ENV_PREFIX = "LOCKD_"
 DEFAULT_STATE_DIR = "~/.local/state/lockd"
 SYSTEM_STATE_DIR = "/var/lib/lockd"
@@ -153,8 +151,8 @@ def _convert(key: str, value: Any, origin: str) -> Any:
                 return False
             raise ValueError("must be true or false")
         if kind == "group":
-            if not isinstance(value, str) or not GROUP_RE.match(value):
-                raise ValueError("must match ^[a-zA-Z0-9.-]+$")
+            if not is_group_name(value):
+                raise ValueError(GROUP_RULE)
             return value
         if kind == "strlist":
             items = value.split(",") if text else value
@@ -195,8 +193,8 @@ def _groups(value: Any) -> dict[str, int]:
         if not isinstance(table, dict):
             raise ValueError(f"entry {i} must be a table with name and slots")
         name, slots = table.get("name"), table.get("slots")
-        if not isinstance(name, str) or not GROUP_RE.match(name):
-            raise ValueError(f"entry {i}: name must match ^[a-zA-Z0-9.-]+$, got {name!r}")
+        if not is_group_name(name):
+            raise ValueError(f"entry {i}: name {GROUP_RULE}, got {name!r}")
         try:
             slots = int(slots) if isinstance(slots, str) else slots
         except ValueError:
@@ -348,10 +346,11 @@ def _etcd3_url(v: dict[str, Any]) -> str:
 
 def _check(s: Settings) -> None:
     """Cross-key checks that a single value's type cannot express."""
-    from backends import InvalidBackendURL, open_backend
+    from lockd.backends import InvalidBackendURL
+    from lockd.store import open_store
 
     try:
-        open_backend(s.backend_url)
+        open_store(s.backend_url)
     except InvalidBackendURL as exc:
         raise ConfigError(f"storage.backend: {exc}") from None
     if s.admin_token_file and not os.path.isfile(os.path.expanduser(s.admin_token_file)):

@@ -11,14 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lockd.errors import Kind, LockdError
+from lockd.groups import GROUP_RULE, is_group_name
 
 PROTOCOL_HEADER = "fleet-lock-protocol"
-GROUP_RE = re.compile(r"^[a-zA-Z0-9.-]+$")
 MAX_ID_LENGTH = 256
-MAX_GROUP_LENGTH = 256
 #: FleetLock endpoints, reachable as /v1/... and as //v1/... (flatcar's client with a base
 #: URL ending in "/"); ``prefix`` is a tenant prefix, if any.
-PATH_RE = re.compile(r"^(?P<prefix>.*?)/{1,2}v1/(?P<op>pre-reboot|steady-state)$")
+PATH_RE = re.compile(r"\A(?P<prefix>.*?)/{1,2}v1/(?P<op>pre-reboot|steady-state)\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +60,6 @@ def parse_body(body: bytes) -> ClientParams:
         )
     if not isinstance(group, str) or not group:
         raise LockdError(Kind.invalid_group, "client_params.group must be a non-empty string")
-    if len(group) > MAX_GROUP_LENGTH or not GROUP_RE.match(group):
-        raise LockdError(
-            Kind.invalid_group,
-            "client_params.group must match ^[a-zA-Z0-9.-]+$ "
-            f"(at most {MAX_GROUP_LENGTH} characters)",
-        )
+    if not is_group_name(group):
+        raise LockdError(Kind.invalid_group, f"client_params.group {GROUP_RULE}")
     return ClientParams(id=id_, group=group)

@@ -8,8 +8,8 @@ one. Three feeds fill it:
   and their latency;
 - :meth:`Metrics.observe`, a :class:`lockd.service.Decision` observer: decisions, grants,
   releases, compare-and-set retries;
-- :class:`TimedBackend`, wrapped around the backend the service uses: latency and errors of
-  every store operation.
+- :meth:`Metrics.observe_backend`, called by :class:`lockd.store.TimedBackend` around the
+  backend the service uses: latency and errors of every store operation.
 
 Per-group gauges (slots, holders, oldest holder age, paused) are read from the store when
 ``/metrics`` is scraped (:meth:`Metrics.refresh`), so every replica shows the shared truth.
@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from backends.base import Backend, Version
 from lockd.errors import LockdError
 from lockd.fleetlock import PATH_RE
 from lockd.semaphore import Outcome, Semaphore
@@ -193,6 +192,11 @@ class Metrics:
             by = "operator" if d.action == "force-unlock" else "node"
             self.releases.labels(group, by).inc()
 
+    def observe_backend(self, operation: str, seconds: float, ok: bool) -> None:
+        if not ok:
+            self.backend_errors.labels(operation).inc()
+        self.backend_seconds.labels(operation).observe(seconds)
+
     def observe_request(self, endpoint: str, kind: str, seconds: float) -> None:
         # Children cached: this runs on every FleetLock request of a reboot storm.
         key = (endpoint, kind)
@@ -288,74 +292,3 @@ async def http_middleware(request: web.Request, handler: Handler) -> web.StreamR
         metrics.observe_request(
             endpoint_of(request.path), kind, time.perf_counter() - started
         )
-
-
-class TimedBackend(Backend):
-    """A backend that times and counts the operations of another one.
-
-    Everything else (``layout``, ``describe``, any backend-specific attribute) is the
-    wrapped backend's own.
-    """
-
-    def __init__(self, inner: Backend, metrics: Metrics) -> None:
-        # No super().__init__(): ``layout`` must stay the inner backend's.
-        self._inner = inner
-        self._metrics = metrics
-        self.scheme = inner.scheme
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    @property
-    def layout(self) -> Any:  # type: ignore[override]
-        return self._inner.layout
-
-    @layout.setter
-    def layout(self, value: Any) -> None:
-        self._inner.layout = value
-
-    @property
-    def inner(self) -> Backend:
-        return self._inner
-
-    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
-        started = time.perf_counter()
-        try:
-            return await call
-        except BaseException:  # a timeout cancels the call: that is a store failure too
-            self._metrics.backend_errors.labels(operation).inc()
-            raise
-        finally:
-            self._metrics.backend_seconds.labels(operation).observe(
-                time.perf_counter() - started
-            )
-
-    async def get(self, key: str) -> tuple[bytes | None, Version]:
-        return await self._timed("get", self._inner.get(key))
-
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
-        call = self._inner.compare_and_set(key, value, expected)
-        return await self._timed("compare_and_set", call)
-
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
-        return await self._timed("compare_and_set", self._inner.swap(key, value, expected))
-
-    async def delete(self, key: str, expected: Version) -> bool:
-        return await self._timed("delete", self._inner.delete(key, expected))
-
-    async def scan(self, prefix: str) -> list[str]:
-        return await self._timed("scan", self._inner.scan(prefix))
-
-    async def ping(self) -> None:
-        await self._timed("ping", self._inner.ping())
-
-    async def open(self) -> None:
-        await self._inner.open()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    def describe(self) -> str:
-        return self._inner.describe()

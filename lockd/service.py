@@ -18,30 +18,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import Backend, BackendUnavailable, Version
-from backends.layouts.base import LayoutError
 from lockd import semaphore
+from lockd.backends import BackendUnavailable, Version
 from lockd.errors import Kind, LockdError
+from lockd.groups import GroupSettings
+from lockd.layouts import LayoutError
 from lockd.semaphore import Outcome, Semaphore
+from lockd.store import Store
 
 log = logging.getLogger("lockd.service")
 
 Transition = Callable[[Semaphore], tuple[Semaphore, Outcome]]
-
-
-@dataclass(frozen=True)
-class GroupSettings:
-    """How many slots each group has, from configuration."""
-
-    default_slots: int = 1
-    slots: Mapping[str, int] = field(default_factory=dict)
-    strict: bool = False
-
-    def slots_for(self, group: str) -> int | None:
-        """Configured slots for ``group``; None if the group is unknown under strict_groups."""
-        if group in self.slots:
-            return self.slots[group]
-        return None if self.strict else self.default_slots
 
 
 @dataclass(frozen=True)
@@ -60,12 +47,86 @@ class Decision:
 
 
 Observer = Callable[[Decision], None]
+#: One request's answer: the state after its transition, its outcome, the attempt number.
+Result = tuple[Semaphore, Outcome, int]
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request waiting for its group's next round trip."""
+
+    transition: Transition
+    future: asyncio.Future[Result]
+
+
+# The service's rules, each named where it acts and tested alone (tests/test_service.py).
+
+
+def still_waiting(batch: list[Pending]) -> list[Pending]:
+    """The requests of a batch that are still waiting for an answer.
+
+    A request already answered (it timed out with a 503, or its client hung up) is never
+    applied afterwards: its client will ask again, and a late release could free a slot
+    the same node took again since. Checked before every attempt, not only once per batch.
+    """
+    return [p for p in batch if not p.future.done()]
+
+
+def apply_in_order(
+    current: Semaphore, batch: list[Pending], attempt: int
+) -> tuple[Semaphore, list[Result | LockdError]]:
+    """Coalescing: apply every request of a batch, in arrival order, to one state.
+
+    A transition that fails fails only its own request, which changes nothing; the others
+    go on from the state before it.
+    """
+    results: list[Result | LockdError] = []
+    for pending in batch:
+        try:
+            after, outcome = pending.transition(current)
+        except Exception as exc:  # a bug in one decision must not fail its neighbours
+            log.exception("a transition failed")
+            results.append(
+                exc if isinstance(exc, LockdError)
+                else LockdError(Kind.internal_error, "internal error")
+            )
+            continue
+        current = after
+        results.append((current, outcome, attempt))
+    return current, results
+
+
+def must_read_first(writes: bool, fresh: bool) -> bool:
+    """Whether a decision made on a remembered value must be made again on a fresh read.
+
+    A decision that writes is checked by the store: the compare-and-set fails if the value
+    moved on, and the loop decides again. A decision that writes nothing (a re-lock, "full",
+    "not held") is checked by nobody, so it is only ever given from a value just read: a
+    stale "you still hold it" would be a wrong 200.
+    """
+    return not writes and not fresh
+
+
+def settle(batch: list[Pending], results: list[Result | LockdError]) -> None:
+    for pending, result in zip(batch, results, strict=True):
+        if pending.future.done():
+            continue
+        if isinstance(result, LockdError):
+            pending.future.set_exception(result)
+        else:
+            pending.future.set_result(result)
+
+
+def fail(batch: list[Pending], error: BaseException) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)
 
 
 class LockService:
     def __init__(
         self,
-        backend: Backend,
+        store: Store,
         groups: GroupSettings,
         *,
         clock: Callable[[], float] = time.time,
@@ -75,7 +136,9 @@ class LockService:
         backoff_cap: float = 0.1,
         remember: int = 4096,
     ) -> None:
-        self.backend = backend
+        self.store = store
+        self.backend = store.backend
+        self.layout = store.layout
         self.groups = groups
         self.clock = clock
         self.max_attempts = max_attempts
@@ -84,10 +147,10 @@ class LockService:
         self.backoff_cap = backoff_cap
         self.observers: list[Observer] = []
         # Per group: requests waiting for the next round trip, and the task running them.
-        self._queues: dict[str, list[tuple[Transition, asyncio.Future[Any]]]] = {}
+        self._queues: dict[str, list[Pending]] = {}
         self._drainers: dict[str, asyncio.Task[None]] = {}
         # The last value and version seen per key (most recent last), to skip a read
-        # before a write; see _cas_loop.
+        # before a write; see _round_trip and must_read_first.
         self._seen: OrderedDict[str, tuple[bytes, Version]] = OrderedDict()
         self.remember = remember
 
@@ -103,7 +166,7 @@ class LockService:
         take ``default_slots`` get it at their next access. A group that does not exist
         yet is not created.
         """
-        if self.backend.layout.store_owns_slots:
+        if self.layout.store_owns_slots:
             return
         for group in sorted(self.groups.slots):
             await self.update(group, _unchanged)
@@ -154,7 +217,7 @@ class LockService:
         self._configured_slots(group)
         try:
             async with asyncio.timeout(self.timeout):
-                raw, _ = await self.backend.get(self.backend.layout.key(group))
+                raw, _ = await self.backend.get(self.layout.key(group))
         except (BackendUnavailable, TimeoutError) as exc:
             raise _unavailable(exc) from exc
         if raw is None:
@@ -163,7 +226,7 @@ class LockService:
 
     async def list_groups(self) -> list[str]:
         """Every group that has a stored semaphore."""
-        layout = self.backend.layout
+        layout = self.layout
         try:
             async with asyncio.timeout(self.timeout):
                 keys = await self.backend.scan(layout.group_prefix())
@@ -181,19 +244,18 @@ class LockService:
 
     # The one retry loop
 
-    async def update(self, group: str, transition: Transition) -> tuple[Semaphore, Outcome, int]:
+    async def update(self, group: str, transition: Transition) -> Result:
         """Apply ``transition`` to ``group`` atomically; return (state, outcome, attempts).
 
-        Requests for one group that arrive while its store round trip is in flight are
-        coalesced: the next round trip applies all of them, in arrival order, to one read
-        and commits them with one compare-and-set. Writes only when something changed.
-        A request that waits longer than ``timeout`` gets 503 and is dropped from the queue
-        if its turn has not come yet.
+        Requests for one group that arrive while its store round trip is in flight wait
+        for the next one, which applies all of them (:func:`apply_in_order`) and commits
+        them with one compare-and-set. A request that waits longer than ``timeout`` gets
+        503 and is not applied afterwards (:func:`still_waiting`).
         """
         self._configured_slots(group)  # refuse unknown groups before queueing
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[Semaphore, Outcome, int]] = loop.create_future()
-        self._queues.setdefault(group, []).append((transition, future))
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queues.setdefault(group, []).append(Pending(transition, future))
         if group not in self._drainers:
             self._drainers[group] = loop.create_task(self._drain(group))
         # A timer rather than wait_for: cheaper, and this runs for every request.
@@ -206,40 +268,30 @@ class LockService:
     async def _drain(self, group: str) -> None:
         """Run round trips for ``group`` until its queue is empty."""
         try:
-            while batch := [p for p in self._queues.pop(group, []) if not p[1].done()]:
+            while batch := still_waiting(self._queues.pop(group, [])):
                 try:
                     async with asyncio.timeout(self.timeout):
-                        results = await self._cas_loop(group, [t for t, _ in batch])
+                        await self._round_trip(group, batch)
                 except (BackendUnavailable, TimeoutError) as exc:
-                    error: LockdError = _unavailable(exc)
-                    results = None
+                    fail(batch, _unavailable(exc))
                 except LockdError as exc:
-                    error, results = exc, None
-                except Exception as exc:  # a bug must fail these requests, not strand them
+                    fail(batch, exc)
+                except Exception:  # a bug must fail these requests, not strand them
                     log.exception("group %r: round trip failed", group)
-                    error, results = exc, None  # type: ignore[assignment]
-                for i, (_, future) in enumerate(batch):
-                    if future.done():
-                        continue
-                    if results is None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(results[i])
+                    fail(batch, LockdError(Kind.internal_error, "internal error"))
         finally:
             del self._drainers[group]
 
-    async def _cas_loop(
-        self, group: str, transitions: list[Transition]
-    ) -> list[tuple[Semaphore, Outcome, int]]:
-        """One round trip for a batch: decide on the group's value, then compare-and-set.
+    async def _round_trip(self, group: str, batch: list[Pending]) -> None:
+        """Decide a batch on the group's value, then compare-and-set; answer each request.
 
         The value this process last wrote or read is remembered, so a write can go
         straight to the compare-and-set: if someone else wrote since, it fails and
-        returns the current value to decide again on. A decision that writes nothing is
-        never made on a remembered value: it re-reads first.
+        answers the current value to decide again on (:func:`must_read_first` says when
+        a remembered value is not enough).
         """
         slots = self._configured_slots(group)
-        layout = self.backend.layout
+        layout = self.layout
         key = layout.key(group)
         remembered = self._seen.get(key)
         if remembered is None:
@@ -248,7 +300,7 @@ class LockService:
         else:
             (raw, version), fresh = remembered, False
         attempt = 1
-        while True:
+        while batch := still_waiting(batch):
             if raw is None:
                 current = stored = Semaphore.new(slots)
             else:
@@ -256,25 +308,24 @@ class LockService:
                 current = (
                     stored if layout.store_owns_slots else semaphore.apply_config(stored, slots)
                 )
-            results = []
-            for transition in transitions:
-                current, outcome = transition(current)
-                results.append((current, outcome, attempt))
-            if current == stored:
-                if not fresh:
-                    raw, version = await self.backend.get(key)
-                    self._remember(key, raw, version)
-                    fresh = True
-                    continue
-                # Nothing changed (or nothing to create): a read writes nothing.
-                return results
-            stored_it, raw, version = await self.backend.swap(
+            current, results = apply_in_order(current, batch, attempt)
+            writes = current != stored
+            if must_read_first(writes, fresh):
+                raw, version = await self.backend.get(key)
+                self._remember(key, raw, version)
+                fresh = True
+                continue
+            if not writes:
+                settle(batch, results)
+                return
+            result = await self.backend.compare_and_set(
                 key, layout.encode(current, raw), version
             )
-            self._remember(key, raw, version)
-            if stored_it:
-                return results
-            fresh = True
+            self._remember(key, result.value, result.version)
+            if result.stored:
+                settle(batch, results)
+                return
+            raw, version, fresh = result.value, result.version, True
             if attempt == self.max_attempts:
                 raise LockdError(
                     Kind.backend_contention,
@@ -347,14 +398,14 @@ class LockService:
 
     def _current(self, group: str, raw: bytes) -> Semaphore:
         stored = self._decode(group, raw)
-        if self.backend.layout.store_owns_slots:
+        if self.layout.store_owns_slots:
             return stored
         slots = self.groups.slots_for(group)
         return stored if slots is None else semaphore.apply_config(stored, slots)
 
     def _decode(self, group: str, raw: bytes) -> Semaphore:
         try:
-            return self.backend.layout.decode(raw)
+            return self.layout.decode(raw)
         except LayoutError as exc:
             log.error("group %r: stored value cannot be decoded: %s", group, exc)
             raise LockdError(

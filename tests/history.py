@@ -1,10 +1,9 @@
-"""History-checked safety: record what clients saw, then check no instant had too many holders.
+"""A storm of FleetLock clients over real HTTP that records what each one saw.
 
 A client that got 200 for ``pre-reboot`` at time ``t1`` (response received) and later sent
 ``steady-state`` at time ``t2`` (request about to be sent) certainly held a slot over
-``[t1, t2]``: the server granted before ``t1`` and released after ``t2``. So if more than
-``slots`` of these intervals overlap at one instant, the server really broke the invariant;
-the check has no false positives, whatever the server is.
+``[t1, t2]``. The holds are checked by the same checker the benchmark storm uses
+(:mod:`bench.storm.safety`), which has no false positives whatever the server is.
 """
 
 from __future__ import annotations
@@ -18,56 +17,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bench.storm.safety import Hold, violations
+
+__all__ = ["HEADERS", "Hold", "StormReport", "storm", "violations"]
+
 HEADERS = {"fleet-lock-protocol": "true"}
-
-
-@dataclass(frozen=True)
-class Hold:
-    group: str
-    id: str
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class Violation:
-    group: str
-    at: float
-    holders: tuple[str, ...]
-    slots: int
-
-
-def max_overlap(holds: Sequence[Hold]) -> dict[str, tuple[int, float, tuple[str, ...]]]:
-    """Per group: the most intervals open at one instant, when, and whose."""
-    by_group: dict[str, list[Hold]] = defaultdict(list)
-    for h in holds:
-        by_group[h.group].append(h)
-    result = {}
-    for group, items in by_group.items():
-        # Ends sort before starts at the same instant: [a, t] and [t, b] do not overlap.
-        events = sorted(
-            [(h.start, 1, h) for h in items] + [(h.end, 0, h) for h in items],
-            key=lambda e: (e[0], e[1]),
-        )
-        open_: dict[str, Hold] = {}
-        best: tuple[int, float, tuple[str, ...]] = (0, 0.0, ())
-        for t, kind, h in events:
-            if kind == 1:
-                open_[h.id] = h
-                if len(open_) > best[0]:
-                    best = (len(open_), t, tuple(sorted(open_)))
-            else:
-                open_.pop(h.id, None)
-        result[group] = best
-    return result
-
-
-def violations(holds: Sequence[Hold], slots: Mapping[str, int]) -> list[Violation]:
-    out = []
-    for group, (n, at, who) in max_overlap(holds).items():
-        if n > slots[group]:
-            out.append(Violation(group, at, who, slots[group]))
-    return out
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.base import Backend, Version
+from lockd.backends.base import Backend, Version
 
 
 def count_reads(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -296,7 +296,7 @@ def test_openapi_documents_every_admin_route(tmp_path: Path) -> None:
 def test_holders_without_grant_time() -> None:
     """airlock and locksmith store no grant time (0): shown as unknown, not as 56 years."""
     from lockd.admin import holder_view
-    from lockd.ctl import format_group
+    from lockd.cli.operator import format_group
     from lockd.semaphore import Holder
 
     view = holder_view(Holder("from-airlock", 0.0, 0), now=1_800_000_000.0)

@@ -121,3 +121,16 @@ def test_an_unanswered_release_of_the_hold_itself_keeps_the_hold_certain() -> No
     certain, uncertain = split_holds(events, end=10)
     assert uncertain == []
     assert [v.holders for v in violations(certain, 1)] == [("a", "b")]
+
+
+def test_overlap_beyond_slots_is_caught_with_when_and_whom() -> None:
+    holds = [Hold("g", "a", 0, 2), Hold("g", "b", 1, 3), Hold("g", "c", 1.5, 1.6)]
+    found = violations(holds, {"g": 2})
+    assert len(found) == 1
+    assert found[0].holders == ("a", "b", "c") and found[0].at == 1.5
+    assert violations(holds, {"g": 3}) == []
+
+
+def test_touching_holds_do_not_overlap() -> None:
+    holds = [Hold("g", "a", 0, 1), Hold("g", "b", 1, 2), Hold("g", "c", 2.5, 3)]
+    assert violations(holds, {"g": 1}) == []

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lockd.app import create_app
+from lockd.frontend import create_app
 from lockd.config import Settings
 from tests.rawhttp import request
 

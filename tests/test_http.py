@@ -13,7 +13,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from lockd.app import create_app
+from lockd.frontend import create_app
 from lockd.config import Settings
 from tests.rawhttp import request
 from tests.threaded import ThreadedLockd
@@ -124,7 +124,7 @@ async def test_full_and_strict_groups(aiohttp_server) -> None:  # type: ignore[n
 
 
 async def test_paused_group_refuses_new_holders(server) -> None:  # type: ignore[no-untyped-def]
-    from lockd.app import SERVICE
+    from lockd.http import SERVICE
 
     assert (await post(server, "/v1/pre-reboot", body("a", "workers"))).status == 200
     await server.app[SERVICE].set_paused("workers", True)

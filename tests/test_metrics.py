@@ -8,11 +8,14 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from backends.base import Backend, Version
-from backends.memory import MemoryBackend
-from lockd.metrics import DEFAULT_GROUP_CAP, OTHER_GROUP, Metrics, TimedBackend
+from lockd.backends import Backend, CasResult, Version
+from lockd.backends.memory import MemoryBackend
+from lockd.layouts import NativeLayout
+from lockd.metrics import DEFAULT_GROUP_CAP, OTHER_GROUP, Metrics
+from lockd.store import Store, TimedBackend
 from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.groups import GroupSettings
+from lockd.service import LockService
 from tests.httpcall import FLEETLOCK_HEADERS, call, lock
 from tests.procs import Lockd, free_port, start_lockd
 
@@ -171,7 +174,6 @@ class Interloper(Backend):
     the interleaving two replicas produce on a shared store."""
 
     def __init__(self, store: MemoryBackend, other: LockService) -> None:
-        super().__init__(store.layout)
         self.store, self.other, self.done = store, other, False
 
     async def get(self, key: str) -> tuple[bytes | None, Version]:
@@ -181,11 +183,8 @@ class Interloper(Backend):
             assert await self.other.pre_reboot("workers", "intruder") is Outcome.GRANTED
         return got
 
-    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> bool:
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
         return await self.store.compare_and_set(key, value, expected)
-
-    async def delete(self, key: str, expected: Version) -> bool:
-        return await self.store.delete(key, expected)
 
     async def scan(self, prefix: str) -> list[str]:
         return await self.store.scan(prefix)
@@ -194,9 +193,10 @@ class Interloper(Backend):
 async def test_cas_retries_are_counted() -> None:
     groups = GroupSettings(default_slots=1, slots={"workers": 3})
     store = MemoryBackend()
-    other = LockService(store, groups)
+    other = LockService(Store(store, NativeLayout()), groups)
     metrics = Metrics(groups.slots)
-    service = LockService(TimedBackend(Interloper(store, other), metrics), groups)
+    timed = TimedBackend(Interloper(store, other), metrics.observe_backend)
+    service = LockService(Store(timed, NativeLayout()), groups)
     service.observers.append(metrics.observe)
 
     assert await service.pre_reboot("workers", "node-a") is Outcome.GRANTED

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lockd.app import create_app
+from lockd.frontend import create_app
 from lockd.config import Settings
 from tests.history import storm, violations
 from tests.httpcall import lock

@@ -6,11 +6,24 @@ import asyncio
 
 import pytest
 
-from backends.base import Version
-from backends.memory import MemoryBackend
+from lockd.backends import CasResult, Version
+from lockd.backends.memory import MemoryBackend
 from lockd.errors import Kind, LockdError
-from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.groups import GroupSettings
+from lockd.layouts import NativeLayout
+from lockd.semaphore import Outcome, Semaphore
+from lockd.service import (
+    LockService,
+    Pending,
+    apply_in_order,
+    must_read_first,
+    still_waiting,
+)
+from lockd.store import Store
+
+
+def on(backend: MemoryBackend) -> Store:
+    return Store(backend, NativeLayout())
 
 
 class RivalWriter(MemoryBackend):
@@ -27,20 +40,18 @@ class RivalWriter(MemoryBackend):
         self.reads += 1
         return await super().get(key)
 
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
         if self.rival_writes > 0:
             self.rival_writes -= 1
             current, version = await MemoryBackend.get(self, key)
             if current is not None:  # same bytes, new version
-                await MemoryBackend.swap(self, key, current, version)
+                await MemoryBackend.compare_and_set(self, key, current, version)
         self.swaps += 1
-        return await MemoryBackend.swap(self, key, value, expected)
+        return await MemoryBackend.compare_and_set(self, key, value, expected)
 
 
 async def seeded(backend: MemoryBackend) -> LockService:
-    service = LockService(backend, GroupSettings(default_slots=2), max_attempts=5,
+    service = LockService(on(backend), GroupSettings(default_slots=2), max_attempts=5,
                           backoff_base=0.0001)
     assert await service.pre_reboot("g", "first") is Outcome.GRANTED
     return service
@@ -78,17 +89,15 @@ class HungStore(MemoryBackend):
             await asyncio.Event().wait()
         return await super().get(key)
 
-    async def swap(
-        self, key: str, value: bytes, expected: Version
-    ) -> tuple[bool, bytes | None, Version]:
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
         if self.hung:
             await asyncio.Event().wait()
-        return await super().swap(key, value, expected)
+        return await super().compare_and_set(key, value, expected)
 
 
 async def test_a_hung_store_gives_503_within_the_timeout() -> None:
     backend = HungStore()
-    service = LockService(backend, GroupSettings(), timeout=0.2)
+    service = LockService(on(backend), GroupSettings(), timeout=0.2)
     assert await service.pre_reboot("g", "a") is Outcome.GRANTED
     backend.hung = True
     for call in (service.pre_reboot("g", "b"), service.steady_state("g", "a"), service.ready()):
@@ -101,7 +110,7 @@ async def test_a_hung_store_gives_503_within_the_timeout() -> None:
 
 async def test_concurrent_requests_share_one_round_trip() -> None:
     backend = RivalWriter(rival_writes=0)
-    service = LockService(backend, GroupSettings(default_slots=2))
+    service = LockService(on(backend), GroupSettings(default_slots=2))
     outcomes = await asyncio.gather(*(service.pre_reboot("g", f"n{i}") for i in range(50)))
     # Arrival order decides: the first two are granted, the rest refused, one write.
     assert outcomes[:2] == [Outcome.GRANTED] * 2 and set(outcomes[2:]) == {Outcome.FULL}
@@ -115,8 +124,8 @@ async def test_a_write_skips_the_read_but_a_refusal_never_trusts_memory() -> Non
     """Two replicas on one store: what one remembers may be stale; it must never decide
     a read-only answer on it, and a stale write must fail and decide again."""
     store = RivalWriter(rival_writes=0)
-    a = LockService(store, GroupSettings(default_slots=1))
-    b = LockService(store, GroupSettings(default_slots=1))
+    a = LockService(on(store), GroupSettings(default_slots=1))
+    b = LockService(on(store), GroupSettings(default_slots=1))
     assert await a.pre_reboot("g", "n1") is Outcome.GRANTED
     assert await a.steady_state("g", "n1") is Outcome.RELEASED
     assert (store.reads, store.swaps) == (1, 2), "the release went straight to the swap"
@@ -133,7 +142,7 @@ async def test_a_write_skips_the_read_but_a_refusal_never_trusts_memory() -> Non
 
 
 async def test_decisions_reach_observers() -> None:
-    service = LockService(MemoryBackend(), GroupSettings())
+    service = LockService(on(MemoryBackend()), GroupSettings())
     seen = []
     service.observers.append(seen.append)
     service.observers.append(lambda d: 1 / 0)  # a broken observer changes nothing
@@ -149,7 +158,7 @@ async def test_decisions_reach_observers() -> None:
 
 async def test_strict_groups_refuse_unknown_groups_without_writing() -> None:
     backend = MemoryBackend()
-    service = LockService(backend, GroupSettings(slots={"w": 1}, strict=True))
+    service = LockService(on(backend), GroupSettings(slots={"w": 1}, strict=True))
     with pytest.raises(LockdError) as err:
         await service.pre_reboot("other", "a")
     assert err.value.kind is Kind.unknown_group
@@ -158,7 +167,7 @@ async def test_strict_groups_refuse_unknown_groups_without_writing() -> None:
 
 async def test_configuration_changes_apply_once_and_set_max_survives() -> None:
     backend = MemoryBackend()
-    service = LockService(backend, GroupSettings(slots={"w": 1}))
+    service = LockService(on(backend), GroupSettings(slots={"w": 1}))
     await service.pre_reboot("w", "a")
     await service.set_slots("w", 3)
     service.reconfigure(GroupSettings(slots={"w": 1}))  # same config: set-max stands
@@ -168,3 +177,71 @@ async def test_configuration_changes_apply_once_and_set_max_survives() -> None:
     await service.apply_configuration()
     assert (await service.read("w")).slots == 2  # type: ignore[union-attr]
     assert await service.list_groups() == ["w"]
+
+
+# The service's named rules, each alone.
+
+
+def pending(transition) -> Pending:  # type: ignore[no-untyped-def]
+    return Pending(transition, asyncio.get_running_loop().create_future())
+
+
+async def test_still_waiting_drops_answered_requests() -> None:
+    a, b, c = (pending(lambda s: (s, Outcome.UNCHANGED)) for _ in range(3))
+    b.future.set_exception(LockdError(Kind.backend_unavailable, "timed out"))
+    b.future.exception()  # retrieved, so the loop does not warn
+    assert still_waiting([a, b, c]) == [a, c]
+
+
+async def test_apply_in_order_keeps_each_failure_its_own() -> None:
+    def boom(sem: Semaphore) -> tuple[Semaphore, Outcome]:
+        raise RuntimeError("a bug in one decision")
+
+    from lockd import semaphore
+
+    batch = [
+        pending(lambda s: semaphore.lock(s, "a", 1.0)),
+        pending(boom),
+        pending(lambda s: semaphore.lock(s, "b", 2.0)),
+    ]
+    after, results = apply_in_order(Semaphore.new(2), batch, attempt=1)
+    assert [h.id for h in after.holders] == ["a", "b"]
+    assert results[0][1] is Outcome.GRANTED and results[2][1] is Outcome.GRANTED  # type: ignore[index]
+    assert isinstance(results[1], LockdError) and results[1].kind is Kind.internal_error
+
+
+def test_must_read_first_only_for_unchecked_decisions() -> None:
+    assert must_read_first(writes=False, fresh=False)
+    assert not must_read_first(writes=False, fresh=True)
+    assert not must_read_first(writes=True, fresh=False)  # the compare-and-set checks it
+    assert not must_read_first(writes=True, fresh=True)
+
+
+async def test_one_failing_transition_does_not_fail_its_batch() -> None:
+    service = LockService(on(MemoryBackend()), GroupSettings(default_slots=2))
+
+    def boom(sem: Semaphore) -> tuple[Semaphore, Outcome]:
+        raise RuntimeError("a bug in one decision")
+
+    results = await asyncio.gather(
+        service.pre_reboot("g", "a"), service.update("g", boom), service.pre_reboot("g", "b"),
+        return_exceptions=True,
+    )
+    assert results[0] is Outcome.GRANTED and results[2] is Outcome.GRANTED
+    assert isinstance(results[1], LockdError) and results[1].kind is Kind.internal_error
+
+
+async def test_a_request_answered_during_retries_is_not_applied() -> None:
+    """A release whose client gave up while its batch was losing races must not be applied
+    by a later attempt of the same batch."""
+    backend = RivalWriter(rival_writes=0)
+    service = LockService(on(backend), GroupSettings(default_slots=2), max_attempts=10,
+                          backoff_base=0.05, timeout=5)
+    assert await service.pre_reboot("g", "n1") is Outcome.GRANTED
+    backend.rival_writes = 5  # the release loses five races, sleeping between them
+    release = asyncio.ensure_future(service.steady_state("g", "n1"))
+    await asyncio.sleep(0.01)
+    release.cancel()  # the handler is cancelled: its client hung up
+    await asyncio.sleep(0.5)
+    sem = await service.read("g")
+    assert sem is not None and [h.id for h in sem.holders] == ["n1"]

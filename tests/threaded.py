@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from lockd.app import SERVICE, create_app
+from lockd.frontend import create_app
+from lockd.http import SERVICE
 from lockd.config import Settings
 from lockd.service import LockService
 

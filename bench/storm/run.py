@@ -21,7 +21,6 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,17 +28,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from bench.procs import free_port
 from bench.storm.report import render, summarise
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
 LISTEN_RE = re.compile(r"FleetLock listening on (http://\S+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pinned(argv: list[str], cpus: str | None) -> list[str]:

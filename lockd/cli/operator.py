@@ -19,11 +19,11 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from lockd.cli import COMMANDS
-from lockd.fleetlock import GROUP_RE, MAX_GROUP_LENGTH
+from lockd.groups import GROUP_RULE, is_group_name
 
 DEFAULT_SERVER = "http://127.0.0.1:8081"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHORIZED = 1, 2, 3, 4
@@ -123,8 +123,8 @@ def _client(args: argparse.Namespace) -> AdminClient:
 
 
 def _group_arg(text: str) -> str:
-    if len(text) > MAX_GROUP_LENGTH or not GROUP_RE.match(text):
-        raise argparse.ArgumentTypeError(f"group must match ^[a-zA-Z0-9.-]+$, got {text!r}")
+    if not is_group_name(text):
+        raise argparse.ArgumentTypeError(f"group {GROUP_RULE}, got {text!r}")
     return text
 
 
@@ -307,17 +307,15 @@ def _add_group_positional(p: argparse.ArgumentParser) -> None:
     _common(p, json_flag=True)
 
 
-COMMANDS.update(
-    {
-        "status": (
-            "show slots and holders (with age) of every group or of GROUP",
-            (_add_status, _guarded(_status)),
-        ),
-        "groups": ("list groups with slots, holders and paused state",
-                   (_add_groups, _guarded(_groups))),
-        "unlock": ("free the slot ID holds (a dead node)", (_add_unlock, _guarded(_unlock))),
-        "set-max": ("change a group's slots at run time", (_add_set_max, _guarded(_set_max))),
-        "pause": ("refuse new grants in GROUP", (_add_group_positional, _guarded(_pauser(True)))),
-        "resume": ("grant again in GROUP", (_add_group_positional, _guarded(_pauser(False)))),
-    }
-)
+#: name -> (help, add_arguments, run): the operator subcommands of ``lockd``.
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                          Callable[[argparse.Namespace], int]]] = {
+    "status": ("show slots and holders (with age) of every group or of GROUP",
+               _add_status, _guarded(_status)),
+    "groups": ("list groups with slots, holders and paused state", _add_groups,
+               _guarded(_groups)),
+    "unlock": ("free the slot ID holds (a dead node)", _add_unlock, _guarded(_unlock)),
+    "set-max": ("change a group's slots at run time", _add_set_max, _guarded(_set_max)),
+    "pause": ("refuse new grants in GROUP", _add_group_positional, _guarded(_pauser(True))),
+    "resume": ("grant again in GROUP", _add_group_positional, _guarded(_pauser(False))),
+}

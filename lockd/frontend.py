@@ -8,67 +8,20 @@ doubled slash), ``GET /healthz``, ``GET /readyz``. Every non-200 answer is a JSO
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from aiohttp import web
 
-from backends import open_backend
-from lockd import eventlog
 from lockd.config import Settings
+from lockd.decisionlog import log_decision
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import PATH_RE, check_protocol_header, parse_body
-from lockd.metrics import METRICS, Metrics, TimedBackend, http_middleware
+from lockd.http import SERVICE, SETTINGS, error_response, json_errors, read_body
+from lockd.metrics import METRICS, Metrics, http_middleware
 from lockd.semaphore import Outcome
 from lockd.service import LockService
-
-log = logging.getLogger("lockd.http")
-
-SETTINGS = web.AppKey("settings", Settings)
-SERVICE = web.AppKey("service", LockService)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(error: LockdError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(error.as_json(), status=error.status, headers=headers)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON ``{kind, value}``; never let a client cause a 500."""
-    try:
-        return await handler(request)
-    except LockdError as exc:
-        return error_response(exc)
-    except web.HTTPMethodNotAllowed as exc:
-        return error_response(
-            LockdError(Kind.method_not_allowed, f"{request.method} is not allowed here"),
-            headers={"Allow": ",".join(sorted(exc.allowed_methods))},
-        )
-    except web.HTTPNotFound:
-        return error_response(LockdError(Kind.not_found, "no such endpoint"))
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(LockdError(Kind.body_too_large, "request body is too large"))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        kind = Kind.invalid_request if exc.status < 500 else Kind.internal_error
-        return web.json_response({"kind": kind.value, "value": exc.reason}, status=exc.status)
-    except Exception:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
-        return error_response(LockdError(Kind.internal_error, "internal error"))
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body as bytes, refusing more than ``limit`` without reading it all."""
-    if request.content_length is not None and request.content_length > limit:
-        raise LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
-    return body
-
+from lockd.store import TimedBackend, open_store
 
 # Encoded once: the 200 answers are a handful of constant bodies.
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
@@ -118,18 +71,18 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
     """Open the backend and the service with the app, close them with it."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        backend = open_backend(settings.backend_url)
-        await backend.open()
+        store = open_store(settings.backend_url)
+        await store.backend.open()
         # The service sees the backend through a timer, for lockd_backend_* metrics.
-        timed = TimedBackend(backend, app[METRICS])
+        timed = replace(store, backend=TimedBackend(store.backend, app[METRICS].observe_backend))
         service = LockService(timed, settings.group_settings(), timeout=settings.timeout)
-        service.observers.append(eventlog.log_decision)
+        service.observers.append(log_decision)
         service.observers.append(app[METRICS].observe)
         app[SERVICE] = service
         try:
             yield
         finally:
-            await backend.close()
+            await store.backend.close()
 
     return ctx
 

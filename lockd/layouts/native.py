@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from backends.layouts.base import Layout, LayoutError
+from lockd.layouts.base import Layout, LayoutError
 from lockd.semaphore import Holder, Semaphore
 
 PREFIX = "lockd/v1/groups/"
@@ -14,8 +14,7 @@ PREFIX = "lockd/v1/groups/"
 class NativeLayout(Layout):
     name = "native"
 
-    def __init__(self, prefix: str = PREFIX) -> None:
-        self.prefix = prefix
+    prefix = PREFIX
 
     def key(self, group: str) -> str:
         # Group names match ^[a-zA-Z0-9.-]+$, so they are safe in a key as they are.

@@ -1,4 +1,6 @@
-"""Running lockd: listeners, signals (SIGTERM/SIGINT stop, SIGHUP reload), start-up report."""
+"""Running lockd as a process: the listeners it serves, signals (SIGTERM/SIGINT stop, SIGHUP
+reload) and the start-up report. This is where the process is assembled: the FleetLock app
+(:mod:`lockd.frontend`) and the admin and ``[status]`` apps (:mod:`lockd.admin`)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,14 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from lockd.app import SERVICE, create_app
+from lockd import admin
 from lockd.config import ConfigError, Settings
 from lockd.errors import LockdError
+from lockd.frontend import create_app
+from lockd.http import SERVICE
 from lockd.service import LockService
 
-log = logging.getLogger("lockd.server")
-
-#: Builders of extra listeners (admin API, metrics) given the main app; see lockd.admin.
-ExtraApp = Callable[[Settings, web.Application], list[tuple[str, web.Application, str, int]]]
-extra_apps: list[ExtraApp] = []
+log = logging.getLogger("lockd.daemon")
 
 
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
@@ -41,17 +41,16 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     try:
         service = app[SERVICE]
         await _start(main, settings.listen.host, settings.listen.port, "FleetLock", settings)
-        for builder in extra_apps:
-            for name, extra, host, port in builder(settings, app):
-                runner = web.AppRunner(
-                    extra,
-                    handle_signals=False,
-                    access_log=None,
-                    shutdown_timeout=settings.shutdown_timeout,
-                )
-                await runner.setup()
-                runners.append(runner)
-                await _start(runner, host, port, name, settings)
+        for name, extra, host, port in admin.listeners(settings, app):
+            runner = web.AppRunner(
+                extra,
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=settings.shutdown_timeout,
+            )
+            await runner.setup()
+            runners.append(runner)
+            await _start(runner, host, port, name, settings)
         print(f"lockd: serving (pid {os.getpid()}), backend {service.backend.describe()}",
               flush=True)
         try:

@@ -13,8 +13,6 @@ class LayoutError(Exception):
 
 class Layout(abc.ABC):
     name: str = ""
-    #: Key that ``ping`` reads; it need not exist.
-    ping_key: str = "lockd/ping"
     #: True where the store, not lockd's configuration, owns the number of slots
     #: (locksmith: ``locksmithctl set-max`` writes it). Configuration then only seeds
     #: new groups.

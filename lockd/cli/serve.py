@@ -1,20 +1,14 @@
-"""The ``lockd`` command: ``serve`` and the operator commands that drive the admin API."""
+"""``lockd serve``: its flags, which are configuration keys, and running the server."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from lockd import __version__
 from lockd.config import ConfigError, Listener, load, parse_assignment
 
-#: Extra subcommands: name -> (add_arguments, run). See lockd.ctl.
-Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-COMMANDS: dict[str, tuple[str, Command]] = {}
-
-SERVE_EPILOG = """\
+EPILOG = """\
 configuration:
   Settings come from, lowest to highest: built-in defaults, the TOML file (--config or
   $LOCKD_CONFIG), LOCKD_<SECTION>__<KEY> environment variables, then flags. Every TOML key
@@ -40,7 +34,7 @@ def _listener(text: str) -> Listener:
     return Listener(host.strip("[]") or "0.0.0.0", int(port))
 
 
-def _add_serve(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         "-c",
@@ -133,13 +127,9 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def _run_serve(args: argparse.Namespace) -> int:
-    from lockd import eventlog, server
-
-    try:
-        import lockd.admin  # noqa: F401 - registers the admin listener, when present
-    except ImportError:
-        pass
+def run(args: argparse.Namespace) -> int:
+    from lockd import daemon, logs
+    from lockd.decisionlog import log_decision
 
     def reload() -> Any:
         return load(args.config, overrides=serve_overrides(args))
@@ -149,46 +139,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"lockd: configuration error: {exc}", file=sys.stderr)
         return 2
-    eventlog.setup(settings.log_format, settings.log_level)
-    return server.run(settings, reload)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lockd",
-        description="lockd: a FleetLock reboot-coordination server for Fedora CoreOS and "
-        "Flatcar fleets.",
-    )
-    parser.add_argument("--version", action="version", version=f"lockd {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    serve = sub.add_parser(
-        "serve",
-        help="run the FleetLock server",
-        description="Run the FleetLock server (POST /v1/pre-reboot, /v1/steady-state).",
-        epilog=SERVE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_serve(serve)
-    serve.set_defaults(func=_run_serve)
-    for name, (help_text, (add_arguments, run)) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(func=run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        import lockd.ctl  # noqa: F401 - registers the operator commands, when present
-    except ImportError:
-        pass
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        print(f"lockd: configuration error: {exc}", file=sys.stderr)
-        return 2
+    logs.setup(settings.log_format, settings.log_level)
+    log_decision.configure(settings.log_format)
+    return daemon.run(settings, reload)

@@ -30,7 +30,7 @@ import json
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
-from backends.layouts.base import Layout, LayoutError
+from lockd.layouts.base import Layout, LayoutError
 from lockd.semaphore import Holder, Semaphore
 
 PREFIX = "coreos.com/updateengine/rebootlock/"
@@ -58,7 +58,6 @@ def _int(doc: dict[str, Any], name: str) -> int:
 
 class LocksmithLayout(Layout):
     name = "locksmith"
-    ping_key = DEFAULT_KEY
     store_owns_slots = True
 
     def key(self, group: str) -> str:

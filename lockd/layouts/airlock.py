@@ -26,7 +26,7 @@ import json
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
-from backends.layouts.base import Layout, LayoutError
+from lockd.layouts.base import Layout, LayoutError
 from lockd.semaphore import Holder, Semaphore
 
 ROOT = "com.coreos.airlock/groups/"
@@ -38,12 +38,7 @@ EXTRA = "lockd"
 class AirlockLayout(Layout):
     name = "airlock"
 
-    def __init__(self, namespace: str = "") -> None:
-        # A namespace in front of airlock's keys is for tests and for running several
-        # independent keyspaces on one etcd; a real takeover uses the empty namespace.
-        self.namespace = namespace
-        self.prefix = namespace + ROOT
-        self.ping_key = namespace + "lockd/ping"
+    prefix = ROOT
 
     def key(self, group: str) -> str:
         # Go's url.QueryEscape is quote_plus; FleetLock group names never need escaping,
