@@ -8,11 +8,18 @@ airlock's config file is read unchanged: ``[service] address/port``, ``[status]`
 ``[etcd3] endpoints``, ``[lock] default_group_name/default_slots/[[lock.groups]]``.
 
 A value that cannot work raises :class:`ConfigError` naming the key and where it came from.
+
+Hand-written rather than pydantic-settings: the one flat key table below serves the TOML
+file, the environment and ``--set`` alike, errors name the origin of a value (the file, the
+variable or the flag) as well as the key, airlock's keys map onto lockd's, and groups from
+the environment and flags merge with the file's by name. A settings library would need
+custom sources for each of these, and a compiled dependency for a ~400-line module.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +36,16 @@ SYSTEM_STATE_DIR = "/var/lib/lockd"
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key."""
+
+
+class GroupError(ValueError):
+    """One entry of lock.groups is wrong; the message names the entry, not the whole list."""
+
+
+#: A configuration file is a few KiB; anything far larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+#: The most slots a group may have, in configuration and in the admin API alike.
+MAX_SLOTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,7 @@ KEYS: dict[str, str] = {
     "service.address": "str",
     "service.port": "port",
     "service.max_body_bytes": "posint",
+    "service.tls": "notls",
     "storage.backend": "str",
     "storage.state_dir": "str",
     "storage.timeout_s": "posfloat",
@@ -99,6 +117,7 @@ KEYS: dict[str, str] = {
     "status.enabled": "bool",
     "status.address": "str",
     "status.port": "port",
+    "status.tls": "notls",
     "etcd3.endpoints": "strlist",
     "etcd3.transaction_timeout_ms": "posint",
     "etcd3.tls_ca": "str",
@@ -136,6 +155,8 @@ def _convert(key: str, value: Any, origin: str) -> Any:
                 raise ValueError("must be a port number from 0 to 65535")
             if kind == "posint" and number < 1:
                 raise ValueError("must be at least 1")
+            if kind == "posint" and key == "lock.default_slots" and number > MAX_SLOTS:
+                raise ValueError(f"must be at most {MAX_SLOTS}")
             return number
         if kind == "posfloat":
             number = float(value) if text or isinstance(value, int | float) else None
@@ -174,13 +195,29 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             return value.lower()
         if kind == "groups":
             return _groups(value)
+        if kind == "notls":
+            # airlock's own example file says tls = false, and airlock refuses to start
+            # without it; lockd reads it so that file loads unchanged.
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+            if value:
+                raise ValueError(
+                    "lockd serves plain HTTP on this listener; terminate TLS at a reverse "
+                    "proxy in front of it (docs/production.md) and set tls = false"
+                )
+            return value
+    except GroupError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}; got {value!r}") from None
     raise AssertionError(kind)
 
 
-def _groups(value: Any) -> dict[str, int]:
-    """``[[lock.groups]] name/slots`` tables, or ``"workers=2,db=1"`` from env/flags."""
+def _groups(value: Any) -> dict[str, int | None]:
+    """``[[lock.groups]] name/slots`` tables, or ``"workers=2,db=1"`` from env/flags.
+
+    A group without ``slots`` takes ``default_slots`` (None here), as in airlock.
+    """
     if isinstance(value, str):
         value = [
             {"name": n.strip(), "slots": s.strip()}
@@ -188,21 +225,30 @@ def _groups(value: Any) -> dict[str, int]:
         ]
     if not isinstance(value, list):
         raise ValueError("must be a list of {name, slots} tables")
-    groups: dict[str, int] = {}
+    groups: dict[str, int | None] = {}
     for i, table in enumerate(value):
         if not isinstance(table, dict):
-            raise ValueError(f"entry {i} must be a table with name and slots")
+            raise GroupError(f"entry {i + 1} must be a table with a name and optional slots")
+        unknown = sorted(set(table) - {"name", "slots"})
+        if unknown:
+            raise GroupError(f"entry {i + 1}: unknown key {unknown[0]!r} (a group has name, slots)")
         name, slots = table.get("name"), table.get("slots")
         if not is_group_name(name):
-            raise ValueError(f"entry {i}: name {GROUP_RULE}, got {name!r}")
+            raise GroupError(f"entry {i + 1}: name {GROUP_RULE}; got {name!r}")
+        if slots is None or slots == "":
+            groups[name] = None
+            continue
         try:
             slots = int(slots) if isinstance(slots, str) else slots
         except ValueError:
             slots = None
-        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
-            raise ValueError(f"entry {i} ({name}): slots must be a whole number >= 1")
+        if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= MAX_SLOTS:
+            raise GroupError(
+                f"group {name!r}: slots must be a whole number from 1 to {MAX_SLOTS}; "
+                f"got {table.get('slots')!r}"
+            )
         if name in groups:
-            raise ValueError(f"group {name!r} is listed twice")
+            raise GroupError(f"group {name!r} is listed twice")
         groups[name] = slots
     return groups
 
@@ -262,21 +308,51 @@ def load(
     source = "defaults"
     if path is None and environ.get("LOCKD_CONFIG"):
         path = environ["LOCKD_CONFIG"]
+    layers: list[dict[str, tuple[Any, str]]] = []
     if path:
-        try:
-            with open(path, "rb") as fh:
-                doc = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"--config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
-        merged.update(_flatten(doc, path))
+        layers.append(_flatten(read_toml(path), path))
         source = path
-    merged.update(_from_env(environ))
-    for name, value in (overrides or {}).items():
-        merged[name] = (value, f"flag for {name}")
+    layers.append(_from_env(environ))
+    layers.append({name: (value, f"flag for {name}") for name, value in (overrides or {}).items()})
+    groups: dict[str, int | None] = {}
+    for layer in layers:
+        for name, (value, origin) in layer.items():
+            if name == "lock.groups":
+                # Groups from the environment and flags add to the file's, or override
+                # one by name; they never drop a group the file lists.
+                groups.update(_convert(name, value, origin))
+            else:
+                merged[name] = (value, origin)
     values = {name: _convert(name, value, origin) for name, (value, origin) in merged.items()}
+    values["lock.groups"] = groups
+    if path and "lock.strict_groups" not in values and "etcd3.endpoints" in values:
+        # airlock's file (airlock cannot run without [etcd3]): airlock refuses groups it
+        # does not list, and so does lockd under that file unless told otherwise.
+        values["lock.strict_groups"] = True
     return _settings(values, source)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The TOML document at ``path``; every way it can fail names the path."""
+    where = f"--config {path}"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        # A FIFO would block the reader (and, on SIGHUP, the event loop) until written.
+        raise ConfigError(f"{where}: not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.loads(fh.read(MAX_CONFIG_BYTES + 1).decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not a UTF-8 text file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
 
 
 def _settings(v: dict[str, Any], source: str) -> Settings:
@@ -296,9 +372,12 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
     timeout = v.get("storage.timeout_s", d.timeout)
     if "etcd3.transaction_timeout_ms" in v and "storage.timeout_s" not in v:
         timeout = v["etcd3.transaction_timeout_ms"] / 1000
-    groups = dict(v.get("lock.groups", {}))
     default_name = v.get("lock.default_group_name", "default")
     default_slots = v.get("lock.default_slots", 1)
+    groups = {
+        name: default_slots if slots is None else slots
+        for name, slots in v.get("lock.groups", {}).items()
+    }
     groups.setdefault(default_name, default_slots)
     settings = Settings(
         listen=listen,
@@ -353,8 +432,10 @@ def _check(s: Settings) -> None:
         open_store(s.backend_url)
     except InvalidBackendURL as exc:
         raise ConfigError(f"storage.backend: {exc}") from None
-    if s.admin_token_file and not os.path.isfile(os.path.expanduser(s.admin_token_file)):
-        raise ConfigError(f"admin.token_file: {s.admin_token_file} is not a readable file")
+    if s.admin_token_file:
+        token = os.path.expanduser(s.admin_token_file)
+        if not os.path.isfile(token) or not os.access(token, os.R_OK):
+            raise ConfigError(f"admin.token_file: {s.admin_token_file} is not a readable file")
     taken = {str(s.listen): "service.address/port"}
     for name, listener in (
         ("admin.address/port", s.admin_listen),

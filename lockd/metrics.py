@@ -126,6 +126,13 @@ class Metrics:
         self.config_groups = Gauge(
             "lockd_config_groups", "Number of groups in the configuration", registry=r
         )
+        self.config_mismatch = Gauge(
+            "lockd_config_mismatch",
+            "1 for a group whose configured slots here differ from what another replica's "
+            "configuration wrote to the store (this replica does not overwrite it)",
+            ["group"],
+            registry=r,
+        )
         self.config_slots = Gauge(
             "lockd_config_slots", "Configured slots, by group", ["group"], registry=r
         )
@@ -233,7 +240,7 @@ class Metrics:
         # No await from here on: a scrape never sees half-updated gauges.
         for gauge in (
             self.config_slots, self.group_slots, self.group_holders, self.group_available,
-            self.group_paused, self.oldest_age,
+            self.group_paused, self.oldest_age, self.config_mismatch,
         ):  # fmt: skip
             gauge.clear()
         for group, slots in service.groups.slots.items():
@@ -246,6 +253,8 @@ class Metrics:
             # A holder granted by airlock or locksmith has no grant time (0): not counted.
             oldest = min((h.granted_at for h in sem.holders if h.granted_at > 0), default=None)
             self.oldest_age.labels(group).set(0 if oldest is None else max(0.0, now - oldest))
+        for group in service.config_mismatches:
+            self.config_mismatch.labels(self.group_label(group)).set(1)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -153,6 +153,12 @@ class LockService:
         # before a write; see _round_trip and must_read_first.
         self._seen: OrderedDict[str, tuple[bytes, Version]] = OrderedDict()
         self.remember = remember
+        # Per group: the configured slots this process has seen reach the store. See
+        # configured_state: configuration is applied when it changes, not per decision.
+        self._applied: dict[str, int] = {}
+        #: group -> (slots configured here, slots another replica's configuration wrote),
+        #: for groups where the two disagree; shown by metrics, the admin API and the CLI.
+        self.config_mismatches: dict[str, tuple[int, int | None]] = {}
 
     def reconfigure(self, groups: GroupSettings) -> None:
         """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
@@ -305,9 +311,7 @@ class LockService:
                 current = stored = Semaphore.new(slots)
             else:
                 stored = self._decode(group, raw)
-                current = (
-                    stored if layout.store_owns_slots else semaphore.apply_config(stored, slots)
-                )
+                current = self.configured_state(group, stored, slots)
             current, results = apply_in_order(current, batch, attempt)
             writes = current != stored
             if must_read_first(writes, fresh):
@@ -316,6 +320,7 @@ class LockService:
                 fresh = True
                 continue
             if not writes:
+                self._applied_to_store(group, current, slots)
                 settle(batch, results)
                 return
             result = await self.backend.compare_and_set(
@@ -323,6 +328,7 @@ class LockService:
             )
             self._remember(key, result.value, result.version)
             if result.stored:
+                self._applied_to_store(group, current, slots)
                 settle(batch, results)
                 return
             raw, version, fresh = result.value, result.version, True
@@ -396,12 +402,43 @@ class LockService:
             raise LockdError(Kind.unknown_group, f"group {group!r} is not configured")
         return slots
 
-    def _current(self, group: str, raw: bytes) -> Semaphore:
-        stored = self._decode(group, raw)
+    def configured_state(self, group: str, stored: Semaphore, slots: int) -> Semaphore:
+        """The state to decide on: ``stored`` with this process's configuration applied if
+        it has not reached the store yet (start-up, a reload that changed it, first use).
+
+        Once this process has applied its configured slots, it does not apply them again:
+        another replica with a different configuration (a rolling change, a refused
+        reload) would otherwise rewrite the group on every request, each undoing the
+        other and any run-time set-max. The disagreement is reported instead.
+        """
         if self.layout.store_owns_slots:
             return stored
+        if self._applied.get(group) != slots:
+            return semaphore.apply_config(stored, slots)
+        if stored.config_slots != slots:
+            self._mismatch(group, slots, stored.config_slots)
+        return stored
+
+    def _applied_to_store(self, group: str, state: Semaphore, slots: int) -> None:
+        if not self.layout.store_owns_slots and state.config_slots == slots:
+            self._applied[group] = slots
+            self.config_mismatches.pop(group, None)
+
+    def _mismatch(self, group: str, ours: int, theirs: int | None) -> None:
+        if self.config_mismatches.get(group) == (ours, theirs):
+            return
+        self.config_mismatches[group] = (ours, theirs)
+        log.warning(
+            "group %r: configured with %d slots here, but another replica's configuration "
+            "(%s slots) reached the store since; not overwriting it. Make the replicas' "
+            "configuration agree (then reload or restart one)",
+            group, ours, theirs,
+        )
+
+    def _current(self, group: str, raw: bytes) -> Semaphore:
+        stored = self._decode(group, raw)
         slots = self.groups.slots_for(group)
-        return stored if slots is None else semaphore.apply_config(stored, slots)
+        return stored if slots is None else self.configured_state(group, stored, slots)
 
     def _decode(self, group: str, raw: bytes) -> Semaphore:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,31 +13,12 @@ import pytest
 
 from lockd.config import ConfigError, load
 from tests.httpcall import lock
-from tests.procs import REPO, Lockd
+from bench.procs import REPO, Lockd
+from bench.servers import EtcdServer
 
-AIRLOCK_TOML = """\
-# airlock's own example configuration, unchanged
-[service]
-address = "127.0.0.1"
-port = 3333
-
-[status]
-enabled = true
-address = "127.0.0.1"
-port = 2222
-
-[lock]
-default_group_name = "default"
-default_slots = 2
-
-[[lock.groups]]
-name = "controllers"
-slots = 1
-
-[[lock.groups]]
-name = "workers"
-slots = 3
-"""
+# coreos/airlock's dist/examples/config.toml, byte for byte: the file airlock users copy.
+AIRLOCK_EXAMPLE = Path(__file__).parent / "data" / "airlock-example-config.toml"
+AIRLOCK_TOML = AIRLOCK_EXAMPLE.read_text()
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -58,15 +40,63 @@ def test_relative_state_dir_becomes_absolute(tmp_path: Path, monkeypatch) -> Non
     assert s.backend_url == f"sqlite://{tmp_path / 'state' / 'lockd.db'}"
 
 
-def test_airlock_config_is_read_unchanged(tmp_path: Path) -> None:
-    s = load(write(tmp_path, AIRLOCK_TOML), environ={})
+def test_airlocks_example_is_read_unchanged() -> None:
+    s = load(str(AIRLOCK_EXAMPLE), environ={})
     assert (s.listen.host, s.listen.port) == ("127.0.0.1", 3333)
     assert s.metrics_listen is not None and s.metrics_listen.port == 2222
+    assert s.backend_url == "etcd://127.0.0.1:2379?layout=airlock"
     groups = s.group_settings()
     assert groups.slots_for("controllers") == 1
-    assert groups.slots_for("workers") == 3
+    assert groups.slots_for("workers") == 2  # no slots: default_slots, as in airlock
     assert groups.slots_for("default") == 2
-    assert groups.slots_for("other") == 2  # default_slots for unlisted groups
+    # airlock refuses groups it does not list, and so does lockd under airlock's file.
+    assert s.strict_groups and groups.slots_for("other") is None
+    s = load(str(AIRLOCK_EXAMPLE), environ={"LOCKD_LOCK__STRICT_GROUPS": "false"})
+    assert s.group_settings().slots_for("other") == 2
+
+
+@pytest.mark.parametrize("section", ["service", "status"])
+def test_tls_true_is_refused_naming_the_key_and_the_way(tmp_path: Path, section: str) -> None:
+    text = AIRLOCK_TOML.replace("tls = false", "tls = true", 2 if section == "service" else 1)
+    if section == "service":
+        text = text.replace("tls = true", "tls = false", 1)
+    with pytest.raises(ConfigError, match=rf"{section}\.tls .*reverse proxy"):
+        load(write(tmp_path, text), environ={})
+
+
+def test_flag_and_environment_groups_add_to_the_files(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[lock.groups]]\nname = 'controllers'\nslots = 1\n"
+                           "[[lock.groups]]\nname = 'workers'\nslots = 3\n")
+    s = load(path, environ={"LOCKD_LOCK__GROUPS": "db=4"}, overrides={"lock.groups": "extra=2"})
+    assert dict(s.groups) == {"controllers": 1, "workers": 3, "db": 4, "extra": 2, "default": 1}
+    s = load(path, environ={}, overrides={"lock.groups": "workers=5"})
+    assert s.groups["workers"] == 5 and s.groups["controllers"] == 1
+
+
+def test_a_bad_group_entry_is_named_without_the_whole_list(tmp_path: Path) -> None:
+    text = "".join(f"[[lock.groups]]\nname = 'g{i}'\nslots = {i + 1}\n" for i in range(5))
+    text += "[[lock.groups]]\nname = 'bad'\nslots = 0\n"
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, text), environ={})
+    assert "group 'bad'" in str(err.value) and "g3" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "binary", "unreadable"])
+def test_a_config_path_that_is_not_a_text_file_is_refused(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "config.toml"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "binary":
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        path.write_text("[lock]\n")
+        path.chmod(0)
+        if os.access(path, os.R_OK):  # root reads anything: use a path it cannot open
+            path = tmp_path / "missing-dir" / "config.toml"
+    with pytest.raises(ConfigError, match=str(path)):
+        load(str(path), environ={})
 
 
 def test_environment_then_flags_override_the_file(tmp_path: Path) -> None:
@@ -172,3 +202,25 @@ def test_sighup_reload_changes_slots_live(tmp_path: Path) -> None:
     decisions = [d for d in lines if d.get("logger") == "lockd.decision"]
     assert {"group": "workers", "id": "b", "outcome": "full"}.items() <= decisions[1].items()
     assert any(d["outcome"] == "granted" and d["id"] == "c" for d in decisions)
+
+
+def test_airlocks_example_serves_with_airlocks_group_semantics(tmp_path: Path) -> None:
+    """lockd started from airlock's own file (only its etcd endpoint and ports pointed at
+    this test's servers, through the environment) serves airlock's groups and refuses
+    others as airlock does."""
+    etcd = EtcdServer(tmp_path / "etcd").start()
+    env = {
+        "LOCKD_ETCD3__ENDPOINTS": f"http://{etcd.endpoint}",
+        "LOCKD_STATUS__PORT": "0",
+    }
+    lockd = Lockd(tmp_path, "--config", str(AIRLOCK_EXAMPLE), env=env).start()
+    try:
+        assert lock(lockd.url, "pre-reboot", "a", "workers")[0] == 200
+        assert lock(lockd.url, "pre-reboot", "b", "workers")[0] == 200
+        assert lock(lockd.url, "pre-reboot", "c", "workers")[0] == 423  # default_slots = 2
+        assert lock(lockd.url, "pre-reboot", "c", "controllers")[0] == 200
+        status, body = lock(lockd.url, "pre-reboot", "c", "unlisted")
+        assert (status, body["kind"]) == (404, "unknown_group")
+    finally:
+        assert lockd.stop() == 0
+        etcd.stop()

@@ -245,3 +245,37 @@ async def test_a_request_answered_during_retries_is_not_applied() -> None:
     await asyncio.sleep(0.5)
     sem = await service.read("g")
     assert sem is not None and [h.id for h in sem.holders] == ["n1"]
+
+
+class CountingWrites(MemoryBackend):
+    writes = 0
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        result = await super().compare_and_set(key, value, expected)
+        self.writes += result.stored
+        return result
+
+
+async def test_replicas_that_disagree_on_slots_do_not_fight() -> None:
+    """Two replicas on one store, configured with 3 and 2 slots (a rolling change): the
+    group is not rewritten on every request, a set-max stands, the disagreement is shown."""
+    backend = CountingWrites()
+    a = LockService(on(backend), GroupSettings(slots={"w": 3}))
+    b = LockService(on(backend), GroupSettings(slots={"w": 2}))
+    assert await a.pre_reboot("w", "holder") is Outcome.GRANTED  # creates it with 3
+    await b.apply_configuration()  # b starts after a: its configuration is applied once
+    assert (await a.read("w")).slots == 2  # type: ignore[union-attr]
+    writes = backend.writes
+    for i in range(10):
+        service = (a, b)[i % 2]
+        await service.pre_reboot("w", f"n{i % 3}")
+    assert backend.writes == writes + 1, "only n0's grant wrote; no slots ping-pong"
+    assert a.config_mismatches == {"w": (3, 2)} and b.config_mismatches == {}
+    await b.set_slots("w", 5)
+    for service in (a, b, a, b):
+        await service.pre_reboot("w", "holder")
+    assert (await b.read("w")).slots == 5  # type: ignore[union-attr]
+    # a's configuration changes to agree (a reload): applied once, mismatch gone.
+    a.reconfigure(GroupSettings(slots={"w": 2}))
+    await a.pre_reboot("w", "holder")
+    assert a.config_mismatches == {}
