@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lockd.config import ConfigError, load
-from tests.httpcall import lock
 from bench.procs import REPO, Lockd
 from bench.servers import EtcdServer
+from lockd.config import ConfigError, load
+from tests.httpcall import lock
 
 # coreos/airlock's dist/examples/config.toml, byte for byte: the file airlock users copy.
 AIRLOCK_EXAMPLE = Path(__file__).parent / "data" / "airlock-example-config.toml"
