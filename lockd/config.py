@@ -91,6 +91,18 @@ class Settings:
             return SYSTEM_STATE_DIR
         return os.path.expanduser(DEFAULT_STATE_DIR)
 
+    def check_state_dir(self) -> None:
+        """Under the default store, the state directory must be creatable and writable."""
+        if self.backend:
+            return
+        path = self.resolved_state_dir
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"storage.state_dir: cannot create {path}: {exc.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"storage.state_dir: {path} is not writable by this user")
+
     def group_settings(self) -> GroupSettings:
         return GroupSettings(
             default_slots=self.default_slots, slots=dict(self.groups), strict=self.strict_groups

@@ -5,6 +5,7 @@ reload) and the start-up report. This is where the process is assembled: the Fle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -40,7 +41,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     runners.append(main)
     try:
         service = app[SERVICE]
-        await _start(main, settings.listen.host, settings.listen.port, "FleetLock", settings)
+        await _listen(main, settings.listen.host, settings.listen.port, "FleetLock", settings)
         for name, extra, host, port in admin.listeners(settings, app):
             runner = web.AppRunner(
                 extra,
@@ -50,7 +51,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             )
             await runner.setup()
             runners.append(runner)
-            await _start(runner, host, port, name, settings)
+            await _listen(runner, host, port, name, settings)
         print(f"lockd: serving (pid {os.getpid()}), backend {service.backend.describe()}",
               flush=True)
         try:
@@ -64,7 +65,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app))
+            loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app, settings))
         await stop.wait()
         log.info("stopping: no new connections, finishing requests in flight")
     finally:
@@ -86,7 +87,44 @@ async def _start(runner: web.AppRunner, host: str, port: int, name: str, s: Sett
         print(f"lockd: {name} listening on http://{shown}/", flush=True)
 
 
-def _reloader(reload: Callable[[], Settings], app: web.Application) -> Callable[[], None]:
+#: The configuration keys of each listener, for messages.
+LISTENER_KEYS = {
+    "FleetLock": "service.address/service.port",
+    "admin": "admin.address/admin.port",
+    "metrics": "status.address/status.port",
+}
+
+
+class ListenFailed(Exception):
+    """A listener could not be opened; the message names its configuration keys."""
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, name: str, s: Settings) -> None:
+    try:
+        await _start(runner, host, port, name, s)
+    except OSError as exc:
+        raise ListenFailed(
+            f"cannot listen on {host}:{port} for the {name} listener: {exc.strerror or exc} "
+            f"(check {LISTENER_KEYS.get(name, name)})"
+        ) from None
+
+
+#: Keys a reload applies; every other key needs a restart, and a reload says which changed.
+RELOADABLE = ("default_slots", "groups", "strict_groups", "default_group_name")
+
+
+def _needs_restart(old: Settings, new: Settings) -> list[str]:
+    return sorted(
+        f.name for f in dataclasses.fields(Settings)
+        if f.name not in (*RELOADABLE, "source") and getattr(old, f.name) != getattr(new, f.name)
+    )
+
+
+def _reloader(
+    reload: Callable[[], Settings], app: web.Application, running: Settings
+) -> Callable[[], None]:
+    current = [running]
+
     def on_sighup() -> None:
         try:
             settings = reload()
@@ -94,15 +132,21 @@ def _reloader(reload: Callable[[], Settings], app: web.Application) -> Callable[
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         service = app[SERVICE]
+        restart = _needs_restart(current[0], settings)
+        current[0] = settings
         service.reconfigure(settings.group_settings())
         task = asyncio.get_running_loop().create_task(_apply(service))
         _background.add(task)
         task.add_done_callback(_background.discard)
         log.info(
-            "configuration reloaded from %s: default_slots=%d groups=%s",
+            "configuration reloaded from %s: applied default_slots=%d groups=%s "
+            "strict_groups=%s%s",
             settings.source,
             settings.default_slots,
             dict(settings.groups),
+            settings.strict_groups,
+            f"; changed but not applied until a restart: {', '.join(restart)}"
+            if restart else "",
         )
 
     return on_sighup
@@ -130,7 +174,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         runner = asyncio.run
     try:
         runner(serve(settings, reload))
-    except OSError as exc:
-        print(f"lockd: cannot listen: {exc} (check service.address/service.port)", file=sys.stderr)
+    except ListenFailed as exc:
+        print(f"lockd: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,50 @@ def test_airlocks_example_serves_with_airlocks_group_semantics(tmp_path: Path) -
     finally:
         assert lockd.stop() == 0
         etcd.stop()
+
+
+def _serve_fails(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lockd", "serve", *args], capture_output=True, text=True,
+        cwd=REPO, timeout=30,
+    )
+
+
+def test_a_taken_admin_port_is_named_by_its_keys(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _serve_fails("--backend", "memory://", "--listen", "127.0.0.1:0",
+                            "--admin-listen", f"127.0.0.1:{port}")
+    assert proc.returncode == 1
+    assert "admin.address/admin.port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unwritable_state_dir_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = _serve_fails("--state-dir", str(blocker / "state"), "--listen", "127.0.0.1:0",
+                        "--no-admin")
+    assert proc.returncode == 2
+    assert "storage.state_dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unreadable_token_file_is_named(tmp_path: Path) -> None:
+    proc = _serve_fails("--backend", "memory://", "--listen", "127.0.0.1:0",
+                        "--admin-token-file", str(tmp_path / "nope"))
+    assert proc.returncode == 2
+    assert "admin.token_file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sighup_names_the_keys_that_need_a_restart(tmp_path: Path) -> None:
+    config = tmp_path / "lockd.toml"
+    config.write_text("[service]\nmax_body_bytes = 4096\n")
+    lockd = Lockd(tmp_path, "--config", str(config), "--backend", "memory://").start()
+    try:
+        config.write_text("[service]\nmax_body_bytes = 8192\n[lock]\ndefault_slots = 3\n")
+        lockd.proc.signal(signal.SIGHUP)  # type: ignore[union-attr]
+        lockd.wait_for_output("not applied until a restart: max_body_bytes")
+        assert "applied default_slots=3" in lockd.proc.output()  # type: ignore[union-attr]
+    finally:
+        assert lockd.stop() == 0

@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = reload()
+        settings.check_state_dir()
     except ConfigError as exc:
         print(f"lockd: configuration error: {exc}", file=sys.stderr)
         return 2
