@@ -39,6 +39,7 @@ run: $(STAMP)
 
 test: $(TEST_STAMP) $(BENCH_STAMP)
 	@bash tests/ensure_servers.sh
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)

@@ -1,8 +1,8 @@
 """``sqlite:///path/to/lockd.db``: the embedded, durable default.
 
 One table of ``(key, value, version)``. Compare-and-set is a single ``UPDATE ... WHERE
-version = ?`` (or ``INSERT OR IGNORE`` to create), with a fresh random version per write, so SQLite's own file
-locking makes it atomic across every process that opens the same file. Calls run on one
+version = ?`` (or ``INSERT OR IGNORE`` to create) with a fresh random version per write, so
+SQLite's own file locking makes it atomic across every process that opens the same file. Calls run on one
 dedicated thread per process so the event loop never waits on disk or on another process's
 lock.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from lockd.backends.base import Backend, Version
 
 

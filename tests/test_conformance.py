@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from lockd.frontend import create_app
 from lockd.config import Settings
+from lockd.frontend import create_app
 from tests.rawhttp import request
 
 CASES = json.loads((Path(__file__).parent / "data" / "conformance_clients.json").read_text())

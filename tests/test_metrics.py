@@ -6,16 +6,16 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from lockd.backends import Backend, CasResult, Version
 from lockd.backends.memory import MemoryBackend
+from prometheus_client.parser import text_string_to_metric_families
+
+from lockd.groups import GroupSettings
 from lockd.layouts import NativeLayout
 from lockd.metrics import DEFAULT_GROUP_CAP, OTHER_GROUP, Metrics
-from lockd.store import Store, TimedBackend
 from lockd.semaphore import Outcome
-from lockd.groups import GroupSettings
 from lockd.service import LockService
+from lockd.store import Store, TimedBackend
 from tests.httpcall import FLEETLOCK_HEADERS, call, lock
 from tests.procs import Lockd, free_port, start_lockd
 

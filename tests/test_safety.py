@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lockd.frontend import create_app
 from lockd.config import Settings
+from lockd.frontend import create_app
 from tests.history import storm, violations
 from tests.httpcall import lock
 from tests.procs import Lockd

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from lockd.config import Settings
 from lockd.frontend import create_app
 from lockd.http import SERVICE
-from lockd.config import Settings
 from lockd.service import LockService
 
 T = TypeVar("T")
