@@ -2,9 +2,9 @@
 
 One table of ``(key, value, version)``. Compare-and-set is a single ``UPDATE ... WHERE
 version = ?`` (or ``INSERT OR IGNORE`` to create) with a fresh random version per write, so
-SQLite's own file locking makes it atomic across every process that opens the same file. Calls run on one
-dedicated thread per process so the event loop never waits on disk or on another process's
-lock.
+SQLite's own file locking makes it atomic across every process that opens the same file.
+Calls run on dedicated threads so the event loop never waits on disk or on another
+process's lock. The statements work on any SQLite 3 since 3.7 (WAL); none needs RETURNING.
 
 Durability: WAL journal with ``synchronous=FULL`` by default, so an acknowledged grant
 survives a crash of lockd and of the machine. ``?synchronous=normal`` trades the latter for
