@@ -172,11 +172,16 @@ def _age(seconds: float) -> str:
     return f"{s}s"
 
 
+def available(g: dict[str, Any]) -> int:
+    """What both ``status`` and ``groups`` print as Available: like locksmithctl, the store's
+    own counter where there is one (etcd2, which can go below 0 after a set-max), else the
+    free slots."""
+    return int(g["available"] if g.get("store_counter") is None else g["store_counter"])
+
+
 def format_group(g: dict[str, Any]) -> str:
     """locksmithctl's status block, with each holder's age and grant beside its id."""
-    # Like locksmithctl, show the store's own counter where there is one (etcd2).
-    available = g["available"] if g.get("store_counter") is None else g["store_counter"]
-    lines = [f"Available: {available}", f"Max: {g['slots']}"]
+    lines = [f"Available: {available(g)}", f"Max: {g['slots']}"]
     if g.get("paused"):
         lines.append("Paused: yes (no new grants)")
     lines.append("")
@@ -223,7 +228,7 @@ def _groups(args: argparse.Namespace) -> int:
         paused = "yes" if g["paused"] else "no"
         print(
             f"{g['name']:<{width}}  {g['slots']:>5}  {len(g['holders']):>7}  "
-            f"{g['available']:>9}  {paused}"
+            f"{available(g):>9}  {paused}"
         )
     return 0
 
