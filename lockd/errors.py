@@ -26,10 +26,12 @@ class Kind(enum.Enum):
     invalid_group = ("invalid_group", 400)
     invalid_request = ("invalid_request", 400)
     unauthorized = ("unauthorized", 401)
+    forbidden = ("forbidden", 403)
     not_found = ("not_found", 404)
     unknown_group = ("unknown_group", 404)
     method_not_allowed = ("method_not_allowed", 405)
     body_too_large = ("body_too_large", 413)
+    unsupported_media_type = ("unsupported_media_type", 415)
     failed_lock_semaphore_full = ("failed_lock_semaphore_full", 423)
     failed_lock_group_paused = ("failed_lock_group_paused", 423)
     rate_limited = ("rate_limited", 429)
@@ -37,6 +39,9 @@ class Kind(enum.Enum):
     backend_unavailable = ("backend_unavailable", 503)
     backend_contention = ("backend_contention", 503)
     backend_invalid_data = ("backend_invalid_data", 503)
+    #: The group's document no longer fits the store's size limit (etcd: about 14,000
+    #: holders at its default 1.5 MiB request limit); see docs/operations.md.
+    backend_group_too_large = ("backend_group_too_large", 507)
 
 
 class LockdError(Exception):

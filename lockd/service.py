@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lockd import semaphore
-from lockd.backends import BackendUnavailable, Version
+from lockd.backends import BackendUnavailable, ValueTooLarge, Version
 from lockd.errors import Kind, LockdError
 from lockd.groups import GroupSettings
 from lockd.layouts import LayoutError
@@ -280,6 +280,13 @@ class LockService:
                         await self._round_trip(group, batch)
                 except (BackendUnavailable, TimeoutError) as exc:
                     fail(batch, _unavailable(exc))
+                except ValueTooLarge as exc:
+                    log.error("group %r: too large for the store: %s", group, exc)
+                    fail(batch, LockdError(
+                        Kind.backend_group_too_large,
+                        f"group {group!r} has grown too large for the lock store; no new "
+                        "holders until some release",
+                    ))
                 except LockdError as exc:
                     fail(batch, exc)
                 except Exception:  # a bug must fail these requests, not strand them

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from lockd.backends import CasResult, Version
+from lockd.backends import CasResult, ValueTooLarge, Version
 from lockd.backends.memory import MemoryBackend
 
 from lockd.errors import Kind, LockdError
@@ -279,3 +279,26 @@ async def test_replicas_that_disagree_on_slots_do_not_fight() -> None:
     a.reconfigure(GroupSettings(slots={"w": 2}))
     await a.pre_reboot("w", "holder")
     assert a.config_mismatches == {}
+
+
+class SizeLimited(MemoryBackend):
+    """A real memory store with a value size limit, as etcd has (--max-request-bytes)."""
+
+    limit = 400
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        if len(value) > self.limit:
+            raise ValueTooLarge(f"value of {len(value)} bytes is over {self.limit}")
+        return await super().compare_and_set(key, value, expected)
+
+
+async def test_a_group_too_large_for_the_store_says_so() -> None:
+    service = LockService(on(SizeLimited()), GroupSettings(default_slots=100))
+    outcomes = []
+    with pytest.raises(LockdError) as err:
+        for i in range(100):
+            outcomes.append(await service.pre_reboot("g", f"node-{i:03d}"))
+    assert err.value.kind is Kind.backend_group_too_large and err.value.status == 507
+    assert set(outcomes) == {Outcome.GRANTED}
+    # Releases still work, and so does everything the store can still hold.
+    assert await service.steady_state("g", "node-000") is Outcome.RELEASED
