@@ -168,7 +168,9 @@ class Etcd2Backend(Backend):
             params = {"prevExist": "false"}
         else:
             index, seen = expected
-            params = {"prevIndex": str(index), "prevValue": seen}
+            params = {"prevIndex": str(index)}
+            if seen:  # etcd refuses an empty prevValue; the index alone must do there
+                params["prevValue"] = seen
         # v2 values are text; every layout writes UTF-8 JSON.
         text = value.decode()
         status, doc = await self._request("PUT", key, params, {"value": text})

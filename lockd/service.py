@@ -420,6 +420,10 @@ class LockService:
         """
         if self.layout.store_owns_slots:
             return stored
+        if stored.config_slots is None:
+            # Another program wrote it last (airlock drops lockd's fields): apply the
+            # configuration where it differs, and write nothing where it agrees.
+            return stored if stored.slots == slots else semaphore.apply_config(stored, slots)
         if self._applied.get(group) != slots:
             return semaphore.apply_config(stored, slots)
         if stored.config_slots != slots:

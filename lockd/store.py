@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from lockd.backends import Backend, CasResult, InvalidBackendURL, Version, open_backend
 from lockd.layouts import LAYOUTS, Layout
@@ -49,8 +49,13 @@ def split_layout(url: str) -> tuple[str, str]:
         raise InvalidBackendURL(
             f"{scheme} URL option layout={name!r}: use {' or '.join(allowed)}"
         )
-    rest = urlencode([(k, v) for k, v in query if k != "layout"])
-    return urlunsplit(parts._replace(query=rest)), name
+    if not names:
+        return url, name
+    # Only the query changes: urlunsplit would drop the empty "//" of sqlite:///path.
+    base, _, rest = url.partition("?")
+    _, hash_, fragment = rest.partition("#")
+    kept = urlencode([(k, v) for k, v in query if k != "layout"])
+    return base + (f"?{kept}" if kept else "") + hash_ + fragment, name
 
 
 def open_store(url: str) -> Store:

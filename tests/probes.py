@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lockd.backends.base import Backend, Version
 
 

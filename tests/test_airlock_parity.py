@@ -21,10 +21,10 @@ from urllib.parse import quote_plus
 import aetcd
 import pytest
 
-from backends import open_backend
-from backends.base import Backend
+from lockd.groups import GroupSettings
 from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.service import LockService
+from lockd.store import Store, open_store
 from tests.servers import EtcdServer
 
 
@@ -108,14 +108,14 @@ async def etcd(etcd_server: EtcdServer) -> AsyncIterator[aetcd.Client]:
 
 
 @pytest.fixture
-async def backend(etcd_server: EtcdServer) -> AsyncIterator[Backend]:
+async def store(etcd_server: EtcdServer) -> AsyncIterator[Store]:
     # No namespace: these tests use airlock's real keys, kept apart by unique group names.
-    b = open_backend(f"etcd://{etcd_server.endpoint}?layout=airlock")
-    await b.open()
+    s = open_store(f"etcd://{etcd_server.endpoint}?layout=airlock")
+    await s.backend.open()
     try:
-        yield b
+        yield s
     finally:
-        await b.close()
+        await s.backend.close()
 
 
 async def mod_revision(client: aetcd.Client, key: bytes) -> int:
@@ -125,15 +125,15 @@ async def mod_revision(client: aetcd.Client, key: bytes) -> int:
 
 
 async def test_lockd_honours_and_updates_what_airlock_wrote(
-    etcd: aetcd.Client, backend: Backend, unique: str
+    etcd: aetcd.Client, store: Store, unique: str
 ) -> None:
     group = f"p-{unique}"
     airlock = Airlock(etcd, group)
-    assert backend.layout.key(group).encode() == airlock.key
+    assert store.layout.key(group).encode() == airlock.key
     await airlock.ensure_init(2)
     await airlock.recursive_lock("node-b")
     await airlock.recursive_lock("node-a")
-    service = LockService(backend, GroupSettings(default_slots=2))
+    service = LockService(store, GroupSettings(default_slots=2))
 
     before = await mod_revision(etcd, airlock.key)
     assert await service.pre_reboot(group, "node-c") is Outcome.FULL
@@ -166,10 +166,10 @@ async def test_lockd_honours_and_updates_what_airlock_wrote(
 
 
 async def test_lockd_value_is_airlock_format(
-    etcd: aetcd.Client, backend: Backend, unique: str
+    etcd: aetcd.Client, store: Store, unique: str
 ) -> None:
     group = f"f-{unique}"
-    service = LockService(backend, GroupSettings(default_slots=3))
+    service = LockService(store, GroupSettings(default_slots=3))
     # Granted out of order: airlock's binary search needs the stored list sorted.
     for node in ("zz-node", "aa-node", "mm-node"):
         assert await service.pre_reboot(group, node) is Outcome.GRANTED
@@ -192,13 +192,13 @@ async def test_lockd_value_is_airlock_format(
 
 
 async def test_configured_slots_apply_to_airlock_keys(
-    etcd: aetcd.Client, backend: Backend, unique: str
+    etcd: aetcd.Client, store: Store, unique: str
 ) -> None:
     """airlock#81: airlock froze slots at creation; lockd applies its configuration."""
     group = f"s-{unique}"
     airlock = Airlock(etcd, group)
     await etcd.put(airlock.key, b'{"total_slots":1,"holders":null}')  # null, as Go may write
-    service = LockService(backend, GroupSettings(default_slots=1, slots={group: 3}))
+    service = LockService(store, GroupSettings(default_slots=1, slots={group: 3}))
     for node in ("a", "b", "c"):
         assert await service.pre_reboot(group, node) is Outcome.GRANTED
     assert await service.pre_reboot(group, "d") is Outcome.FULL
@@ -214,13 +214,13 @@ async def test_configured_slots_apply_to_airlock_keys(
 
 
 async def test_lockd_and_airlock_race_on_one_key(
-    etcd: aetcd.Client, backend: Backend, unique: str
+    etcd: aetcd.Client, store: Store, unique: str
 ) -> None:
     """Two kinds of writer, two kinds of compare (version vs mod_revision): never > slots."""
     group = f"r-{unique}"
     airlock = Airlock(etcd, group)
     await airlock.ensure_init(2)
-    service = LockService(backend, GroupSettings(default_slots=2))
+    service = LockService(store, GroupSettings(default_slots=2))
 
     async def by_airlock(node: str) -> bool:
         try:

@@ -14,16 +14,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from backends import BackendUnavailable, InvalidBackendURL, open_backend
-from backends.etcd2 import Etcd2Backend
-from backends.layouts.base import LayoutError
-from backends.layouts.locksmith import LocksmithLayout
 from lockd import semaphore
-from lockd.app import create_app
+from lockd.backends import BackendUnavailable, InvalidBackendURL, open_backend
+from lockd.backends.etcd2 import Etcd2Backend
 from lockd.config import Settings
 from lockd.errors import Kind, LockdError
+from lockd.frontend import create_app
+from lockd.groups import GroupSettings
+from lockd.layouts.base import LayoutError
+from lockd.layouts.locksmith import LocksmithLayout
 from lockd.semaphore import Holder, Outcome, Semaphore
-from lockd.service import GroupSettings, LockService
+from lockd.service import LockService
+from lockd.store import Store, open_store
 from tests.history import HEADERS, storm, violations
 from tests.locksmith_client import LocksmithClient
 from tests.probes import count_reads
@@ -31,6 +33,10 @@ from tests.procs import Lockd, free_port
 from tests.servers import EtcdCluster, EtcdServer
 
 LAYOUT = LocksmithLayout()
+
+
+def _service(backend: Etcd2Backend, groups: GroupSettings, timeout: float = 10.0) -> LockService:
+    return LockService(Store(backend, LAYOUT), groups, timeout=timeout)
 
 
 # The layout: pure codec
@@ -141,14 +147,21 @@ def test_from_url() -> None:
     b = open_backend("etcd2://10.0.0.1:2379,10.0.0.2:2379?root=/x/y&timeout_s=1.5")
     assert isinstance(b, Etcd2Backend)
     assert b.endpoints == ["10.0.0.1:2379", "10.0.0.2:2379"]
-    assert (b.root, b.timeout, b.layout.name) == ("/x/y", 1.5, "locksmith")
+    assert (b.root, b.timeout) == ("/x/y", 1.5)
     assert open_backend("etcd2://h:2379").root == ""  # type: ignore[attr-defined]
+    # The layout is the store's, not the backend's: etcd2:// holds locksmith's only.
+    store = open_store("etcd2://10.0.0.1:2379?root=/x/y&layout=locksmith")
+    assert isinstance(store.backend, Etcd2Backend) and store.backend.root == "/x/y"
+    assert store.layout.name == "locksmith"
+    assert open_store("etcd2://h:2379").layout.name == "locksmith"
+    with pytest.raises(InvalidBackendURL, match="layout='native'"):
+        open_store("etcd2://h:2379?layout=native")
     for bad in (
         "etcd2://",
         "etcd2://h",
         "etcd2://h:2379/path",
         "etcd2://h:2379?timeout_s=0",
-        "etcd2://h:2379?layout=native",
+        "etcd2://h:2379?layout=locksmith",  # open_backend knows no layouts
         "etcd2://h:2379?bogus=1",
         "etcd2://u:p@h:2379",
     ):
@@ -173,14 +186,15 @@ async def test_root_and_escaping_on_the_wire(
     rooted = Etcd2Backend([etcd2_endpoint], root=f"/r-{unique}")
     group = f"odd {unique}%+/"  # only a locksmith node could use such a group
     try:
-        key = backend.layout.key(group)
-        assert await backend.compare_and_set(key, b'{"semaphore":1,"max":1,"holders":null}', None)
+        key = LAYOUT.key(group)
+        doc = b'{"semaphore":1,"max":1,"holders":null}'
+        assert (await backend.compare_and_set(key, doc, None)).stored
         sem = await LocksmithClient(session, etcd2_endpoint, group).get()
         assert (sem.semaphore, sem.max, sem.holders) == (1, 1, None)
-        assert group in await LockService(backend, GroupSettings()).list_groups()
+        assert group in await _service(backend, GroupSettings()).list_groups()
         # The rooted handle sees nothing of it, and writes under its root.
         assert await rooted.get(key) == (None, None)
-        assert await rooted.compare_and_set(key, b"{}", None)
+        assert (await rooted.compare_and_set(key, b"{}", None)).stored
         async with session.get(
             f"http://{etcd2_endpoint}/v2/keys/r-{unique}", params={"recursive": "true"}
         ) as resp:
@@ -191,34 +205,40 @@ async def test_root_and_escaping_on_the_wire(
         await rooted.close()
 
 
-async def test_swap_answers_modified_index_and_the_state_it_lost_to(
+async def test_compare_and_set_answers_modified_index_and_the_state_it_lost_to(
     etcd2_url: str, etcd2_endpoint: str, session: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A write answers its own modifiedIndex (no read); a lost one answers the current state."""
+    """A write answers its own modifiedIndex (no read); a lost one answers the current state.
+
+    A version is ``(modifiedIndex, value)``."""
     backend = open_backend(etcd2_url)
     assert isinstance(backend, Etcd2Backend)
     read = backend.get
     reads = count_reads(backend, monkeypatch)
     try:
-        key = backend.layout.key("swap-native")
-        ok, value, v1 = await backend.swap(key, b"one", None)
-        assert ok and value == b"one" and isinstance(v1, int)
-        ok, value, v2 = await backend.swap(key, b"two", v1)
-        assert ok and value == b"two" and isinstance(v2, int) and v2 > v1
+        key = LAYOUT.key("swap-native")
+        ok, value, v1 = await backend.compare_and_set(key, b"one", None)
+        assert ok and value == b"one"
+        assert isinstance(v1, tuple) and isinstance(v1[0], int) and v1[1] == "one"
+        ok, value, v2 = await backend.compare_and_set(key, b"two", v1)
+        assert ok and value == b"two"
+        assert isinstance(v2, tuple) and isinstance(v2[0], int) and v2[0] > v1[0]
+        assert v2[1] == "two"
         assert reads == []  # the native path: the PUT's answer gave the version
         assert await read(key) == (b"two", v2)
         # Another writer (a locksmith node, say) moves the key on.
         async with session.put(
             f"http://{etcd2_endpoint}{backend._path(key)}", data={"value": "foreign"}
         ) as resp:
-            v3 = (await resp.json())["node"]["modifiedIndex"]
-        assert await backend.swap(key, b"three", v2) == (False, b"foreign", v3)
-        assert await backend.swap(key, b"three", None) == (False, b"foreign", v3)
-        # A swap on an absent key is told so by the PUT itself (errorCode 100), unread.
+            v3 = ((await resp.json())["node"]["modifiedIndex"], "foreign")
+        assert await backend.compare_and_set(key, b"three", v2) == (False, b"foreign", v3)
+        assert await backend.compare_and_set(key, b"three", None) == (False, b"foreign", v3)
+        # A compare-and-set on an absent key is told so by the PUT itself (errorCode 100),
+        # unread.
         reads.clear()
-        absent = backend.layout.key("swap-absent")
-        assert await backend.swap(absent, b"x", v3) == (False, None, None)
+        absent = LAYOUT.key("swap-absent")
+        assert await backend.compare_and_set(absent, b"x", v3) == (False, None, None)
         assert reads == []
     finally:
         await backend.close()
@@ -228,7 +248,7 @@ async def test_failover_to_a_live_endpoint(etcd2_endpoint: str, unique: str) -> 
     dead = f"127.0.0.1:{free_port()}"
     backend = Etcd2Backend([dead, etcd2_endpoint], root=f"/f-{unique}", timeout=2)
     try:
-        service = LockService(backend, GroupSettings(default_slots=1))
+        service = _service(backend, GroupSettings(default_slots=1))
         assert await service.pre_reboot("g", "a") is Outcome.GRANTED
         assert await service.pre_reboot("g", "b") is Outcome.FULL
         await backend.ping()
@@ -261,11 +281,11 @@ async def test_a_hung_member_times_out_then_fails_over(
     both = Etcd2Backend([black_hole, etcd2_endpoint], root=f"/t-{unique}", timeout=0.3)
     alone = Etcd2Backend([black_hole], timeout=0.3)
     try:
-        assert await both.compare_and_set("k", b"v", None)
+        assert (await both.compare_and_set("k", b"v", None)).stored
         assert (await both.get("k"))[0] == b"v"
         with pytest.raises(BackendUnavailable, match="etcd v2 unreachable"):
             await alone.get("k")
-        service = LockService(alone, GroupSettings())
+        service = _service(alone, GroupSettings())
         with pytest.raises(LockdError) as err:
             await service.pre_reboot("g", "a")
         assert err.value.kind is Kind.backend_unavailable
@@ -278,7 +298,7 @@ async def test_readyz_and_503_follow_etcd(aiohttp_client, etcd2_endpoint: str) -
     for endpoints, ready in (([f"127.0.0.1:{free_port()}"], False), ([etcd2_endpoint], True)):
         backend = Etcd2Backend(endpoints, root="/readyz", timeout=1)
         try:
-            app = create_app(Settings(), LockService(backend, GroupSettings(), timeout=3))
+            app = create_app(Settings(), _service(backend, GroupSettings(), timeout=3))
             client = await aiohttp_client(app)
             resp = await client.get("/readyz")
             assert resp.status == (200 if ready else 503)
@@ -316,7 +336,7 @@ async def test_three_replicas_keep_the_invariant(
         backend = Etcd2Backend([etcd_server.endpoint], root=f"/storm-{unique}")
         try:
             for g, n in slots.items():
-                raw, _ = await backend.get(backend.layout.key(g))
+                raw, _ = await backend.get(LAYOUT.key(g))
                 assert raw is not None
                 doc = json.loads(raw)
                 assert (doc["semaphore"], doc["max"], doc["holders"]) == (n, n, [])
@@ -344,7 +364,7 @@ async def _settle(call, deadline: float = 15.0):  # type: ignore[no-untyped-def]
 async def test_three_member_cluster_loses_and_regains_quorum(tmp_path: Path) -> None:
     cluster = EtcdCluster(tmp_path / "cluster").start()
     backend = Etcd2Backend([m.endpoint for m in cluster.members], timeout=1)
-    service = LockService(backend, GroupSettings(default_slots=2), timeout=4)
+    service = _service(backend, GroupSettings(default_slots=2), timeout=4)
     try:
         assert await _settle(lambda: service.pre_reboot("g", "a")) is Outcome.GRANTED
         assert await service.pre_reboot("g", "b") is Outcome.GRANTED

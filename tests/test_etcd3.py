@@ -21,18 +21,22 @@ import aetcd
 import pytest
 from aetcd import rpc
 
-from backends import InvalidBackendURL, open_backend
-from backends.base import BackendUnavailable
-from backends.etcd3 import Etcd3Backend
-from backends.layouts.airlock import AirlockLayout
-from backends.layouts.native import NativeLayout
+from lockd.backends import InvalidBackendURL, open_backend
+from lockd.backends.base import PING_KEY, BackendUnavailable
+from lockd.backends.etcd3 import Etcd3Backend
 from lockd.config import load
 from lockd.errors import Kind, LockdError
+from lockd.groups import GroupSettings
+from lockd.layouts.airlock import AirlockLayout
+from lockd.layouts.native import NativeLayout
 from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.service import LockService
+from lockd.store import Store, open_store
 from tests.probes import count_reads
 from tests.procs import Lockd, Proc, free_port, require_binary, wait_for_port
 from tests.servers import EtcdServer
+
+LAYOUT = NativeLayout()
 
 
 def backend_of(url: str) -> Etcd3Backend:
@@ -41,23 +45,46 @@ def backend_of(url: str) -> Etcd3Backend:
     return backend
 
 
+def store_of(url: str) -> tuple[Etcd3Backend, Store]:
+    """A URL that may name a layout: the store, and its backend."""
+    store = open_store(url)
+    assert isinstance(store.backend, Etcd3Backend)
+    return store.backend, store
+
+
+def service_on(backend: Etcd3Backend, groups: GroupSettings, timeout: float = 10.0) -> LockService:
+    return LockService(Store(backend, LAYOUT), groups, timeout=timeout)
+
+
+def raw_key(backend: Etcd3Backend, key: str) -> bytes:
+    """The key as etcd itself names it: the backend puts its namespace in front."""
+    return (backend.namespace + key).encode()
+
+
 # URL parsing
 
 
 def test_url_endpoints_credentials_and_options() -> None:
-    b = backend_of("etcd://alice:s%40cret@h1:2381,[::1]:2382,h3/?layout=airlock&timeout=0.5")
+    b, store = store_of(
+        "etcd://alice:s%40cret@h1:2381,[::1]:2382,h3/?layout=airlock&timeout=0.5"
+    )
     assert b.endpoints == [("h1", 2381), ("::1", 2382), ("h3", 2379)]
     assert (b.username, b.password) == ("alice", "s@cret")
-    assert isinstance(b.layout, AirlockLayout) and b.timeout == 0.5
+    assert isinstance(store.layout, AirlockLayout) and b.timeout == 0.5
     assert b.tls is None
     assert "s@cret" not in b.describe() and "s%40cret" not in b.describe()
 
 
 def test_url_defaults_to_native_layout_and_namespace() -> None:
-    b = backend_of("etcd://127.0.0.1:2379?namespace=team-a/")
-    assert isinstance(b.layout, NativeLayout)
-    assert b.layout.key("workers") == "team-a/lockd/v1/groups/workers"
-    assert b.layout.ping_key.startswith("team-a/")
+    b, store = store_of("etcd://127.0.0.1:2379?namespace=team-a/")
+    assert isinstance(store.layout, NativeLayout)
+    # The backend, not the layout, puts the namespace in front of every key it sends.
+    assert b.namespace == "team-a/"
+    assert b._key(store.layout.key("workers")) == b"team-a/lockd/v1/groups/workers"
+    assert b._key(PING_KEY).startswith(b"team-a/")
+    # The layout is the store's option: the backend alone refuses it.
+    with pytest.raises(InvalidBackendURL, match="unknown options: layout"):
+        open_backend("etcd://127.0.0.1:2379?layout=native")
 
 
 def test_url_tls_options(tmp_path: Path) -> None:
@@ -83,7 +110,7 @@ def test_url_tls_options(tmp_path: Path) -> None:
 )
 def test_bad_urls_say_why(url: str, message: str) -> None:
     with pytest.raises(InvalidBackendURL, match=message):
-        open_backend(url)
+        open_store(url)
 
 
 # Revisions
@@ -95,22 +122,22 @@ async def test_compare_is_on_mod_revision_not_version(etcd_native_url: str) -> N
     await backend.open()
     raw = aetcd.Client("127.0.0.1", backend.endpoints[0][1])
     try:
-        key = backend.layout.key("recreated")
-        assert await backend.compare_and_set(key, b"first", None)
+        key = LAYOUT.key("recreated")
+        assert (await backend.compare_and_set(key, b"first", None)).stored
         _, seen = await backend.get(key)
-        await raw.delete(key.encode())
-        await raw.put(key.encode(), b"second")  # version 1 again, as when first created
-        kv = await raw.get(key.encode())
+        await raw.delete(raw_key(backend, key))
+        await raw.put(raw_key(backend, key), b"second")  # version 1 again, as when created
+        kv = await raw.get(raw_key(backend, key))
         assert kv is not None and kv.version == 1
         # A compare on version would wrongly accept the stale view; mod_revision refuses it.
-        assert await backend.compare_and_set(key, b"lost update", seen) is False
+        assert (await backend.compare_and_set(key, b"lost update", seen)).stored is False
         assert (await backend.get(key))[0] == b"second"
     finally:
         await raw.close()
         await backend.close()
 
 
-async def test_swap_answers_revisions_and_lost_races_in_one_transaction(
+async def test_compare_and_set_answers_revisions_and_lost_races_in_one_transaction(
     etcd_native_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Success answers the header revision (the key's new mod_revision); a lost compare
@@ -121,22 +148,25 @@ async def test_swap_answers_revisions_and_lost_races_in_one_transaction(
     read = backend.get
     reads = count_reads(backend, monkeypatch)
     try:
-        key = backend.layout.key("swap-native")
-        ok, value, v1 = await backend.swap(key, b"one", None)
+        key = LAYOUT.key("swap-native")
+        etcd_key = raw_key(backend, key)
+        ok, value, v1 = await backend.compare_and_set(key, b"one", None)
         assert ok and value == b"one" and isinstance(v1, int)
-        ok, value, v2 = await backend.swap(key, b"two", v1)
+        ok, value, v2 = await backend.compare_and_set(key, b"two", v1)
         assert ok and value == b"two" and isinstance(v2, int) and v2 > v1
-        kv = await raw.get(key.encode())
+        kv = await raw.get(etcd_key)
         assert kv is not None and kv.mod_revision == v2
         assert await read(key) == (b"two", v2)
-        await raw.put(key.encode(), b"foreign")  # another writer moves the key on
-        foreign = await raw.get(key.encode())
+        await raw.put(etcd_key, b"foreign")  # another writer moves the key on
+        foreign = await raw.get(etcd_key)
         assert foreign is not None
-        assert await backend.swap(key, b"three", v2) == (False, b"foreign", foreign.mod_revision)
-        assert await backend.swap(key, b"three", None) == (
+        assert await backend.compare_and_set(key, b"three", v2) == (
             False, b"foreign", foreign.mod_revision)
-        await raw.delete(key.encode())
-        assert await backend.swap(key, b"four", foreign.mod_revision) == (False, None, None)
+        assert await backend.compare_and_set(key, b"three", None) == (
+            False, b"foreign", foreign.mod_revision)
+        await raw.delete(etcd_key)
+        assert await backend.compare_and_set(key, b"four", foreign.mod_revision) == (
+            False, None, None)
         assert reads == []
     finally:
         await raw.close()
@@ -150,7 +180,7 @@ async def test_unreachable_etcd_is_503_then_recovers_without_reopening(tmp_path:
     port = free_port()
     backend = backend_of(f"etcd://127.0.0.1:{port}?timeout=1")
     await backend.open()
-    service = LockService(backend, GroupSettings(default_slots=1), timeout=3)
+    service = service_on(backend, GroupSettings(default_slots=1), timeout=3)
     server = EtcdServer(tmp_path, client_port=port)
     try:
         with pytest.raises(BackendUnavailable):
@@ -205,7 +235,7 @@ async def test_fails_over_to_the_next_endpoint(etcd_server: EtcdServer, unique: 
     backend = backend_of(f"etcd://{dead},{etcd_server.endpoint}?namespace={unique}/&timeout=1")
     await backend.open()
     try:
-        service = LockService(backend, GroupSettings(default_slots=1))
+        service = service_on(backend, GroupSettings(default_slots=1))
         assert await service.pre_reboot("g", "a") is Outcome.GRANTED
         assert await service.pre_reboot("g", "b") is Outcome.FULL
         # It stays on the member that answered.
@@ -246,12 +276,12 @@ async def test_user_password_auth(auth_etcd: EtcdServer) -> None:
     for b in (good, anonymous, wrong):
         await b.open()
     try:
-        service = LockService(good, GroupSettings(default_slots=1))
+        service = service_on(good, GroupSettings(default_slots=1))
         assert await service.pre_reboot("auth", "a") is Outcome.GRANTED
         assert await service.pre_reboot("auth", "a") is Outcome.ALREADY_HELD
         for b in (anonymous, wrong):
             with pytest.raises(BackendUnavailable):
-                await b.get(b.layout.key("auth"))
+                await b.get(LAYOUT.key("auth"))
         # A token etcd no longer accepts (expired, or the member restarted) is renewed.
         good._clients[0].metadata = (("token", "stale.token"),)
         assert await service.steady_state("auth", "a") is Outcome.RELEASED
@@ -339,7 +369,7 @@ async def tls_backend(tls_etcd: TlsEtcd) -> AsyncIterator[Etcd3Backend]:
 
 
 async def test_tls_with_client_certificate(tls_etcd: TlsEtcd, tls_backend: Etcd3Backend) -> None:
-    service = LockService(tls_backend, GroupSettings(default_slots=1))
+    service = service_on(tls_backend, GroupSettings(default_slots=1))
     assert await _eventually(lambda: service.pre_reboot("tls", "a")) is Outcome.GRANTED
     assert await service.pre_reboot("tls", "b") is Outcome.FULL
     # Without a client certificate the server refuses us: 503, not a crash.
@@ -373,8 +403,8 @@ client_cert_key_path = "{certs['client-key.pem']}"
 """
     )
     settings = load(str(config), environ={})
-    backend = backend_of(settings.backend_url)
-    assert isinstance(backend.layout, AirlockLayout) and backend.layout.namespace == ""
+    backend, store = store_of(settings.backend_url)
+    assert isinstance(store.layout, AirlockLayout) and backend.namespace == ""
     assert backend.endpoints == [("10.0.0.1", 2379), ("10.0.0.2", 2379)]
     assert backend.tls is not None
     assert (backend.tls.ca, backend.tls.cert, backend.tls.key) == (
@@ -394,7 +424,7 @@ client_cert_key_path = "{certs['client-key.pem']}"
             "LOCKD_ETCD3__TLS_CA": str(certs["ca.pem"]),
         },
     )
-    tls = backend_of(lockd_style.backend_url).tls
+    tls = store_of(lockd_style.backend_url)[0].tls
     assert tls is not None and tls.ca == str(certs["ca.pem"])
 
 

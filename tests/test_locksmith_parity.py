@@ -20,9 +20,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from backends import open_backend
+from lockd.groups import GroupSettings
 from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.service import LockService
+from lockd.store import open_store
 from tests.history import HEADERS, Hold, storm, violations
 from tests.locksmith_client import LocksmithClient, LocksmithError
 from tests.procs import Lockd
@@ -166,11 +167,12 @@ async def test_lockd_set_slots_is_seen_by_locksmith(
 ) -> None:
     smith = LocksmithClient(session, etcd2_endpoint, group)
     await smith.lock("machine-a")
-    backend = open_backend(f"etcd2://{etcd2_endpoint}")
+    store = open_store(f"etcd2://{etcd2_endpoint}")
+    backend = store.backend
     await backend.open()
     try:
         # Configured slots do not override the store: locksmith's max stays authoritative.
-        service = LockService(backend, GroupSettings(default_slots=5))
+        service = LockService(store, GroupSettings(default_slots=5))
         sem = await service.read(group)
         assert sem is not None and sem.slots == 1 and sem.available == 0
         await service.set_slots(group, 3)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from lockd.backends import Backend, CasResult, Version
-from lockd.backends.memory import MemoryBackend
 from prometheus_client.parser import text_string_to_metric_families
 
+from lockd.backends import Backend, CasResult, Version
+from lockd.backends.memory import MemoryBackend
 from lockd.groups import GroupSettings
 from lockd.layouts import NativeLayout
 from lockd.metrics import DEFAULT_GROUP_CAP, OTHER_GROUP, Metrics

@@ -19,10 +19,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from backends import InvalidBackendURL, open_backend
-from backends.redis import CAS, RedisBackend
+from lockd.backends import InvalidBackendURL, open_backend
+from lockd.backends.redis import CAS, RedisBackend
+from lockd.groups import GroupSettings
+from lockd.layouts.native import NativeLayout
 from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.service import LockService
+from lockd.store import Store, open_store
 from tests.history import HEADERS, storm, violations
 from tests.probes import count_reads
 from tests.procs import Lockd, Proc, require_binary, wait_for_port
@@ -88,6 +91,12 @@ def test_bad_urls_name_the_problem(url: str, message: str) -> None:
 
 # Key layout and scripts, on the session redis-server.
 
+LAYOUT = NativeLayout()
+
+
+def _service(backend: RedisBackend, groups: GroupSettings) -> LockService:
+    return LockService(Store(backend, LAYOUT), groups)
+
 
 @pytest.fixture
 async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
@@ -112,70 +121,81 @@ async def rbackend(redis_url: str) -> AsyncIterator[RedisBackend]:
 async def test_keys_carry_the_group_as_hash_tag(
     rbackend: RedisBackend, raw: aioredis.Redis
 ) -> None:
-    service = LockService(rbackend, GroupSettings(default_slots=1))
+    service = _service(rbackend, GroupSettings(default_slots=1))
     assert await service.pre_reboot("workers", "a") is Outcome.GRANTED
     keys = sorted(k.decode() for k in await raw.keys(f"{rbackend.prefix}*"))
     data = f"{rbackend.prefix}{{lockd/v1/groups/workers}}"
-    assert keys == [data, data + ":gen"]
-    # Same slot on Redis Cluster, so one script may touch both.
-    assert key_slot(keys[0].encode()) == key_slot(keys[1].encode())
-    other = rbackend.redis_key(rbackend.layout.key("db"))
+    # One hash per group, holding the value and its version: no counter key beside it.
+    assert keys == [data]
+    assert sorted(await raw.hkeys(data)) == [b"value", b"ver"]
+    other = rbackend.redis_key(LAYOUT.key("db"))
     assert key_slot(other.encode()) != key_slot(keys[0].encode())
 
 
 async def test_script_cache_flush_falls_back_to_eval(
     rbackend: RedisBackend, raw: aioredis.Redis
 ) -> None:
-    key = rbackend.layout.key("flushed")
-    assert await rbackend.compare_and_set(key, b"one", None)
+    key = LAYOUT.key("flushed")
+    assert (await rbackend.compare_and_set(key, b"one", None)).stored
     await raw.script_flush()
     assert await raw.script_exists(CAS.sha) == [False]
     _, version = await rbackend.get(key)
-    assert await rbackend.compare_and_set(key, b"two", version)
+    assert (await rbackend.compare_and_set(key, b"two", version)).stored
     assert (await rbackend.get(key))[0] == b"two"
     # The fallback cached the script again: later calls go by SHA.
     assert await raw.script_exists(CAS.sha) == [True]
 
 
-async def test_a_recreated_key_never_repeats_a_version(rbackend: RedisBackend) -> None:
-    key = rbackend.layout.key("aba")
+async def test_a_recreated_key_never_repeats_a_version(
+    rbackend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """A key Redis lost (a failover, a restore; here a DEL behind lockd's back) and that is
+    created again, or the same bytes written again, never shows a version seen before."""
+    key = LAYOUT.key("aba")
     seen = []
     for _ in range(3):
-        assert await rbackend.compare_and_set(key, b"x", None)
+        assert (await rbackend.compare_and_set(key, b"x", None)).stored
         _, version = await rbackend.get(key)
         seen.append(version)
-        assert await rbackend.delete(key, version)
+        assert await raw.delete(rbackend.redis_key(key)) == 1
     assert len(set(seen)) == 3
-    assert await rbackend.compare_and_set(key, b"y", None)
-    for stale in seen:  # a writer that read before a delete cannot write after it
-        assert await rbackend.compare_and_set(key, b"stale", stale) is False
+    assert (await rbackend.compare_and_set(key, b"y", None)).stored
+    for _ in range(3):  # the same bytes again: a new version each time
+        _, version = await rbackend.get(key)
+        seen.append(version)
+        assert (await rbackend.compare_and_set(key, b"y", version)).stored
+    assert len(set(seen)) == 6
+    for stale in seen:  # a writer that read before a loss cannot write after it
+        assert (await rbackend.compare_and_set(key, b"stale", stale)).stored is False
+    assert (await rbackend.get(key))[0] == b"y"
 
 
-async def test_swap_answers_versions_and_lost_races_itself(
+async def test_compare_and_set_answers_versions_and_lost_races_itself(
     rbackend: RedisBackend, raw: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The script returns the new version, or the state it lost to: no read after it."""
-    key = rbackend.layout.key("swap-native")
+    key = LAYOUT.key("swap-native")
     read = rbackend.get
     reads = count_reads(rbackend, monkeypatch)
-    ok, value, v1 = await rbackend.swap(key, b"one", None)
+    ok, value, v1 = await rbackend.compare_and_set(key, b"one", None)
     assert ok and value == b"one" and v1 is not None
-    ok, value, v2 = await rbackend.swap(key, b"two", v1)
+    ok, value, v2 = await rbackend.compare_and_set(key, b"two", v1)
     assert ok and value == b"two" and v2 not in (None, v1)
     assert await read(key) == (b"two", v2)
-    gen, rev = await raw.hmget(rbackend.redis_key(key), "gen", "rev")
-    assert v2 == f"{gen.decode()}:{rev.decode()}"
+    ver = await raw.hget(rbackend.redis_key(key), "ver")
+    assert v2 == ver.decode()
     # Lost races (a stale version; a create of a key that exists) report the current state.
-    assert await rbackend.swap(key, b"three", v1) == (False, b"two", v2)
-    assert await rbackend.swap(key, b"three", None) == (False, b"two", v2)
-    assert await rbackend.swap(rbackend.layout.key("swap-none"), b"x", v2) == (False, None, None)
+    assert await rbackend.compare_and_set(key, b"three", v1) == (False, b"two", v2)
+    assert await rbackend.compare_and_set(key, b"three", None) == (False, b"two", v2)
+    absent = LAYOUT.key("swap-none")
+    assert await rbackend.compare_and_set(absent, b"x", v2) == (False, None, None)
     assert reads == []
 
 
 async def test_scan_ignores_foreign_keys(rbackend: RedisBackend, raw: aioredis.Redis) -> None:
     await raw.set(f"{rbackend.prefix}lockd/v1/groups/plain", b"not ours")
     await raw.set(f"{rbackend.prefix}{{lockd/v1/other/x}}", b"not a group")
-    service = LockService(rbackend, GroupSettings(default_slots=1))
+    service = _service(rbackend, GroupSettings(default_slots=1))
     await service.pre_reboot("a.b-c", "n1")
     assert await service.list_groups() == ["a.b-c"]
 
@@ -185,14 +205,15 @@ async def test_unix_socket(tmp_path: Path) -> None:
     sock = tmp_path / "redis.sock"
     proc = Proc([binary, "--port", "0", "--unixsocket", str(sock), "--dir", str(tmp_path),
                  "--save", "", "--appendonly", "no"], tmp_path / "redis.log").start()
-    backend = open_backend(f"unix://{sock}?db=1")
+    store = open_store(f"unix://{sock}?db=1")
+    backend = store.backend
     try:
         deadline = time.monotonic() + 10
         while not sock.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await backend.open()
         await backend.ping()
-        service = LockService(backend, GroupSettings(default_slots=1))
+        service = LockService(store, GroupSettings(default_slots=1))
         assert await service.pre_reboot("g", "a") is Outcome.GRANTED
         assert await service.pre_reboot("g", "b") is Outcome.FULL
         probe = aioredis.Redis(unix_socket_path=str(sock), db=1)
@@ -204,7 +225,7 @@ async def test_unix_socket(tmp_path: Path) -> None:
 
 
 async def test_unreachable_redis_is_unavailable_promptly() -> None:
-    from backends.base import BackendUnavailable
+    from lockd.backends.base import BackendUnavailable
     from tests.procs import free_port
 
     backend = open_backend(f"redis://127.0.0.1:{free_port()}/0?timeout=1")
@@ -212,7 +233,7 @@ async def test_unreachable_redis_is_unavailable_promptly() -> None:
     try:
         started = time.monotonic()
         with pytest.raises(BackendUnavailable):
-            await backend.get(backend.layout.key("g"))
+            await backend.get(LAYOUT.key("g"))
         assert time.monotonic() - started < 5
     finally:
         await backend.close()
@@ -222,20 +243,21 @@ async def test_wait_replicas_refuses_answers_no_replica_confirmed(
     redis_url: str, raw: aioredis.Redis
 ) -> None:
     """The session server has no replica: with wait_replicas=1 nothing may be answered."""
-    from backends.base import BackendUnavailable
+    from lockd.backends.base import BackendUnavailable
 
     backend = open_backend(redis_url + "&wait_replicas=1&timeout=1")
     assert isinstance(backend, RedisBackend)
     await backend.open()
     try:
-        key = backend.layout.key("unconfirmed")
+        key = LAYOUT.key("unconfirmed")
         with pytest.raises(BackendUnavailable, match="0 of 1 replicas"):
             await backend.compare_and_set(key, b"x", None)
         # The write itself happened (WAIT cannot undo it); the caller was told 503.
         assert await raw.hget(backend.redis_key(key), "value") == b"x"
-        # A lost swap's report of the current state is no more confirmed than a write.
+        # A lost compare-and-set's report of the current state is no more confirmed than a
+        # write.
         with pytest.raises(BackendUnavailable, match="0 of 1 replicas"):
-            await backend.swap(key, b"y", None)
+            await backend.compare_and_set(key, b"y", None)
         with pytest.raises(BackendUnavailable, match="0 of 1 replicas"):
             await backend.get(key)
     finally:
@@ -278,14 +300,14 @@ async def test_three_replicas_storm_never_exceed_slots(
     assert report.statuses[423] > 0, "no contention: the storm did not test anything"
     assert report.statuses.get(500, 0) == 0
     # Every release was acknowledged, so the store holds nobody now.
-    backend = open_backend(redis_url)
-    service = LockService(backend, GroupSettings(slots=slots))
+    store = open_store(redis_url)
+    service = LockService(store, GroupSettings(slots=slots))
     try:
         for group in slots:
             sem = await service.read(group)
             assert sem is not None and sem.holders == ()
     finally:
-        await backend.close()
+        await store.backend.close()
 
 
 async def test_restart_with_aof_keeps_acknowledged_holders(
@@ -441,7 +463,7 @@ def _certificates(tmp: Path) -> None:
 
 
 async def test_rediss_with_mutual_tls(tmp_path: Path) -> None:
-    from backends.base import BackendUnavailable
+    from lockd.backends.base import BackendUnavailable
     from tests.procs import free_port
 
     binary = require_binary("redis-server", "redis-server")
@@ -460,7 +482,7 @@ async def test_rediss_with_mutual_tls(tmp_path: Path) -> None:
         wait_for_port(port, proc=proc.proc)
         for b in (good, anonymous):
             await b.open()
-        service = LockService(good, GroupSettings(default_slots=1))
+        service = LockService(Store(good, NativeLayout()), GroupSettings(default_slots=1))
         assert await service.pre_reboot("tls", "a") is Outcome.GRANTED
         assert await service.pre_reboot("tls", "b") is Outcome.FULL
         with pytest.raises(BackendUnavailable):
@@ -502,9 +524,10 @@ async def test_sentinel_follows_a_failover_and_waits_for_replicas(tmp_path: Path
         "sentinel failover-timeout mymaster 5000\n"
     )
     sentinel = Proc([binary, str(conf), "--sentinel"], conf.parent / "sentinel.log")
-    backend = open_backend(
+    store = open_store(
         f"redis+sentinel://127.0.0.1:{sentinel_port}/mymaster?timeout=1&wait_replicas=1"
     )
+    backend = store.backend
     probe = aioredis.Redis(host="127.0.0.1", port=sentinel_port)
     key = "lockd:{lockd/v1/groups/s}"
     deadline = time.monotonic() + 20
@@ -519,7 +542,7 @@ async def test_sentinel_follows_a_failover_and_waits_for_replicas(tmp_path: Path
         sentinel.start()
         wait_for_port(sentinel_port, proc=sentinel.proc)
         await backend.open()
-        service = LockService(backend, GroupSettings(default_slots=1))
+        service = LockService(store, GroupSettings(default_slots=1))
         assert await service.pre_reboot("s", "before") is Outcome.GRANTED
 
         while True:  # the sentinel needs a moment to discover the replicas

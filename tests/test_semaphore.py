@@ -8,10 +8,11 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from backends import open_backend
 from lockd import semaphore
+from lockd.groups import GroupSettings
 from lockd.semaphore import Holder, Outcome, Semaphore
-from lockd.service import GroupSettings, LockService
+from lockd.service import LockService
+from lockd.store import open_store
 
 
 def test_lock_is_recursive_and_counts_slots() -> None:
@@ -135,11 +136,12 @@ class SemaphoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.backend = open_backend(self.backend_url)
+        self.store = open_store(self.backend_url)
+        self.backend = self.store.backend
         self.loop.run_until_complete(self.backend.open())
         self.config: dict[str, int] = {}
         self.default = 1
-        self.service = LockService(self.backend, GroupSettings(default_slots=1))
+        self.service = LockService(self.store, GroupSettings(default_slots=1))
         self.clock = 0.0
         self.service.clock = lambda: self.clock
         self.ref: dict[str, Reference] = {}

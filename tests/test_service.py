@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from lockd.backends import CasResult, ValueTooLarge, Version
 from lockd.backends.memory import MemoryBackend
-
 from lockd.errors import Kind, LockdError
 from lockd.groups import GroupSettings
 from lockd.layouts import NativeLayout

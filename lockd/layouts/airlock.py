@@ -85,7 +85,8 @@ class AirlockLayout(Layout):
             holders.sort(key=lambda h: (h.grant_id, h.id))
             known = max((h.grant_id for h in holders), default=0)
             next_grant_id = max(int(extra.get("next_grant_id", 1)), known + 1)
-            config_slots = extra.get("config_slots", slots) if extra else slots
+            # None: no lockd configuration is recorded (airlock wrote the key last).
+            config_slots = extra.get("config_slots")
             return Semaphore(
                 slots=slots,
                 holders=tuple(holders),
