@@ -192,6 +192,34 @@ async def test_compare_and_set_answers_versions_and_lost_races_itself(
     assert reads == []
 
 
+async def test_a_rolled_back_key_never_lets_a_stale_decision_lose_a_holder(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """Redis loses writes (a failover, a restart with appendfsync everysec): here the key is
+    put back to an earlier state with DUMP/RESTORE. Replica b then writes the group again
+    from that state; replica a still remembers its own lost write. With counters b's write
+    carried the very version a remembers, and a's release, decided on its memory, wiped
+    b's holder. Versions are random tokens now: a's stale write fails and decides again."""
+    a_backend, b_backend = open_backend(redis_url), open_backend(redis_url)
+    await a_backend.open()
+    await b_backend.open()
+    try:
+        a = _service(a_backend, GroupSettings(default_slots=3))  # type: ignore[arg-type]
+        b = _service(b_backend, GroupSettings(default_slots=3))  # type: ignore[arg-type]
+        key = a_backend.redis_key(LAYOUT.key("rollback"))  # type: ignore[attr-defined]
+        assert await a.pre_reboot("rollback", "n1") is Outcome.GRANTED
+        snapshot = await raw.dump(key)
+        assert await a.pre_reboot("rollback", "n2") is Outcome.GRANTED  # a remembers this
+        await raw.restore(key, 0, snapshot, replace=True)  # the store loses n2's grant
+        assert await b.pre_reboot("rollback", "n3") is Outcome.GRANTED  # from {n1}
+        assert await a.steady_state("rollback", "n1") is Outcome.RELEASED
+        sem = await b.read("rollback")
+        assert sem is not None and [h.id for h in sem.holders] == ["n3"], "n3's hold was lost"
+    finally:
+        await a_backend.close()
+        await b_backend.close()
+
+
 async def test_scan_ignores_foreign_keys(rbackend: RedisBackend, raw: aioredis.Redis) -> None:
     await raw.set(f"{rbackend.prefix}lockd/v1/groups/plain", b"not ours")
     await raw.set(f"{rbackend.prefix}{{lockd/v1/other/x}}", b"not a group")
