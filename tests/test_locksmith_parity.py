@@ -327,18 +327,21 @@ async def test_lockd_status_prints_what_locksmithctl_prints(
     await LocksmithClient(session, etcd2_endpoint, group).lock("machine-b")
     await smith.set_max(1)  # 2 holders, 1 slot: locksmith's counter goes to -1
     server = Lockd(tmp_path, "--backend", f"etcd2://{etcd2_endpoint}").start()
+
+    async def lockd_says(*command: str) -> str:
+        argv = [sys.executable, "-m", "lockd", *command, "--server", server.admin_url]
+        done = await asyncio.to_thread(
+            subprocess.run, argv, capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout
+
     try:
-        out = (
-            await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "lockd", "status", group, "--server", server.admin_url],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            )
-        ).stdout
+        out = await lockd_says("status", group)
+        listing = await lockd_says("groups")
     finally:
         server.stop()
     ours, theirs = out.splitlines()[:2], (await smith.status()).splitlines()[:2]
     assert ours == theirs == ["Available: -1", "Max: 1"]
+    # lockd groups prints the same Available as lockd status and locksmithctl.
+    row = next(line.split() for line in listing.splitlines() if line.split()[0] == group)
+    assert row[3] == "-1"
