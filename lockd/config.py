@@ -69,6 +69,13 @@ class Settings:
     strict_groups: bool = False
     timeout: float = 10.0
     max_body_bytes: int = 4096
+    #: 0: from the descriptor limit (lockd.connections.default_max_connections).
+    max_connections: int = 0
+    #: A connection without a complete request for this long is closed: silent ones,
+    #: trickled headers, idle keep-alives (zincati reconnects for every poll anyway).
+    idle_timeout: float = 15.0
+    #: Time to receive a request's body once its headers are in.
+    body_timeout: float = 15.0
     log_format: str = "text"
     log_level: str = "info"
     admin_listen: Listener | None = Listener("127.0.0.1", 8081)
@@ -115,6 +122,9 @@ KEYS: dict[str, str] = {
     "service.port": "port",
     "service.max_body_bytes": "posint",
     "service.tls": "notls",
+    "service.max_connections": "posint",
+    "service.idle_timeout_s": "posfloat",
+    "service.body_timeout_s": "posfloat",
     "storage.backend": "str",
     "storage.state_dir": "str",
     "storage.timeout_s": "posfloat",
@@ -401,6 +411,9 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         strict_groups=v.get("lock.strict_groups", False),
         timeout=timeout,
         max_body_bytes=v.get("service.max_body_bytes", d.max_body_bytes),
+        max_connections=v.get("service.max_connections", d.max_connections),
+        idle_timeout=v.get("service.idle_timeout_s", d.idle_timeout),
+        body_timeout=v.get("service.body_timeout_s", d.body_timeout),
         log_format=v.get("log.format", d.log_format),
         log_level=v.get("log.level", d.log_level),
         admin_listen=admin,

@@ -36,6 +36,7 @@ class Kind(enum.Enum):
     failed_lock_group_paused = ("failed_lock_group_paused", 423)
     rate_limited = ("rate_limited", 429)
     internal_error = ("internal_error", 500)
+    too_many_connections = ("too_many_connections", 503)
     backend_unavailable = ("backend_unavailable", 503)
     backend_contention = ("backend_contention", 503)
     backend_invalid_data = ("backend_invalid_data", 503)
