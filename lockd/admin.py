@@ -16,6 +16,17 @@ Routes (documented in ``lockd/openapi.json``, served at ``/api/openapi.json``)::
     POST /api/v1/groups/{group}/resume
     GET  /metrics                            Prometheus exposition
 
+A web page the operator's browser shows must not be able to use the listener (it is
+loopback-only and token-less by default, and often reached through ``ssh -L``). So every
+request whose ``Host`` is not a name this listener serves (localhost, 127.0.0.1, [::1], the
+configured address and the one the connection arrived at; more with
+``admin.allowed_hosts``) is refused with a 403, which defeats DNS rebinding; so is one with
+a foreign ``Origin`` (its own, from the status page, and ``admin.allowed_origins`` pass).
+A state-changing request (POST/PUT/DELETE under ``/api/``) with a body must declare it
+``Content-Type: application/json`` (else 415): a page cannot send that cross-origin without a
+CORS preflight, which this listener never grants. A write without a body and without a
+Content-Type (``lockd pause``) passes; a browser sends an Origin with it.
+
 Every change is logged by ``lockd.admin`` as one structured ``admin_change`` event: who
 (actor from ``X-Lockd-Actor``, remote address, whether a token was checked), what (action,
 group, id, before and after) and when.
@@ -31,17 +42,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from lockd.config import ConfigError, Settings
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import MAX_ID_LENGTH
 from lockd.groups import GROUP_RULE, is_group_name
-from lockd.http import SERVICE, json_errors, read_body
+from lockd.http import SERVICE, SETTINGS, RateLimitedLog, json_errors, read_body
 from lockd.metrics import METRICS
 from lockd.semaphore import Holder, Outcome, Semaphore
 from lockd.service import LockService
@@ -66,6 +78,14 @@ PAGE_CSP = (
     "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
+
+#: The largest admin request body (set-slots, unlock).
+MAX_BODY = 4096
+#: Methods that change something; they must declare a JSON body.
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+#: Names that always mean this machine; a DNS rebinding cannot use them.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 
 MAIN = web.AppKey("main", web.Application)
 #: (name, app, host, port), as lockd.daemon starts them.
@@ -111,6 +131,174 @@ class BearerToken:
 
 
 TOKEN = web.AppKey("token", BearerToken)
+
+
+# Browser safety: Host, Origin, Content-Type
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as (lowercase host, port or None);
+    None when it is not one of those. A bare IPv6 address (allow-list entries) has no port."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else None
+    elif value.count(":") > 1:
+        host, port = value, None
+    else:
+        host, sep, port_text = value.partition(":")
+        port = port_text if sep else None
+    if not host:
+        return None
+    if port is None:
+        return host, None
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+def _origin(value: str) -> str | None:
+    """An origin (``scheme://host[:port]``), normalised; None when it is not one."""
+    value = value.strip().lower().removesuffix("/")
+    scheme, sep, netloc = value.partition("://")
+    if not sep or scheme not in ("http", "https") or split_host(netloc) is None:
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Which Host and Origin headers this admin listener answers.
+
+    A Host passes when it names this machine (localhost, 127.0.0.1, [::1]), the configured
+    admin address or the address the connection arrived at, or an admin.allowed_hosts
+    entry; an entry with a port allows that port only. The port is not checked otherwise:
+    ssh -L, kubectl port-forward and published container ports all change the port the
+    browser or the CLI sees, and a DNS rebinding is in the name, never in the port.
+    """
+
+    names: frozenset[str]  # this machine and the configured admin address, any port
+    hosts: frozenset[tuple[str, int | None]]  # admin.allowed_hosts; None: any port
+    origins: frozenset[str]  # admin.allowed_origins, normalised
+
+    @classmethod
+    def of(cls, settings: Settings) -> Origins:
+        names = set(LOOPBACK_NAMES)
+        if settings.admin_listen is not None:
+            address = settings.admin_listen.host.lower().strip("[]")
+            if address not in WILDCARD_ADDRESSES:
+                names.add(address)
+        hosts = set()
+        for entry in _strings(settings, "admin_allowed_hosts"):
+            parsed = split_host(entry)
+            if parsed is None:
+                raise ConfigError(f"admin.allowed_hosts: {entry!r} is not a host or host:port")
+            hosts.add(parsed)
+        origins = set()
+        for entry in _strings(settings, "admin_allowed_origins"):
+            origin = _origin(entry)
+            if origin is None:
+                raise ConfigError(
+                    f"admin.allowed_origins: {entry!r} is not an origin (http[s]://host[:port])"
+                )
+            origins.add(origin)
+        return cls(frozenset(names), frozenset(hosts), frozenset(origins))
+
+    def serves_host(self, header: str, local_address: str | None) -> bool:
+        parsed = split_host(header)
+        if parsed is None:
+            return False
+        host, port = parsed
+        return (
+            host in self.names
+            or host == local_address
+            or (host, None) in self.hosts
+            or (port is not None and (host, port) in self.hosts)
+        )
+
+    def allows_origin(self, header: str, host: str) -> bool:
+        origin = _origin(header)
+        if origin is None:  # "null" (sandboxed frames, some redirects) included
+            return False
+        # The listener's own origin (the status page) is the Host it was asked by.
+        return origin in self.origins or origin.partition("://")[2] == host.strip().lower()
+
+
+def _strings(settings: Settings, name: str) -> Iterable[str]:
+    return [str(v) for v in getattr(settings, name)]
+
+
+ORIGINS = web.AppKey("origins", Origins)
+refusals = RateLimitedLog(log, "refused admin requests")
+
+
+def _local_address(request: web.Request) -> str | None:
+    """The address this request's connection arrived at (with admin.address 0.0.0.0, the
+    one a probe or a scraper names in Host)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple):
+        return None
+    return str(sockname[0]).lower().removeprefix("::ffff:")
+
+
+def _forbidden(request: web.Request, value: str) -> LockdError:
+    refusals.warning(
+        f"admin: refused {request.method} {_shown(request.path)} from "
+        f"{request.remote or 'unknown'}: {value}"
+    )
+    return LockdError(Kind.forbidden, value)
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:77] + "...")
+
+
+@web.middleware
+async def same_origin(request: web.Request, handler: Any) -> web.StreamResponse:
+    """403 unless Host is a name this listener serves and Origin, if sent, is its own."""
+    origins = request.app[ORIGINS]
+    hosts = request.headers.getall(hdrs.HOST, [])
+    if len(hosts) > 1:
+        raise _forbidden(request, "more than one Host header")
+    host = hosts[0] if hosts else ""
+    # No Host at all: an HTTP/1.0 tool, never a browser.
+    if hosts and not origins.serves_host(host, _local_address(request)):
+        raise _forbidden(
+            request,
+            f"Host {_shown(host)} is not a name this admin listener serves "
+            "(see admin.allowed_hosts)",
+        )
+    sent = request.headers.getall(hdrs.ORIGIN, [])
+    if len(sent) > 1 or (sent and not origins.allows_origin(sent[0], host)):
+        raise _forbidden(
+            request,
+            f"cross-origin request from {_shown(', '.join(sent))} refused "
+            "(see admin.allowed_origins)",
+        )
+    return await handler(request)
+
+
+@web.middleware
+async def json_writes(request: web.Request, handler: Any) -> web.StreamResponse:
+    """415 for a state-changing API request whose body is not declared JSON."""
+    if (
+        request.method in WRITE_METHODS
+        and request.path.startswith("/api/")
+        and request.match_info.http_exception is None  # a route that exists and takes it
+    ):
+        ctype = request.headers.get(hdrs.CONTENT_TYPE)
+        if ctype is None:
+            declared = not request.body_exists  # `lockd pause`: no body, no type
+        else:
+            declared = ctype.partition(";")[0].strip().lower() == "application/json"
+        if not declared:
+            raise LockdError(
+                Kind.unsupported_media_type,
+                "admin changes take a JSON body sent as Content-Type: application/json",
+            )
+    return await handler(request)
 
 
 @web.middleware
@@ -188,7 +376,8 @@ def _group(request: web.Request) -> str:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    body = await read_body(request, 4096)
+    settings = request.app[MAIN][SETTINGS]
+    body = await read_body(request, MAX_BODY, settings.body_timeout)
     try:
         doc = json.loads(body or b"{}")
     except (ValueError, RecursionError):
@@ -390,8 +579,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_admin_app(settings: Settings, main: web.Application) -> web.Application:
     """The admin application for the FleetLock app ``main`` (its service and metrics)."""
-    app = web.Application(middlewares=[json_errors, require_token], client_max_size=4096)
+    app = web.Application(
+        middlewares=[json_errors, same_origin, require_token, json_writes],
+        client_max_size=MAX_BODY,
+    )
     app[MAIN] = main
+    app[ORIGINS] = Origins.of(settings)
     if settings.admin_token_file:
         app[TOKEN] = BearerToken(settings.admin_token_file)
     r = app.router

@@ -80,6 +80,10 @@ class Settings:
     log_level: str = "info"
     admin_listen: Listener | None = Listener("127.0.0.1", 8081)
     admin_token_file: str = ""
+    #: Host names (with or without :port) and origins the admin listener also serves,
+    #: beside this machine's own names; see lockd.admin.Origins.
+    admin_allowed_hosts: tuple[str, ...] = ()
+    admin_allowed_origins: tuple[str, ...] = ()
     metrics_listen: Listener | None = None  # airlock's [status]; /metrics is on admin too
     shutdown_timeout: float = 10.0
     source: str = "defaults"
@@ -136,6 +140,8 @@ KEYS: dict[str, str] = {
     "admin.address": "str",
     "admin.port": "port",
     "admin.token_file": "str",
+    "admin.allowed_hosts": "strlist",
+    "admin.allowed_origins": "strlist",
     "status.enabled": "bool",
     "status.address": "str",
     "status.port": "port",
@@ -418,6 +424,8 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         log_level=v.get("log.level", d.log_level),
         admin_listen=admin,
         admin_token_file=v.get("admin.token_file", ""),
+        admin_allowed_hosts=tuple(v.get("admin.allowed_hosts", ())),
+        admin_allowed_origins=tuple(v.get("admin.allowed_origins", ())),
         metrics_listen=metrics,
         shutdown_timeout=v.get("shutdown.timeout_s", d.shutdown_timeout),
         source=source,
@@ -461,6 +469,9 @@ def _check(s: Settings) -> None:
         token = os.path.expanduser(s.admin_token_file)
         if not os.path.isfile(token) or not os.access(token, os.R_OK):
             raise ConfigError(f"admin.token_file: {s.admin_token_file} is not a readable file")
+    from lockd.admin import Origins
+
+    Origins.of(s)  # admin.allowed_hosts / allowed_origins: refused here, naming the key
     taken = {str(s.listen): "service.address/port"}
     for name, listener in (
         ("admin.address/port", s.admin_listen),

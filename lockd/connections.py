@@ -15,7 +15,8 @@ and admin alike, is reset without a log line. Two bounds:
 
 The listener creates its asyncio server itself (rather than aiohttp's TCPSite) so that the
 protocol factory can refuse: only public aiohttp API is used (``runner.server``, the
-low-level server's ``connections`` and its protocol factory).
+low-level server's ``connections``), plus :func:`lockd.http.request_handler`, lockd's
+connection handler.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import asyncio
 import json
 import logging
 import resource
-import time
 
 from aiohttp import web
 
 from lockd.errors import Kind
+from lockd.http import RateLimitedLog, request_handler
 
 log = logging.getLogger("lockd.connections")
 
@@ -60,25 +61,6 @@ def default_max_connections() -> int:
     return max(16, soft - RESERVED_DESCRIPTORS - ADMIN_MAX_CONNECTIONS)
 
 
-class EveryFewSeconds:
-    """A log line at most every ``interval`` seconds, saying how many were held back, so a
-    client cannot fill the log."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._last = float("-inf")
-        self._held = 0
-
-    def __call__(self, logger: logging.Logger, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._held += 1
-            return
-        held, self._held, self._last = self._held, 0, now
-        suffix = f" ({held} more like it in the last {self.interval:g}s)" if held else ""
-        logger.warning(msg + suffix, *args)
-
-
 class _Refusal(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
@@ -95,7 +77,7 @@ class Listener:
         self.runner, self.host, self.port, self.name = runner, host, port, name
         self.max_connections = max_connections
         self._server: asyncio.base_events.Server | None = None
-        self._warn = EveryFewSeconds()
+        self._refusals = RateLimitedLog(log, "refused connections")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -107,13 +89,14 @@ class Listener:
         server = self.runner.server
         assert server is not None, "the runner is set up before it listens"
         if len(server.connections) >= self.max_connections:
-            self._warn(
-                log, "%s listener: %d connections open, the limit; refusing new ones "
-                "(raise it with service.max_connections and the descriptor limit)",
-                self.name, len(server.connections),
+            self._refusals.warning(
+                f"{self.name} listener: {len(server.connections)} connections open, its "
+                "limit; refusing new ones (raise service.max_connections and the "
+                "descriptor limit together)"
             )
             return _Refusal()
-        return server()
+        # lockd's handler: malformed HTTP gets a JSON 400 and a rate-limited log line.
+        return request_handler(server)
 
     def addresses(self) -> list[tuple[str, int]]:
         assert self._server is not None

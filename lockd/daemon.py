@@ -11,11 +11,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from lockd import admin
 from lockd.config import ConfigError, Settings
+from lockd.connections import ADMIN_MAX_CONNECTIONS, Listener, default_max_connections
 from lockd.errors import LockdError
 from lockd.frontend import create_app
 from lockd.http import SERVICE
@@ -27,31 +29,23 @@ log = logging.getLogger("lockd.daemon")
 async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     app = create_app(settings)
     runners: list[web.AppRunner] = []
+    listeners: list[Listener] = []
     # handler_cancellation: a request whose client has hung up is dropped from its
     # group's queue instead of being applied late. A late release is the dangerous one:
     # it could free a slot the same node took again since (see service.update).
-    main = web.AppRunner(
-        app,
-        handle_signals=False,
-        shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,
-        handler_cancellation=True,
-    )
+    main = _runner(app, settings, handler_cancellation=True)
     await main.setup()  # opens the backend (cleanup_ctx)
     runners.append(main)
     try:
         service = app[SERVICE]
-        await _listen(main, settings.listen.host, settings.listen.port, "FleetLock", settings)
+        cap = settings.max_connections or default_max_connections()
+        listeners.append(await _listen(main, settings.listen.host, settings.listen.port,
+                                       "FleetLock", cap))
         for name, extra, host, port in admin.listeners(settings, app):
-            runner = web.AppRunner(
-                extra,
-                handle_signals=False,
-                access_log=None,
-                shutdown_timeout=settings.shutdown_timeout,
-            )
+            runner = _runner(extra, settings)
             await runner.setup()
             runners.append(runner)
-            await _listen(runner, host, port, name, settings)
+            listeners.append(await _listen(runner, host, port, name, ADMIN_MAX_CONNECTIONS))
         print(f"lockd: serving (pid {os.getpid()}), backend {service.backend.describe()}",
               flush=True)
         try:
@@ -69,22 +63,26 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         await stop.wait()
         log.info("stopping: no new connections, finishing requests in flight")
     finally:
+        for listener in listeners:  # no new connections anywhere
+            await listener.close()
         # Extra listeners first, then the FleetLock listener, which closes the backend.
         for runner in reversed(runners):
             await runner.cleanup()
     log.info("stopped")
 
 
-async def _start(runner: web.AppRunner, host: str, port: int, name: str, s: Settings) -> None:
-    # A reboot storm opens thousands of connections at once; the default backlog (128)
-    # overflows and clients wait seconds for SYN retries.
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
-    await site.start()
-    for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
-        addr = sock.getsockname()
-        shown = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
-        # stdout, so `make run` and scripts see where it listens whatever the log format.
-        print(f"lockd: {name} listening on http://{shown}/", flush=True)
+def _runner(app: web.Application, settings: Settings, **options: Any) -> web.AppRunner:
+    # keepalive_timeout is aiohttp's idle bound, counted from the connection's start and
+    # from each answer: silent connections, trickled headers and idle keep-alives end at
+    # it (see lockd.connections).
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        keepalive_timeout=settings.idle_timeout,
+        **options,
+    )
 
 
 #: The configuration keys of each listener, for messages.
@@ -99,14 +97,20 @@ class ListenFailed(Exception):
     """A listener could not be opened; the message names its configuration keys."""
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, name: str, s: Settings) -> None:
+async def _listen(runner: web.AppRunner, host: str, port: int, name: str, cap: int) -> Listener:
+    listener = Listener(runner, host, port, name=name, max_connections=cap)
     try:
-        await _start(runner, host, port, name, s)
+        await listener.start()
     except OSError as exc:
         raise ListenFailed(
             f"cannot listen on {host}:{port} for the {name} listener: {exc.strerror or exc} "
             f"(check {LISTENER_KEYS.get(name, name)})"
         ) from None
+    for addr in listener.addresses():
+        shown = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+        # stdout, so `make run` and scripts see where it listens whatever the log format.
+        print(f"lockd: {name} listening on http://{shown}/", flush=True)
+    return listener
 
 
 #: Keys a reload applies; every other key needs a restart, and a reload says which changed.
@@ -151,8 +155,6 @@ def _reloader(
 
     return on_sighup
 
-
-LISTEN_BACKLOG = 4096
 
 _background: set[asyncio.Task[None]] = set()
 

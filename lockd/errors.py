@@ -30,6 +30,7 @@ class Kind(enum.Enum):
     not_found = ("not_found", 404)
     unknown_group = ("unknown_group", 404)
     method_not_allowed = ("method_not_allowed", 405)
+    request_timeout = ("request_timeout", 408)
     body_too_large = ("body_too_large", 413)
     unsupported_media_type = ("unsupported_media_type", 415)
     failed_lock_semaphore_full = ("failed_lock_semaphore_full", 423)

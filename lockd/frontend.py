@@ -39,7 +39,9 @@ async def fleetlock(request: web.Request) -> web.Response:
         )
     settings = request.app[SETTINGS]
     check_protocol_header(request.headers)
-    params = parse_body(await read_body(request, settings.max_body_bytes))
+    params = parse_body(
+        await read_body(request, settings.max_body_bytes, settings.body_timeout)
+    )
     service = request.app[SERVICE]
     if match["op"] == "pre-reboot":
         outcome = await service.pre_reboot(params.group, params.id)

@@ -1,12 +1,16 @@
-"""HTTP pieces every lockd listener shares: typed app keys, the JSON error middleware, and
-reading a request body within a size limit."""
+"""HTTP pieces every lockd listener shares: typed app keys, the JSON error middleware,
+reading a request body within a size limit, and the connection handler that answers
+malformed HTTP with a JSON error and one rate-limited log line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from lockd.config import Settings
 from lockd.errors import Kind, LockdError
@@ -50,11 +54,187 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(LockdError(Kind.internal_error, "internal error"))
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body as bytes, refusing more than ``limit`` without reading it all."""
+async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> bytes:
+    """The whole body as bytes, however it arrives (one segment or many, Content-Length or
+    chunked), refusing more than ``limit`` without reading it all: a Content-Length above
+    the limit is refused before any of the body is read, a chunked body as soon as what
+    arrived passes the limit. A body that takes longer than ``timeout`` seconds is refused
+    (408), so a client cannot hold a connection by trickling it."""
+    too_large = LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        raise LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
-    return body
+        raise too_large
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            # read(n) returns what is buffered (at most n bytes), b"" only at the end.
+            while piece := await request.content.read(limit + 1 - size):
+                pieces.append(piece)
+                size += len(piece)
+                if size > limit:
+                    raise too_large
+    except TimeoutError:
+        raise LockdError(
+            Kind.request_timeout, f"the request body did not arrive within {timeout:g}s"
+        ) from None
+    except web.RequestPayloadError as exc:  # broken chunked framing, see _fail_open_body
+        raise LockdError(Kind.invalid_request, f"malformed request body: {exc}") from None
+    except ConnectionError:  # the client went away; nobody reads the answer
+        raise LockdError(Kind.invalid_request, "connection lost while reading the body") from None
+    return b"".join(pieces)
+
+
+# Malformed HTTP
+#
+# aiohttp answers a request it cannot parse (a header over 8190 bytes, a bad chunk size, a
+# garbage request line, TLS on the HTTP port) from RequestHandler.handle_error, before any
+# application, middleware or signal sees it: a text/plain 400 and an ERROR with a traceback
+# on the aiohttp.server logger, for every attempt. FleetLock clients need a JSON
+# {kind, value} on every error, and a client must not be able to fill the log.
+#
+# handle_error is the one place that both writes the answer and logs, so lockd overrides it
+# in a RequestHandler subclass, LockdRequestHandler. A logging filter on aiohttp.server (or
+# the handler's `logger` argument) could quieten the log but not change the answer; the
+# access logger runs after the answer is sent. aiohttp has no option for the handler class
+# (aio-libs/aiohttp#3287), so lockd's listeners create their protocols with
+# request_handler() below, which builds the subclass exactly as web.Server.__call__ builds
+# aiohttp's own (lockd.connections.Listener calls it).
+
+
+def _reason(exc: BaseException | None, message: str | None) -> str:
+    """aiohttp's multi-line parser message (with a ``^`` pointer line) as one short line."""
+    text = message or (exc.message if isinstance(exc, HttpProcessingError) else "") or str(exc)
+    words = " ".join(
+        line.strip() for line in text.splitlines() if line.strip() and line.strip() != "^"
+    )
+    words = words.replace("Bad status line: ", "")
+    return (words[:197] + "...") if len(words) > 200 else (words or "unparsable request")
+
+
+class RateLimitedLog:
+    """WARNING lines that a client cannot turn into a flood: at most one per ``every``
+    seconds; the ones held back in between are counted and reported in one line when the
+    period ends."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        every: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.what = what  # "malformed HTTP requests", for the summary line
+        self.every = every
+        self.clock = clock
+        self._quiet_until = float("-inf")
+        self._held = 0
+        self._last = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def warning(self, line: str) -> None:
+        now = self.clock()
+        if now >= self._quiet_until:
+            self.logger.warning("%s", line)
+            self._quiet_until = now + self.every
+            return
+        self._held += 1
+        self._last = line
+        if self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a unit test): reported with the next period
+                return
+            self._timer = loop.call_later(self._quiet_until - now, self.flush)
+
+    def flush(self) -> None:
+        """Report what was held back (called when the quiet period ends)."""
+        self._timer = None
+        if not self._held:
+            return
+        held, self._held = self._held, 0
+        verb = "was" if held == 1 else "were"
+        noun = self.what if held != 1 else self.what.removesuffix("s")
+        self.logger.warning(
+            "%d more %s %s held back in the last %gs; the last: %s",
+            held, noun, verb, self.every, self._last,
+        )
+        self._quiet_until = self.clock() + self.every
+
+
+malformed_log = RateLimitedLog(log, "malformed HTTP requests")
+
+try:  # what aiohttp queues for a request it could not parse; see data_received
+    from aiohttp.web_protocol import _ErrInfo
+except ImportError:  # pragma: no cover - a future aiohttp; the rescue is then skipped
+    _ErrInfo = None  # type: ignore[assignment,misc]
+
+
+class LockdRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering malformed HTTP with lockd's JSON error."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or not isinstance(exc, HttpProcessingError):
+            # Not the client's doing (an exception that escaped the middlewares, a handler
+            # timeout): logged by aiohttp as before, traceback included; the client still
+            # gets JSON.
+            super().handle_error(request, status, exc, message)
+            kind, value = Kind.internal_error, "internal error"
+        else:
+            value = _reason(exc, message)
+            malformed_log.warning(f"malformed HTTP request from {request.remote}: {value}")
+            if request.writer.output_size > 0:  # as aiohttp: too late for an answer
+                raise ConnectionError("an answer was already sent")
+            kind, value = Kind.invalid_request, f"malformed HTTP request: {value}"
+        resp = web.json_response({"kind": kind.value, "value": value}, status=status)
+        resp.force_close()  # the parser cannot find the next request after this one
+        return resp
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > queued and _ErrInfo is not None:
+            self._fail_open_body()
+
+    def _fail_open_body(self) -> None:
+        """A parse error inside a body whose head was already handed to a handler.
+
+        aiohttp's C parser then drops that body's stream without ending it (the pure Python
+        parser sets an error on it) and queues the error as the next request: the handler
+        waits for the rest of the body forever and the client for an answer. Deliver the
+        error to the stream instead, so that the handler answers 400, and close afterwards.
+        """
+        error, _ = self._messages[-1]
+        if not isinstance(error, _ErrInfo):
+            return
+        streams = [payload for _, payload in list(self._messages)[:-1]]
+        if self._current_request is not None:
+            streams.insert(0, self._current_request.content)
+        streams = [s for s in streams if not s.is_eof()]
+        if not streams:
+            return  # an error in a request's head: handle_error answers it
+        self._messages.pop()
+        reason = _reason(error.exc, error.message)
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        remote = peer[0] if isinstance(peer, tuple) else "unknown"
+        malformed_log.warning(f"malformed HTTP request from {remote}: {reason} (in the body)")
+        streams[-1].set_exception(web.RequestPayloadError(reason))
+        streams[-1].feed_eof()  # ended: no lingering read of a body that cannot end
+        self.close()
+
+
+def request_handler(server: web.Server) -> LockdRequestHandler:
+    """A connection handler for ``server`` (a runner's ``runner.server``): what
+    ``server()``, aiohttp's protocol factory, returns, but lockd's subclass. Use it wherever
+    a listener creates its protocols."""
+    # web.Server.__call__ does exactly this with aiohttp's class: the handler options the
+    # runner was given (access_log, keepalive_timeout, max_line_size...) are its _kwargs.
+    return LockdRequestHandler(server, loop=asyncio.get_running_loop(), **server._kwargs)

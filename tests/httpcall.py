@@ -20,9 +20,16 @@ def call(
     headers: dict[str, str] | None = None,
     raw: bytes | None = None,
 ) -> tuple[int, Any]:
-    """One HTTP request; (status, decoded JSON or text)."""
+    """One HTTP request; (status, decoded JSON or text).
+
+    A body (``body`` as JSON, or ``raw`` bytes) goes as ``Content-Type: application/json``
+    unless ``headers`` name another type, as lockd's admin API requires of a change and as
+    ``lockd`` (the CLI) sends it; without this urllib would label it as a form.
+    """
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(base.rstrip("/") + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
     for k, v in (headers or {}).items():
         req.add_header(k, v)
     if token is not None:

@@ -13,8 +13,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from lockd.frontend import create_app
 from lockd.config import Settings
+from lockd.frontend import create_app
 from tests.rawhttp import request
 from tests.threaded import ThreadedLockd
 
