@@ -121,11 +121,18 @@ class Lockd:
     """``lockd serve`` as a subprocess on free ports; ``url`` is its FleetLock base URL."""
 
     def __init__(
-        self, tmp: Path, *args: str, env: dict[str, str] | None = None, name: str = "lockd"
+        self,
+        tmp: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        name: str = "lockd",
+        wrapper: Sequence[str] = (),
     ) -> None:
+        """``wrapper``: a command prefix lockd runs under (``prlimit --nofile=256 --``)."""
         self.tmp = tmp
         self.args = list(args)
         self.extra_env = env or {}
+        self.wrapper = list(wrapper)
         self.name = name
         self.urls: dict[str, str] = {}
         self.proc: Proc | None = None
@@ -133,6 +140,7 @@ class Lockd:
     def start(self, timeout: float = 20.0) -> Lockd:
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         argv = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "lockd",

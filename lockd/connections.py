@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import resource
+from typing import cast
 
 from aiohttp import web
 
@@ -63,9 +64,10 @@ def default_max_connections() -> int:
 
 class _Refusal(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(REFUSAL)
-        transport.close()
+        # uvloop's transports are not asyncio's classes: a cast, not an isinstance check.
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(REFUSAL)
+        writer.close()
 
 
 class Listener:
