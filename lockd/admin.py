@@ -53,7 +53,14 @@ from lockd.config import ConfigError, Settings
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import MAX_ID_LENGTH
 from lockd.groups import GROUP_RULE, is_group_name
-from lockd.http import SERVICE, SETTINGS, RateLimitedLog, json_errors, read_body
+from lockd.http import (
+    SERVICE,
+    SETTINGS,
+    RateLimitedLog,
+    expect_within,
+    json_errors,
+    read_body,
+)
 from lockd.metrics import METRICS
 from lockd.semaphore import Holder, Outcome, Semaphore
 from lockd.service import LockService
@@ -98,7 +105,8 @@ class BearerToken:
     def __init__(self, path: str) -> None:
         self.path = os.path.expanduser(path)
         self._mtime: float | None = None
-        self._token = self._read()
+        self._problem: str | None = None
+        self._token: bytes | None = self._read()
 
     def _read(self) -> bytes:
         try:
@@ -112,22 +120,36 @@ class BearerToken:
             raise ConfigError(f"admin.token_file: {self.path} is empty")
         return token
 
-    def current(self) -> bytes:
+    def current(self) -> bytes | None:
+        """The token, or None while the file cannot be read (removed, unreadable, empty):
+        then nothing is accepted, since a token that was revoked by deleting its file must
+        not keep working. Said once per change, not once per request."""
         try:
-            if os.stat(self.path).st_mtime != self._mtime:
+            if os.stat(self.path).st_mtime != self._mtime or self._token is None:
                 self._token = self._read()
+                if self._problem is not None:
+                    log.warning("admin token file readable again: %s", self.path)
+                self._problem = None
         except (OSError, ConfigError) as exc:
-            log.error("admin token file unreadable, keeping the previous token: %s", exc)
+            problem = str(exc)
+            if problem != self._problem:
+                log.error("admin token file unreadable; refusing every admin request "
+                          "until it is back: %s", problem)
+            self._problem, self._token, self._mtime = problem, None, None
         return self._token
 
     def accepts(self, authorization: str | None) -> bool:
         if not authorization:
             return False
         scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer":
+        token = self.current()
+        if scheme.lower() != "bearer" or token is None:
             return False
+        # aiohttp decodes headers with surrogateescape: encode back to the bytes sent, so
+        # a non-UTF-8 token is simply a wrong one.
+        sent = presented.strip().encode("utf-8", "surrogateescape")
         # Constant time: the comparison must not tell how much of a guess was right.
-        return hmac.compare_digest(presented.strip().encode(), self.current())
+        return hmac.compare_digest(sent, token)
 
 
 TOKEN = web.AppKey("token", BearerToken)
@@ -307,7 +329,10 @@ async def require_token(request: web.Request, handler: Any) -> web.StreamRespons
     if token is None or request.path in PUBLIC_PATHS:
         return await handler(request)
     if not token.accepts(request.headers.get("Authorization")):
-        error = LockdError(Kind.unauthorized, "a valid admin token is required (Bearer)")
+        value = "a valid admin token is required (Bearer)"
+        if token.current() is None:
+            value = "the server cannot read its admin token file; ask its operator"
+        error = LockdError(Kind.unauthorized, value)
         return web.json_response(
             error.as_json(),
             status=error.status,
@@ -529,6 +554,9 @@ async def set_slots(request: web.Request) -> web.Response:
 async def _pause(request: web.Request, paused: bool) -> web.Response:
     service = _service(request)
     group = _group(request)
+    if await _json_body(request):
+        raise LockdError(Kind.invalid_body, "pause and resume take no parameters: send {} "
+                         "or no body")
     before, _ = await _existing(service, group)
     after = await service.set_paused(group, paused, actor=Actor.of(request).name)
     _record(request, "pause" if paused else "resume", group, _summary(before), _summary(after))
@@ -588,14 +616,15 @@ def create_admin_app(settings: Settings, main: web.Application) -> web.Applicati
     if settings.admin_token_file:
         app[TOKEN] = BearerToken(settings.admin_token_file)
     r = app.router
+    expect = expect_within(MAX_BODY)
     r.add_get("/", status_page)
     r.add_get("/api/openapi.json", openapi)
     r.add_get("/api/v1/groups", list_groups)
     r.add_get("/api/v1/groups/{group}", get_group)
-    r.add_post("/api/v1/groups/{group}/unlock", unlock)
-    r.add_put("/api/v1/groups/{group}/slots", set_slots)
-    r.add_post("/api/v1/groups/{group}/pause", pause)
-    r.add_post("/api/v1/groups/{group}/resume", resume)
+    r.add_post("/api/v1/groups/{group}/unlock", unlock, expect_handler=expect)
+    r.add_put("/api/v1/groups/{group}/slots", set_slots, expect_handler=expect)
+    r.add_post("/api/v1/groups/{group}/pause", pause, expect_handler=expect)
+    r.add_post("/api/v1/groups/{group}/resume", resume, expect_handler=expect)
     r.add_get("/metrics", metrics)
     r.add_get("/healthz", healthz)
     return app

@@ -17,7 +17,14 @@ from lockd.config import Settings
 from lockd.decisionlog import log_decision
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import PATH_RE, check_protocol_header, parse_body
-from lockd.http import SERVICE, SETTINGS, error_response, json_errors, read_body
+from lockd.http import (
+    SERVICE,
+    SETTINGS,
+    error_response,
+    expect_within,
+    json_errors,
+    read_body,
+)
 from lockd.metrics import METRICS, Metrics, http_middleware
 from lockd.semaphore import Outcome
 from lockd.service import LockService
@@ -104,5 +111,7 @@ def create_app(settings: Settings, service: LockService | None = None) -> web.Ap
         service.observers.append(app[METRICS].observe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_route("*", "/{path:.*}", fleetlock)
+    app.router.add_route(
+        "*", "/{path:.*}", fleetlock, expect_handler=expect_within(settings.max_body_bytes)
+    )
     return app

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -24,8 +25,10 @@ SERVICE = web.AppKey("service", LockService)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(error: LockdError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(error.as_json(), status=error.status, headers=headers)
+def error_response(
+    error: LockdError, headers: dict[str, str] | None = None, status: int | None = None
+) -> web.Response:
+    return web.json_response(error.as_json(), status=status or error.status, headers=headers)
 
 
 @web.middleware
@@ -82,6 +85,28 @@ async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> 
     except ConnectionError:  # the client went away; nobody reads the answer
         raise LockdError(Kind.invalid_request, "connection lost while reading the body") from None
     return b"".join(pieces)
+
+
+def expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """An ``Expect: 100-continue`` handler that refuses a body over ``limit`` before the
+    client sends it: the 413 goes out instead of ``100 Continue``."""
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        if request.version < (1, 1):
+            return None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return error_response(LockdError(Kind.invalid_request, "unsupported Expect"),
+                                  status=417)
+        if request.content_length is not None and request.content_length > limit:
+            resp = error_response(
+                LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
+            )
+            resp.force_close()  # the body that may still come is not read
+            return resp
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    return expect
 
 
 # Malformed HTTP
@@ -197,6 +222,21 @@ class LockdRequestHandler(web.RequestHandler):
         resp = web.json_response({"kind": kind.value, "value": value}, status=status)
         resp.force_close()  # the parser cannot find the next request after this one
         return resp
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # After answering a request whose body could not be decoded (a Content-Encoding
+        # that does not decode, broken chunks), aiohttp drains the rest of the body, meets
+        # the same error again and logs it with a traceback. The client already got its
+        # 400: one short, rate-limited line instead.
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            remote = peer[0] if isinstance(peer, tuple) else "unknown"
+            malformed_log.warning(
+                f"malformed HTTP request from {remote}: {_reason(exc, None)} (in the body)"
+            )
+            return
+        super().log_exception(*args, **kw)
 
     def data_received(self, data: bytes) -> None:
         queued = len(self._messages)
