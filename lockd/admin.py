@@ -378,8 +378,16 @@ def group_view(
             "default_slots": groups.default_slots,
             "strict_groups": groups.strict,
             "store_owns_slots": bool(service.layout.store_owns_slots),
+            "config_mismatch": _mismatch(service, name),
         },
     }
+
+
+def _mismatch(service: LockService, name: str) -> dict[str, int | None] | None:
+    """Where this replica's configured slots differ from what another replica's
+    configuration wrote (see LockService.configured_state); None where they agree."""
+    found = service.config_mismatches.get(name)
+    return None if found is None else {"configured_here": found[0], "in_store": found[1]}
 
 
 def _iso(ts: float) -> str:

@@ -184,6 +184,12 @@ def format_group(g: dict[str, Any]) -> str:
     lines = [f"Available: {available(g)}", f"Max: {g['slots']}"]
     if g.get("paused"):
         lines.append("Paused: yes (no new grants)")
+    mismatch = (g.get("policy") or {}).get("config_mismatch")
+    if mismatch:
+        lines.append(
+            f"Config: {mismatch['configured_here']} slots here, {mismatch['in_store']} in the "
+            "store from another replica's configuration (make them agree)"
+        )
     lines.append("")
     if g["holders"]:
         width = max(len("MACHINE ID"), *(len(h["id"]) for h in g["holders"]))
