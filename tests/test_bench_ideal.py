@@ -5,9 +5,12 @@ All times here are simulated seconds: nothing is timed on the wall clock.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from bench.storm.ideal import JITTER, boot_time, simulate
+from bench.storm.report import drain, polling_ideal
 from bench.storm.safety import holds_from_events, verdict
 
 NAMES = ["g0", "g1", "g2", "g3"]
@@ -77,3 +80,28 @@ def test_locust_starts_users_in_batches_of_the_spawn_rate() -> None:
     # A slow ramp delays the drain of the late groups' first grant, not the ideal's shape.
     assert simulate(nodes=20, group_names=["g"], slots=20, period=1.0, reboot=0.1,
                     spawn_rate=2).drain("g") >= 9.0
+
+
+def test_the_storm_reads_its_ideal_from_its_params() -> None:
+    params = {"nodes": 40, "group_names": ["x", "y"], "scaled_period_s": 1.0,
+              "scaled_reboot_s": 0.2, "seed": 0, "spawn_rate": 40, "die_fraction": 0.0}
+    got = polling_ideal(params, slots=2)
+    want = simulate(nodes=40, group_names=["x", "y"], slots=2, period=1.0, reboot=0.2,
+                    spawn_rate=40).drains()
+    assert got == want and all(v is not None and v >= math.ceil(20 / 2) * 0.2 for v in
+                               got.values())
+    assert polling_ideal({}, slots=2) is None
+
+
+def test_a_perfect_server_scores_one_against_its_ideal() -> None:
+    # The simulation's own record, read as a storm's: the storm's drain measure and the
+    # ideal's agree, so a server as good as the simulated one scores exactly 1.0.
+    sim = simulate(nodes=60, group_names=NAMES, slots=2, period=1.0, reboot=0.3, seed=2,
+                   keep_events=True)
+    nodes = {node: group for _t, node, group, _what in sim.events}
+    result = drain(sim.events, nodes, slots=2, reboot=0.3, polling=sim.drains())
+    assert result["complete_groups"] == 4
+    assert result["polling_ratio_median"] == pytest.approx(1.0)
+    assert result["polling_ratio_max"] == pytest.approx(1.0)
+    # Against ceil(nodes/slots) x reboot the same perfect server looks slow: polling.
+    assert result["ratio_median"] > 1.2
