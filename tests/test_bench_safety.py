@@ -8,6 +8,7 @@ from bench.storm.report import drain
 from bench.storm.safety import (
     DEFAULT_UNDECIDED,
     Hold,
+    failed_event,
     holds_from_events,
     is_undecided,
     max_holders,
@@ -205,3 +206,15 @@ def test_undecided_only_taints_holds_granted_after_it() -> None:
               ev(3, "a", "release")]
     certain, uncertain = split_holds(events, end=10)
     assert certain == [Hold("g", "a", 0, 1)] and uncertain == [Hold("g", "a", 2, 3)]
+
+
+def test_an_undecided_entry_can_name_a_kind_and_a_text_of_its_value() -> None:
+    # airlock answers 500 failed_lock for a compare-and-set conflict (decided: nothing was
+    # written) and for an etcd timeout (the write may still commit): the value tells them apart.
+    timeout = history_after(failed_event("failed_lock", "context deadline exceeded"))
+    conflict = history_after(failed_event("failed_lock", "conflict on semaphore detected"))
+    only_timeouts = parse_undecided("default,failed_lock~deadline")
+    assert split_holds(timeout, end=10, undecided=only_timeouts)[1] == [Hold("g", "a", 2, 4)]
+    assert split_holds(conflict, end=10, undecided=only_timeouts)[1] == []
+    assert split_holds(timeout, end=10)[1] == []  # by default an answer is decided
+    assert failed_event("k", "a\n  b") == "failed:k:a b"

@@ -45,6 +45,13 @@ from geventhttpclient import HTTPClient
 from locust import User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
+# The record format and its checker are plain Python beside this file; locust puts this
+# file's directory on sys.path, and the storm runs from the repository root.
+try:
+    from bench.storm.safety import failed_event
+except ImportError:  # run by hand from elsewhere: locust put bench/storm/ on sys.path
+    from safety import failed_event  # type: ignore[no-redef]
+
 # Node states.
 BOOT, STAGED, REBOOTING, RETURNING, DONE, DEAD = (
     "boot", "staged", "rebooting", "returning", "done", "dead")
@@ -91,6 +98,8 @@ def group_names_of(opts: Any) -> list[str]:
     return names or [f"{opts.storm_group_prefix}{i}" for i in range(opts.storm_groups)]
 
 
+MAX_ANSWERS = 40  # distinct non-200 answers counted by value; the rest are "other values"
+
 # Kinds by which a server says "this group is not one of mine" (lockd, airlock).
 REFUSAL_KINDS = frozenset({"unknown_group", "invalid_group"})
 
@@ -107,6 +116,13 @@ class Record:
         # Per group: refusals seen before any other answer (None once one came).
         self.refusal_count: dict[str, int | None] = {}
         self.refused: dict[str, dict[str, Any]] = {}  # group -> what the server said
+        self.answers: Counter[str] = Counter()  # "op status kind: value" of non-200s
+
+    def answer(self, op: str, status: int, kind: str, value: str) -> None:
+        key = f"{op} {status} {kind}: {' '.join(value.split())[:120]}"
+        if key not in self.answers and len(self.answers) >= MAX_ANSWERS:
+            key = f"{op} {status} {kind}: (other values)"
+        self.answers[key] += 1
 
     def note(self, node: ZincatiNode, event: str) -> None:
         self.events.append((time.time(), node.node_id, node.lock_group, event))
@@ -117,7 +133,8 @@ class Record:
         tmp = path / f".record-{os.getpid()}.jsonl"
         with open(tmp, "w") as fh:
             fh.write(json.dumps({"nodes": self.nodes, "statuses": self.statuses,
-                                 "kinds": self.kinds, "refused": self.refused}) + "\n")
+                                 "kinds": self.kinds, "refused": self.refused,
+                                 "answers": self.answers}) + "\n")
             for t, node, group, event in self.events:
                 # json.dumps: a kind is the server's text and may hold any character.
                 fh.write(json.dumps([round(t, 6), node, group, event]) + "\n")
@@ -214,6 +231,7 @@ class ZincatiNode(User):
             if status != 200:
                 kind, value = error_of(status, data)
                 RECORD.kinds[kind] += 1
+                RECORD.answer(op, status, kind, value)
         except Exception as error:  # any transport failure is "retry next tick" for zincati
             exc = error
             self.drop_connection()
@@ -222,7 +240,7 @@ class ZincatiNode(User):
         if op == "steady-state" and status != 200:
             # The checker decides whether the server may still apply it later (safety.py):
             # no answer is "unsure", an answer is "failed:<kind>".
-            what = f"failed:{kind}" if status else "unsure"
+            what = failed_event(kind, value) if status else "unsure"
             RECORD.events.append((sent, self.node_id, self.lock_group, what))
         if status:
             self.judge_group(status, kind, value)

@@ -38,6 +38,7 @@ class Record:
         self.statuses: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.refused: dict[str, dict[str, Any]] = {}
+        self.answers: Counter[str] = Counter()
 
     def __iter__(self):  # (events, nodes, statuses, kinds), as load_record once returned
         return iter((self.events, self.nodes, self.statuses, self.kinds))
@@ -52,6 +53,7 @@ def load_record(directory: Path) -> Record:
             rec.statuses.update(head["statuses"])
             rec.kinds.update(head["kinds"])
             rec.refused.update(head.get("refused", {}))
+            rec.answers.update(head.get("answers", {}))
             for line in fh:
                 t, node, group, what = json.loads(line)
                 rec.events.append((t, node, group, what))
@@ -237,7 +239,7 @@ def uncertain_reasons(events: list[Event], uncertain: list[Hold],
     first: dict[str, str] = {}
     for _t, node, _group, what in events:
         if node not in first and is_undecided(what, undecided):
-            first[node] = "no answer" if what == "unsure" else what.split(":", 1)[1]
+            first[node] = "no answer" if what == "unsure" else what.split(":", 2)[1]
     return dict(Counter(first[h.node] for h in uncertain if h.node in first))
 
 
@@ -276,6 +278,7 @@ def summarise(directory: Path, *, slots: int, reboot: float, params: dict[str, A
         "statuses": dict(sorted(rec.statuses.items())),
         "kinds": dict(sorted(rec.kinds.items())),
         "refused": dict(sorted(rec.refused.items())),
+        "answers": dict(rec.answers.most_common()),
         "storm_groups": list(groups),
         "drain": drain(events, nodes, slots, reboot, polling_ideal(params, slots)),
         "safety": {
@@ -361,6 +364,8 @@ def render(r: dict[str, Any]) -> str:
         "  statuses     " + (", ".join(f"{k}: {v}" for k, v in r["statuses"].items()) or "-"),
         "  kinds        " + (", ".join(f"{k}: {v}" for k, v in r["kinds"].items()) or "-"),
     ]
+    for text, n in list(r.get("answers", {}).items())[:6]:
+        lines.append(f"    {n:>7}  {text}")
     lines += refusal_advice(r)
     if s["verdict"] == "NO DATA":
         lines.append(f"  SAFETY       NO DATA: no holds recorded"

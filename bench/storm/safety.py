@@ -18,13 +18,14 @@ says otherwise, so only these are undecided:
 
 - no answer at all: a timeout, a reset, a refused connection (recorded as ``unsure``);
 - an answer whose kind (as zincati sees it: ``kind`` from the JSON body, else
-  ``generic_http_<status>``) is in the *undecided kinds*, by default
+  ``generic_http_<status>``; or ``kind~text``, that kind with ``text`` in its ``value``)
+  is in the *undecided kinds*, by default
   :data:`DEFAULT_UNDECIDED`: lockd's two 503 kinds that mean "not decided yet" (a write
   handed to the store whose outcome is unknown) and a 503 or 504 without a parseable body
   (a proxy or load balancer that gave up waiting for the server).
 
 Any other non-200 answer (a 4xx, airlock's 500 ``failed_lock``, a 423) is recorded as
-``failed:<kind>`` and is decided: the release was not applied and never will be. A server
+``failed:<kind>:<value>`` and is decided: the release was not applied and never will be. A server
 whose errors may be applied later can say so with its own kinds (``--undecided-kinds``);
 ``*`` treats every non-200 answer as undecided (the most cautious reading). The verdict is
 given both ways: on the certain holds only (no false positives) and with the uncertain
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 #: One recorded event: (time, node id, group, what) with what in
 #: ask (first pre-reboot sent), grant, release, done (steady-state 200), die,
 #: unsure (a steady-state sent at this time that got no answer) and
-#: failed:<kind> (a steady-state sent at this time that got a non-200 answer of that kind).
+#: failed:<kind>:<value> (a steady-state sent at this time that got that non-200 answer).
 Event = tuple[float, str, str, str]
 
 #: Kinds of answer that mean "not decided yet": see the module docstring.
@@ -66,13 +67,29 @@ def parse_undecided(text: str) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def failed_event(kind: str, value: str) -> str:
+    """The record's ``what`` for a non-200 steady-state: ``failed:<kind>:<value>``."""
+    return f"{FAILED}{kind}:{' '.join(value.split())[:160]}"
+
+
 def is_undecided(what: str, undecided: Collection[str] = DEFAULT_UNDECIDED) -> bool:
-    """Whether a recorded steady-state outcome leaves the release possibly pending."""
+    """Whether a recorded steady-state outcome leaves the release possibly pending.
+
+    An entry of ``undecided`` is a kind (``failed_lock``), ``kind~text`` (that kind with
+    ``text`` in its value: airlock answers 500 ``failed_lock`` both for a conflict, decided,
+    and for an etcd ``context deadline exceeded``, which may commit later), or ``*``.
+    """
     if what == "unsure":
         return True
-    if what.startswith(FAILED):
-        return ANY in undecided or what[len(FAILED):] in undecided
-    return False
+    if not what.startswith(FAILED):
+        return False
+    if ANY in undecided:
+        return True
+    kind, _, value = what[len(FAILED):].partition(":")
+    if kind in undecided:
+        return True
+    return any(entry.partition("~")[0] == kind and entry.partition("~")[2] in value
+               for entry in undecided if "~" in entry)
 
 
 @dataclass(frozen=True)
