@@ -182,7 +182,7 @@ def plot(line: dict[str, Any], slots: int, path: Path, title: str) -> None:
         fig, ax = plt.subplots(figsize=(10, 3), layout="constrained")
         ax.text(0.5, 0.5, "no holds recorded", ha="center", va="center", fontsize=14,
                 transform=ax.transAxes)
-        ax.set_xlabel("seconds since the first node asked")
+        ax.set_xlabel("seconds since the first recorded event")
         ax.set_yticks([])
         ax.set_title(title)
         fig.savefig(path, dpi=90)
@@ -213,7 +213,7 @@ def plot(line: dict[str, Any], slots: int, path: Path, title: str) -> None:
         ax_w.step(t, [max(c) for c in waits], where="post", label="largest group")
         ax_w.legend(fontsize="small")
     ax_w.set_ylabel("waiting nodes")
-    ax_w.set_xlabel("seconds since the first node asked")
+    ax_w.set_xlabel("seconds since the first recorded event")
     ax_h.set_title(title)
     fig.savefig(path, dpi=90)
     plt.close(fig)
