@@ -6,9 +6,13 @@ import pytest
 
 from bench.storm.report import drain
 from bench.storm.safety import (
+    DEFAULT_UNDECIDED,
     Hold,
+    failed_event,
     holds_from_events,
+    is_undecided,
     max_holders,
+    parse_undecided,
     split_holds,
     verdict,
     violations,
@@ -134,3 +138,83 @@ def test_overlap_beyond_slots_is_caught_with_when_and_whom() -> None:
 def test_touching_holds_do_not_overlap() -> None:
     holds = [Hold("g", "a", 0, 1), Hold("g", "b", 1, 2), Hold("g", "c", 2.5, 3)]
     assert violations(holds, {"g": 1}) == []
+
+
+# --- which steady-state outcomes leave a release undecided --------------------------------
+
+
+def history_after(outcome: str) -> list[tuple[float, str, str, str]]:
+    """'a' boots, its steady-state ends with ``outcome``; then 'a' and 'b' hold together."""
+    return [ev(0, "a", outcome), ev(1, "a", "done"), ev(2, "a", "grant"),
+            ev(3, "b", "grant"), ev(4, "a", "release"), ev(5, "b", "release")]
+
+
+@pytest.mark.parametrize("outcome", [
+    "failed:failed_lock",                   # airlock's 500: decided, not applied
+    "failed:invalid_client_identity",       # a 400
+    "failed:generic_http_500",              # a 500 without a JSON body
+    "failed:failed_lock_semaphore_full",
+])
+def test_an_answered_steady_state_is_decided_so_the_later_hold_counts(outcome: str) -> None:
+    certain, uncertain = split_holds(history_after(outcome), end=10)
+    assert uncertain == []
+    assert [v.holders for v in violations(certain, 1)] == [("a", "b")]
+
+
+@pytest.mark.parametrize("outcome", [
+    "unsure",                               # no answer: timeout, reset, connection error
+    "failed:backend_unavailable",           # lockd's 503: not decided yet
+    "failed:backend_contention",
+    "failed:generic_http_503",              # a 503 or 504 without a parseable body
+    "failed:generic_http_504",
+])
+def test_an_undecided_steady_state_makes_the_later_hold_uncertain(outcome: str) -> None:
+    certain, uncertain = split_holds(history_after(outcome), end=10)
+    assert uncertain == [Hold("g", "a", 2, 4)]
+    assert violations(certain, 1) == []
+    # Counted as if certain, the same holds overlap: the "with uncertain" view shows it.
+    assert len(violations(certain + uncertain, 1)) == 1
+
+
+def test_the_undecided_kinds_are_an_option() -> None:
+    events = history_after("failed:failed_lock")
+    # A server whose 500 may be applied later can say so...
+    _, uncertain = split_holds(events, end=10, undecided={"failed_lock"})
+    assert uncertain == [Hold("g", "a", 2, 4)]
+    # ..."*" reads every non-200 answer as undecided...
+    assert split_holds(events, end=10, undecided={"*"})[1] == uncertain
+    # ...and an empty set trusts every answer, but never a missing one.
+    assert split_holds(events, end=10, undecided=set())[1] == []
+    assert split_holds(history_after("unsure"), end=10, undecided=set())[1] == uncertain
+
+
+def test_parse_undecided() -> None:
+    assert parse_undecided("default") == DEFAULT_UNDECIDED
+    assert parse_undecided("default, failed_lock") == DEFAULT_UNDECIDED | {"failed_lock"}
+    assert parse_undecided("*") == {"*"}
+    assert parse_undecided("") == frozenset()
+    assert DEFAULT_UNDECIDED == {"backend_unavailable", "backend_contention",
+                                 "generic_http_503", "generic_http_504"}
+    assert is_undecided("unsure", frozenset())
+    assert not is_undecided("grant")
+
+
+def test_undecided_only_taints_holds_granted_after_it() -> None:
+    # The undecided request comes after a's first hold: that hold stays certain.
+    events = [ev(0, "a", "grant"), ev(1, "a", "release"),
+              ev(1.5, "a", "failed:backend_unavailable"), ev(2, "a", "grant"),
+              ev(3, "a", "release")]
+    certain, uncertain = split_holds(events, end=10)
+    assert certain == [Hold("g", "a", 0, 1)] and uncertain == [Hold("g", "a", 2, 3)]
+
+
+def test_an_undecided_entry_can_name_a_kind_and_a_text_of_its_value() -> None:
+    # airlock answers 500 failed_lock for a compare-and-set conflict (decided: nothing was
+    # written) and for an etcd timeout (the write may still commit): the value tells them apart.
+    timeout = history_after(failed_event("failed_lock", "context deadline exceeded"))
+    conflict = history_after(failed_event("failed_lock", "conflict on semaphore detected"))
+    only_timeouts = parse_undecided("default,failed_lock~deadline")
+    assert split_holds(timeout, end=10, undecided=only_timeouts)[1] == [Hold("g", "a", 2, 4)]
+    assert split_holds(conflict, end=10, undecided=only_timeouts)[1] == []
+    assert split_holds(timeout, end=10)[1] == []  # by default an answer is decided
+    assert failed_event("k", "a\n  b") == "failed:k:a b"

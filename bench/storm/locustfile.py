@@ -15,8 +15,14 @@ is whatever the node's state says it waits for next.
 
 The benchmark's independent record: every node notes, with wall-clock timestamps, when it
 first asked for the lock, when it received a grant, when it sent the releasing
-``steady-state`` and when that got 200. Each locust process writes its record to
+``steady-state`` and when that got 200, and how every ``steady-state`` that got no 200 ended
+(no answer, or the kind of the answer). Each locust process writes its record to
 ``record-<pid>.jsonl`` in the record dir; ``bench.storm.report`` checks it.
+
+A server that refuses the storm's groups (airlock refuses every group its config does not
+list) would make every node poll in vain until ``--max-time``: when the first
+``--storm-refused-after`` answers for a group are all a 4xx ``unknown_group`` or
+``invalid_group``, the storm stops and the record names the refused groups.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ import gevent
 from geventhttpclient import HTTPClient
 from locust import User, events, task
 from locust.runners import MasterRunner, WorkerRunner
+
+# The record format and its checker are plain Python beside this file; locust puts this
+# file's directory on sys.path, and the storm runs from the repository root.
+try:
+    from bench.storm.safety import failed_event
+except ImportError:  # run by hand from elsewhere: locust put bench/storm/ on sys.path
+    from safety import failed_event  # type: ignore[no-redef]
 
 # Node states.
 BOOT, STAGED, REBOOTING, RETURNING, DONE, DEAD = (
@@ -62,7 +75,12 @@ def _options(parser: Any) -> None:
         help="multiply every real duration by this (e.g. 1/300)")
     add("--storm-die-fraction", type=float, default=0.0, env_var="STORM_DIE_FRACTION",
         help="fraction of nodes that die while holding a slot")
-    add("--storm-group-prefix", default="storm-", env_var="STORM_GROUP_PREFIX")
+    add("--storm-group-prefix", default="storm-", env_var="STORM_GROUP_PREFIX",
+        help="groups are PREFIX0 .. PREFIX<groups-1> (unless --storm-group-names)")
+    add("--storm-group-names", default="", env_var="STORM_GROUP_NAMES",
+        help="comma-separated group names; node i is in name i mod n (overrides the prefix)")
+    add("--storm-refused-after", type=int, default=10, env_var="STORM_REFUSED_AFTER",
+        help="stop when the first N answers for a group all refuse the group (0: never)")
     add("--storm-record-dir", default="bench/out/storm", env_var="STORM_RECORD_DIR")
     add("--storm-workers", type=int, default=1, env_var="STORM_WORKERS",
         help="number of locust workers (spreads node indexes evenly over groups)")
@@ -75,6 +93,17 @@ def scale_of(text: str) -> float:
     return float(Fraction(text.strip()))
 
 
+def group_names_of(opts: Any) -> list[str]:
+    names = [n.strip() for n in opts.storm_group_names.split(",") if n.strip()]
+    return names or [f"{opts.storm_group_prefix}{i}" for i in range(opts.storm_groups)]
+
+
+MAX_ANSWERS = 40  # distinct non-200 answers counted by value; the rest are "other values"
+
+# Kinds by which a server says "this group is not one of mine" (lockd, airlock).
+REFUSAL_KINDS = frozenset({"unknown_group", "invalid_group"})
+
+
 class Record:
     """This process's share of the benchmark's record, kept in memory, written at stop."""
 
@@ -84,6 +113,16 @@ class Record:
         self.kinds: Counter[str] = Counter()
         self.states: Counter[str] = Counter()
         self.nodes: dict[str, str] = {}  # id -> group
+        # Per group: refusals seen before any other answer (None once one came).
+        self.refusal_count: dict[str, int | None] = {}
+        self.refused: dict[str, dict[str, Any]] = {}  # group -> what the server said
+        self.answers: Counter[str] = Counter()  # "op status kind: value" of non-200s
+
+    def answer(self, op: str, status: int, kind: str, value: str) -> None:
+        key = f"{op} {status} {kind}: {' '.join(value.split())[:120]}"
+        if key not in self.answers and len(self.answers) >= MAX_ANSWERS:
+            key = f"{op} {status} {kind}: (other values)"
+        self.answers[key] += 1
 
     def note(self, node: ZincatiNode, event: str) -> None:
         self.events.append((time.time(), node.node_id, node.lock_group, event))
@@ -94,9 +133,11 @@ class Record:
         tmp = path / f".record-{os.getpid()}.jsonl"
         with open(tmp, "w") as fh:
             fh.write(json.dumps({"nodes": self.nodes, "statuses": self.statuses,
-                                 "kinds": self.kinds}) + "\n")
+                                 "kinds": self.kinds, "refused": self.refused,
+                                 "answers": self.answers}) + "\n")
             for t, node, group, event in self.events:
-                fh.write(f'[{t:.6f},"{node}","{group}","{event}"]\n')
+                # json.dumps: a kind is the server's text and may hold any character.
+                fh.write(json.dumps([round(t, 6), node, group, event]) + "\n")
         tmp.replace(path / f"record-{os.getpid()}.jsonl")
 
 
@@ -129,10 +170,12 @@ class ZincatiNode(User):
         index = local * workers + worker
         salt = f"{os.getpid()}/{id(environment)}/{worker}/{local}/{time.time_ns()}"
         self.node_id = hashlib.sha256(salt.encode()).hexdigest()[:32]
-        self.lock_group = f"{opts.storm_group_prefix}{index % opts.storm_groups}"
+        names = group_names_of(opts)
+        self.lock_group = names[index % len(names)]
         scale = scale_of(opts.storm_time_scale)
         self.period = opts.storm_period * scale
         self.reboot = opts.storm_reboot * scale
+        # Seeded and drawn exactly as bench/storm/ideal.py's simulated nodes are.
         self.rng = random.Random(f"{opts.storm_seed}/{index}")
         self.dies = self.rng.random() < opts.storm_die_fraction
         self.state = BOOT
@@ -176,7 +219,7 @@ class ZincatiNode(User):
             self.client.default_headers.clear()
         sent = time.time()
         start = time.perf_counter()
-        status, length, exc = 0, 0, None
+        status, length, exc, kind, value = 0, 0, None, "", ""
         try:
             resp = self.client.request("POST", urlsplit(url).path, body=self.body,
                                        headers=self.headers)
@@ -186,19 +229,39 @@ class ZincatiNode(User):
                 resp.release()
             status, length = resp.status_code, len(data)
             if status != 200:
-                RECORD.kinds[kind_of(status, data)] += 1
+                kind, value = error_of(status, data)
+                RECORD.kinds[kind] += 1
+                RECORD.answer(op, status, kind, value)
         except Exception as error:  # any transport failure is "retry next tick" for zincati
             exc = error
             self.drop_connection()
         elapsed = (time.perf_counter() - start) * 1000.0
         RECORD.statuses[str(status) if status else "error"] += 1
         if op == "steady-state" and status != 200:
-            # The server may still apply it later: the checker must know (safety.py).
-            RECORD.events.append((sent, self.node_id, self.lock_group, "unsure"))
+            # The checker decides whether the server may still apply it later (safety.py):
+            # no answer is "unsure", an answer is "failed:<kind>".
+            what = failed_event(kind, value) if status else "unsure"
+            RECORD.events.append((sent, self.node_id, self.lock_group, what))
+        if status:
+            self.judge_group(status, kind, value)
         self.environment.events.request.fire(
             request_type="POST", name=op, response_time=elapsed, response_length=length,
             exception=exc, context={"status": status}, response=None, url=url)
         return status
+
+    def judge_group(self, status: int, kind: str, value: str) -> None:
+        """Stop the storm when the server keeps refusing this node's group (see the top)."""
+        count = RECORD.refusal_count.get(self.lock_group, 0)
+        if count is None:
+            return  # the group got an answer that was not a refusal: it exists
+        if not (400 <= status < 500 and kind in REFUSAL_KINDS):
+            RECORD.refusal_count[self.lock_group] = None
+            return
+        RECORD.refusal_count[self.lock_group] = count + 1
+        limit = self.environment.parsed_options.storm_refused_after
+        if limit > 0 and count + 1 >= limit and self.lock_group not in RECORD.refused:
+            RECORD.refused[self.lock_group] = {"status": status, "kind": kind, "value": value}
+            refused(self.environment, self.lock_group)
 
     def drop_connection(self) -> None:
         if self.client is not None:
@@ -249,21 +312,24 @@ class ZincatiNode(User):
             self.next_wait = IDLE
 
 
-def kind_of(status: int, data: bytes) -> str:
-    """The error kind as zincati sees it: ``kind`` from the body, else generic_http_<code>."""
+def error_of(status: int, data: bytes) -> tuple[str, str]:
+    """(kind, value) as zincati sees them: from the JSON body, else generic_http_<code>."""
     try:
-        kind = json.loads(data).get("kind")
+        body = json.loads(data)
+        kind, value = body.get("kind"), body.get("value")
         if isinstance(kind, str) and kind:
-            return kind
+            return kind, value if isinstance(value, str) else ""
     except (ValueError, AttributeError):
         pass
-    return f"generic_http_{status}"
+    return f"generic_http_{status}", data[:200].decode(errors="replace")
 
 
 # --- coordination: the master (or the standalone runner) ends the storm when it is over ---
 
 FINISHED = "storm_finished"
 PROGRESS = "storm_progress"
+REFUSED = "storm_refused"
+REFUSED_GRACE = 1.0  # seconds to let the other groups' first answers arrive before quitting
 _progress: dict[str, dict[str, Any]] = {}
 _finished = 0
 _started = 0.0
@@ -279,6 +345,21 @@ def _on_finished(environment: Any, msg: Any, **_: Any) -> None:
     if _finished >= environment.parsed_options.num_users:
         # Every node has rebooted or died: the storm is over.
         gevent.spawn_later(0.2, environment.runner.quit)
+
+
+_quitting_for_refusal = False
+
+
+def refused(environment: Any, group: str) -> None:
+    environment.runner.send_message(REFUSED, {"group": group})
+
+
+def _on_refused(environment: Any, msg: Any, **_: Any) -> None:
+    global _quitting_for_refusal
+    if not _quitting_for_refusal:
+        _quitting_for_refusal = True
+        sys.stderr.write(f"\nstorm: the server refuses group {msg.data['group']!r}; stopping\n")
+        gevent.spawn_later(REFUSED_GRACE, environment.runner.quit)
 
 
 def _on_progress(environment: Any, msg: Any, **_: Any) -> None:
@@ -324,6 +405,7 @@ def _init(environment: Any, **_: Any) -> None:
     if not isinstance(runner, WorkerRunner):
         runner.register_message(FINISHED, lambda msg, **kw: _on_finished(environment, msg))
         runner.register_message(PROGRESS, lambda msg, **kw: _on_progress(environment, msg))
+        runner.register_message(REFUSED, lambda msg, **kw: _on_refused(environment, msg))
 
 
 @events.test_start.add_listener

@@ -8,7 +8,12 @@ to end by itself (every node rebooted or died, or ``--max-time``), then reads th
 benchmark's own record and prints drain, rates, latency, statuses and the SAFETY verdict;
 writes ``result.json`` and ``timeline.png`` in ``--out``. ``--lockd "CMD"`` starts a lockd
 for the run (its slots set to ``--slots``), e.g. ``--lockd ".venv/bin/lockd serve --backend
-memory://"``. Exit status: 0 safe and every live node rebooted, 1 violation, 3 incomplete.
+memory://"``. Exit status: 0 safe and every live node rebooted, 1 violation, 3 incomplete,
+4 the server refused the storm's groups (configure them there, see ``--group-names``).
+
+Against a server that only serves the groups it is configured with (airlock), name them:
+``--group-names a,b,c`` (node i is in group i mod 3) or ``--group-prefix air-`` with
+``--groups 20`` (air-0 .. air-19). By default the names get a fresh random prefix per run.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import free_port
-from bench.storm.report import render, summarise
+from bench.storm.report import exit_status, render, summarise
+from bench.storm.safety import DEFAULT_UNDECIDED, parse_undecided
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "locustfile.py"
@@ -81,7 +87,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=1,
                    help="with --lockd: start this many (they must share a backend)")
     p.add_argument("--nodes", type=int, default=100)
-    p.add_argument("--groups", type=int, default=10)
+    p.add_argument("--groups", type=int, default=None,
+                   help="number of groups (default 10, or the number of --group-names)")
+    p.add_argument("--group-names", default="",
+                   help="comma-separated group names, e.g. ones configured on the server; "
+                   "node i is in name i mod n")
+    p.add_argument("--group-prefix", default=None,
+                   help="groups are PREFIX0 .. PREFIX<groups-1> (default: a fresh random "
+                   "prefix per run, so no holder left by an earlier run can skew this one)")
+    p.add_argument("--undecided-kinds", default="default", metavar="KIND[,KIND...]",
+                   help="answers to a steady-state that leave it undecided, so that the node's "
+                   "later holds are uncertain (no answer always is): kinds as zincati sees "
+                   "them; 'default' = " + ",".join(sorted(DEFAULT_UNDECIDED))
+                   + "; '*' = every non-200 answer")
+    p.add_argument("--refused-after", type=int, default=10, metavar="N",
+                   help="stop when the first N answers for a group all refuse it "
+                   "(4xx unknown_group/invalid_group); 0 never stops")
     p.add_argument("--slots", type=int, default=1, help="slots per group on the server")
     p.add_argument("--period", type=float, default=300.0, help="poll period, real seconds")
     p.add_argument("--reboot", type=float, default=60.0, help="reboot time, real seconds")
@@ -101,6 +122,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not a.url and not a.lockd:
         p.error("give --url or --lockd")
+    names = [n.strip() for n in a.group_names.split(",")] if a.group_names else []
+    if names:
+        if any(not n for n in names) or len(set(names)) != len(names):
+            p.error("--group-names: names must be non-empty and distinct")
+        if a.group_prefix is not None:
+            p.error("give --group-names or --group-prefix, not both")
+        if a.groups is not None and a.groups != len(names):
+            p.error(f"--groups {a.groups} but {len(names)} --group-names")
+        a.groups = len(names)
+    elif a.groups is None:
+        a.groups = 10
+    if a.groups < 1:
+        p.error("--groups must be at least 1")
+    a.names = names
     return a
 
 
@@ -129,23 +164,33 @@ def main(argv: list[str] | None = None) -> int:
             urls.append(one)
         url = ",".join(urls)
     # Fresh group names per run, so holders left by an earlier run cannot skew this one.
-    prefix = f"storm{secrets.token_hex(3)}-"
+    prefix = a.group_prefix if a.group_prefix is not None else f"storm{secrets.token_hex(3)}-"
+    names = a.names or [f"{prefix}{i}" for i in range(a.groups)]
+    undecided = parse_undecided(a.undecided_kinds)
+    spawn_rate = a.spawn_rate or a.nodes
     params: dict[str, Any] = {
         "url": url, "nodes": a.nodes, "groups": a.groups, "slots": a.slots,
         "period_s": a.period, "reboot_s": a.reboot, "time_scale": a.time_scale,
         "scaled_period_s": period, "scaled_reboot_s": reboot, "die_fraction": a.die_fraction,
-        "workers": a.workers, "max_time_s": bound, "group_prefix": prefix,
+        "workers": a.workers, "max_time_s": bound, "group_names": names,
+        "seed": a.seed, "spawn_rate": spawn_rate, "undecided_kinds": sorted(undecided),
+        "refused_after": a.refused_after,
     }
+    (out / "params.json").write_text(json.dumps(params, indent=2))
+    # The storm's groups as a config fragment airlock and lockd both read, for a server
+    # that serves only the groups it is configured with.
+    (out / "groups.toml").write_text("".join(
+        f'[[lock.groups]]\nname = "{g}"\nslots = {a.slots}\n\n' for g in names))
     env = {**os.environ, "STORM_GROUPS": str(a.groups), "STORM_SLOTS": str(a.slots),
            "STORM_PERIOD": str(a.period), "STORM_REBOOT": str(a.reboot),
            "STORM_TIME_SCALE": a.time_scale, "STORM_DIE_FRACTION": str(a.die_fraction),
-           "STORM_GROUP_PREFIX": prefix, "STORM_RECORD_DIR": str(out),
+           "STORM_GROUP_NAMES": ",".join(names), "STORM_RECORD_DIR": str(out),
            "STORM_WORKERS": str(max(1, a.workers)), "STORM_SEED": str(a.seed),
-           "STORM_URLS": url,
+           "STORM_URLS": url, "STORM_REFUSED_AFTER": str(a.refused_after),
            "PYTHONUNBUFFERED": "1"}
     locust = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--loglevel", "WARNING"]
     head = [*locust, "--headless", "--only-summary", "--users", str(a.nodes),
-            "--spawn-rate", str(a.spawn_rate or a.nodes), "--run-time", f"{math.ceil(bound)}s",
+            "--spawn-rate", str(spawn_rate), "--run-time", f"{math.ceil(bound)}s",
             "--stop-timeout", "0", "--host", url.split(",")[0]]
     print(f"storm: {a.nodes} nodes, {a.groups} groups x {a.slots} slots, period {period:g}s, "
           f"reboot {reboot:g}s (time scale {a.time_scale}), target {url}, bound {bound:.0f}s, "
@@ -185,13 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             stop(server)
     result = summarise(out, slots=a.slots, reboot=reboot, params=params,
-                       png=out / "timeline.png")
+                       png=out / "timeline.png", undecided=undecided)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(render(result))
     print(f"  result       {out / 'result.json'}, {out / 'timeline.png'}")
-    if result["safety"]["verdict"] != "SAFE":
-        return 1
-    return 0 if result["all_rebooted"] else 3
+    return exit_status(result)
 
 
 if __name__ == "__main__":

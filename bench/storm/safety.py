@@ -9,10 +9,27 @@ interval is therefore inside the true hold, so more than ``slots`` overlapping i
 is a real violation (no false positives); timestamps from several machines are only as
 good as their clocks.
 
-One exception keeps the check honest: a ``steady-state`` that got no 200 (a timeout, a
-closed connection, a 503) may still be applied by the server later, at any moment after it
-was sent ("unsure"). A hold granted after such a request of the same node could be ended
-by it at any time, so that hold is *uncertain*: it is left out of the verdict and counted.
+One exception keeps the check honest: a ``steady-state`` the server has not *decided* when
+the node gives up on it may still be applied later, at any moment after it was sent. A
+hold granted after such a request of the same node could be ended by it at any time, so
+that hold is *uncertain*: it is left out of the verdict and counted. A request that got an
+answer has been decided by the time the answer arrives (applied or not), unless the answer
+says otherwise, so only these are undecided:
+
+- no answer at all: a timeout, a reset, a refused connection (recorded as ``unsure``);
+- an answer whose kind (as zincati sees it: ``kind`` from the JSON body, else
+  ``generic_http_<status>``; or ``kind~text``, that kind with ``text`` in its ``value``)
+  is in the *undecided kinds*, by default
+  :data:`DEFAULT_UNDECIDED`: lockd's two 503 kinds that mean "not decided yet" (a write
+  handed to the store whose outcome is unknown) and a 503 or 504 without a parseable body
+  (a proxy or load balancer that gave up waiting for the server).
+
+Any other non-200 answer (a 4xx, airlock's 500 ``failed_lock``, a 423) is recorded as
+``failed:<kind>:<value>`` and is decided: the release was not applied and never will be. A server
+whose errors may be applied later can say so with its own kinds (``--undecided-kinds``);
+``*`` treats every non-200 answer as undecided (the most cautious reading). The verdict is
+given both ways: on the certain holds only (no false positives) and with the uncertain
+holds counted as if certain (a violation there may instead be a release applied late).
 
 Pure Python with no dependency, so the test suite imports it without locust.
 """
@@ -20,13 +37,59 @@ Pure Python with no dependency, so the test suite imports it without locust.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: One recorded event: (time, node id, group, what) with what in
-#: ask (first pre-reboot sent), grant, release, done (steady-state 200), die, and
-#: unsure (a steady-state sent at this time that got no 200).
+#: ask (first pre-reboot sent), grant, release, done (steady-state 200), die,
+#: unsure (a steady-state sent at this time that got no answer) and
+#: failed:<kind>:<value> (a steady-state sent at this time that got that non-200 answer).
 Event = tuple[float, str, str, str]
+
+#: Kinds of answer that mean "not decided yet": see the module docstring.
+DEFAULT_UNDECIDED: frozenset[str] = frozenset(
+    {"backend_unavailable", "backend_contention", "generic_http_503", "generic_http_504"})
+
+#: In an undecided set: every non-200 answer is undecided.
+ANY = "*"
+
+FAILED = "failed:"
+
+
+def parse_undecided(text: str) -> frozenset[str]:
+    """``"a,b"`` -> {a, b}; ``"default"`` (alone or in the list) adds the default set."""
+    kinds: set[str] = set()
+    for item in (part.strip() for part in text.split(",")):
+        if item == "default":
+            kinds |= DEFAULT_UNDECIDED
+        elif item:
+            kinds.add(item)
+    return frozenset(kinds)
+
+
+def failed_event(kind: str, value: str) -> str:
+    """The record's ``what`` for a non-200 steady-state: ``failed:<kind>:<value>``."""
+    return f"{FAILED}{kind}:{' '.join(value.split())[:160]}"
+
+
+def is_undecided(what: str, undecided: Collection[str] = DEFAULT_UNDECIDED) -> bool:
+    """Whether a recorded steady-state outcome leaves the release possibly pending.
+
+    An entry of ``undecided`` is a kind (``failed_lock``), ``kind~text`` (that kind with
+    ``text`` in its value: airlock answers 500 ``failed_lock`` both for a conflict, decided,
+    and for an etcd ``context deadline exceeded``, which may commit later), or ``*``.
+    """
+    if what == "unsure":
+        return True
+    if not what.startswith(FAILED):
+        return False
+    if ANY in undecided:
+        return True
+    kind, _, value = what[len(FAILED):].partition(":")
+    if kind in undecided:
+        return True
+    return any(entry.partition("~")[0] == kind and entry.partition("~")[2] in value
+               for entry in undecided if "~" in entry)
 
 
 @dataclass(frozen=True)
@@ -50,12 +113,15 @@ class GroupVerdict:
         return self.max_holders <= self.slots
 
 
-def holds_from_events(events: Iterable[Event], end: float) -> list[Hold]:
+def holds_from_events(events: Iterable[Event], end: float,
+                      undecided: Collection[str] = DEFAULT_UNDECIDED) -> list[Hold]:
     """Certain hold intervals from a record; a grant never released holds until ``end``."""
-    return split_holds(events, end)[0]
+    return split_holds(events, end, undecided)[0]
 
 
-def split_holds(events: Iterable[Event], end: float) -> tuple[list[Hold], list[Hold]]:
+def split_holds(events: Iterable[Event], end: float,
+                undecided: Collection[str] = DEFAULT_UNDECIDED,
+                ) -> tuple[list[Hold], list[Hold]]:
     """(certain, uncertain) hold intervals; see the module docstring for "uncertain".
 
     A node may be granted more than once (a later run, or a re-grant after a lost
@@ -71,15 +137,16 @@ def split_holds(events: Iterable[Event], end: float) -> tuple[list[Hold], list[H
         unsure = unsure_since.get(node)
         (uncertain if unsure is not None and unsure <= start else certain).append(hold)
 
-    # At equal times "unsure" sorts first: a request sent at the grant instant counts.
-    for t, node, group, what in sorted(events, key=lambda e: (e[0], e[3] != "unsure")):
+    # At equal times an undecided request sorts first: one sent at the grant instant counts.
+    for t, node, group, what in sorted(
+            events, key=lambda e: (e[0], not is_undecided(e[3], undecided))):
         if what == "grant":
             if node not in open_:  # a repeated 200 while holding is the same hold
                 open_[node] = (group, t)
         elif what == "release" and node in open_:
             g, start = open_.pop(node)
             close(node, g, start, t)
-        elif what == "unsure":
+        elif is_undecided(what, undecided):
             unsure_since.setdefault(node, t)
     for node, (group, start) in open_.items():
         close(node, group, start, max(end, start))
