@@ -34,7 +34,17 @@ from lockd.store import TimedBackend, open_store
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
 
 
+#: The GET-only routes beside FleetLock's, for a 405 (not the catch-all's 404) to other
+#: methods.
+PROBES = ("/healthz", "/readyz")
+
+
 async def fleetlock(request: web.Request) -> web.Response:
+    if request.path in PROBES:
+        return error_response(
+            LockdError(Kind.method_not_allowed, f"{request.path} takes GET only"),
+            headers={"Allow": "GET,HEAD"},
+        )
     match = PATH_RE.match(request.path)
     if match is None or match["prefix"]:
         # Tenant prefixes are not served by this listener.
