@@ -19,6 +19,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -171,11 +172,30 @@ def owned_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def as_nobody(argv: list[str], nofile: int | None = None) -> list[str]:
-    """What systemd does before exec for DynamicUser=, NoNewPrivileges=, LimitNOFILE=."""
+#: MemoryDenyWriteExecute= the way the kernel offers it to anyone (PR_SET_MDWE, Linux 6.3+):
+#: inherited across execve and setuid, so everything exec'd after it runs under W^X.
+MDWE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit("PR_SET_MDWE: " + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def kernel_has_mdwe() -> bool:
+    probe = [host_python(), "-c", MDWE, "/bin/true"]
+    return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+
+
+def as_nobody(argv: list[str], nofile: int | None = None, mdwe: bool = False) -> list[str]:
+    """What systemd does before exec for DynamicUser=, NoNewPrivileges=, LimitNOFILE= and
+    MemoryDenyWriteExecute=."""
     prefix: list[str] = []
+    if mdwe:
+        prefix = [host_python(), "-c", MDWE]
     if nofile is not None:
-        prefix = [require_binary("prlimit", "util-linux"), f"--nofile={nofile}:{nofile}", "--"]
+        prefix += [require_binary("prlimit", "util-linux"), f"--nofile={nofile}:{nofile}", "--"]
     setpriv = require_binary("setpriv", "util-linux")
     return [
         *prefix, setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
@@ -483,6 +503,7 @@ class UnitReplay:
         host_copy.parent.mkdir(parents=True)
         host_copy.write_text(self.token + "\n")
         host_copy.chmod(0o600)
+        self.host_token = host_copy
         self.creds = root / "run/credentials/lockd.service"
         self.creds.mkdir(parents=True)
         shutil.copy(host_copy, self.creds / name)
@@ -515,13 +536,20 @@ class UnitReplay:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         self.nofile = min(int(one(service, "LimitNOFILE")), hard)
         self.root = root
+        self.starts = 0
 
     def start(self, extra_env: dict[str, str] | None = None) -> Served:
-        argv = as_nobody(self.argv + loopback("FleetLock", "admin"), nofile=self.nofile)
+        # W^X as MemoryDenyWriteExecute=yes asks, where this kernel can impose it.
+        mdwe = one(self.service, "MemoryDenyWriteExecute") == "yes" and kernel_has_mdwe()
+        argv = as_nobody(
+            self.argv + loopback("FleetLock", "admin"), nofile=self.nofile, mdwe=mdwe
+        )
         env = {**self.env, **(extra_env or {})}
         old = os.umask(int(one(self.service, "UMask"), 8))
         try:
-            return Served(argv, self.root / "lockd.log", env, cwd=Path("/")).start()
+            self.starts += 1
+            log = self.root / f"lockd-{self.starts}.log"  # one per start: "serving" is new
+            return Served(argv, log, env, cwd=Path("/")).start()
         finally:
             os.umask(old)
 
@@ -540,6 +568,7 @@ def test_unit_replayed_starts_serves_reloads_and_stops(
     try:
         pid = server.proc.pid
         assert uid_of(pid) == NOBODY
+        assert Path(f"/proc/{pid}/exe").resolve().name.startswith("python")  # exec'd through
         limit = Path(f"/proc/{pid}/limits").read_text()
         assert re.search(rf"Max open files\s+{replay.nofile}\s+{replay.nofile}", limit), limit
         url, admin = server.urls["FleetLock"], server.urls["admin"]
@@ -553,6 +582,13 @@ def test_unit_replayed_starts_serves_reloads_and_stops(
         assert call(admin, "GET", "/api/v1/groups")[0] == 401
         status, body = call(admin, "GET", "/api/v1/groups/workers", token=replay.token)
         assert status == 200 and body["slots"] == 2
+        # The operator's command from docs/self-hosted.md, with root's own token file.
+        ctl = subprocess.run(
+            [installed.lockd, "status", "workers", "--server", admin,
+             "--token-file", str(replay.host_token)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert ctl.returncode == 0 and "node-a" in ctl.stdout, ctl.stdout + ctl.stderr
         # systemctl reload: ExecReload sends SIGHUP; lockd re-reads /etc/lockd/lockd.toml.
         replay.config.write_text(replay.config.read_text().replace("slots = 2", "slots = 3"))
         replay.reload(server)
@@ -564,6 +600,48 @@ def test_unit_replayed_starts_serves_reloads_and_stops(
         # systemctl stop: SIGTERM, a clean exit within TimeoutStopSec.
         server.proc.signal(signal.SIGTERM)
         assert server.wait_exit(float(one(replay.service, "TimeoutStopSec"))) == 0
+    finally:
+        server.stop()
+
+
+def test_unit_restart_keeps_holders_and_a_restored_backup_brings_back_its_own(
+    installed: Installed, world_tmp: Path
+) -> None:
+    """docs/production.md, "Backups and restore": an online backup with SQLite's backup API,
+    a restart that forgets nobody, and a restore that brings back the backup's holders."""
+    require_root()
+    replay = UnitReplay(installed, world_tmp)
+    db = replay.state / "lockd.db"
+    backup = world_tmp / "lockd-backup.db"
+    server = replay.start()
+    try:
+        url = server.urls["FleetLock"]
+        assert lock(url, "pre-reboot", "node-a", "workers")[0] == 200
+        source, target = sqlite3.connect(db), sqlite3.connect(backup)
+        with source, target:
+            source.backup(target)  # while lockd runs, as the docs do it
+        source.close()
+        target.close()
+        assert lock(url, "pre-reboot", "node-b", "workers")[0] == 200
+        assert lock(url, "steady-state", "node-a", "workers")[0] == 200
+    finally:
+        server.stop()
+    server = replay.start()  # a restart: the store keeps its holders
+    try:
+        groups = call(server.urls["admin"], "GET", "/api/v1/groups/workers", token=replay.token)
+        assert [h["id"] for h in groups[1]["holders"]] == ["node-b"]
+    finally:
+        server.stop()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+    db.chmod(0o600)
+    shutil.chown(db, replay.state.stat().st_uid, replay.state.stat().st_gid)  # --reference=.
+    server = replay.start()
+    try:
+        groups = call(server.urls["admin"], "GET", "/api/v1/groups/workers", token=replay.token)
+        # node-a released after the backup and holds again; node-b's grant is forgotten.
+        assert [h["id"] for h in groups[1]["holders"]] == ["node-a"]
     finally:
         server.stop()
 
@@ -825,6 +903,9 @@ def test_deployment_pods_are_locked_down_probed_and_spread() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["fsGroup"] == NOBODY
     assert pod["automountServiceAccountToken"] is False
+    (spread,) = pod["topologySpreadConstraints"]  # replicas on different nodes
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert matches(spread["labelSelector"]["matchLabels"], labels)
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
