@@ -4,7 +4,8 @@ Nothing here runs systemd as PID 1, a container engine or a Kubernetes cluster, 
 replays what those would do, with the facts read from the shipped file itself (ExecStart,
 USER, CMD, args, env...) rather than copied here: the unit's and the container's command
 run as uid 65534 with their state directory and credentials, the Deployment's pod runs on a
-real redis-server, the Flatcar FleetLock client talks to a real lockd. The tools that can
+real redis-server, the compose file's etcd members form a real cluster, the Flatcar FleetLock
+client talks to a real lockd. The tools that can
 judge a file do (systemd-analyze, promtool, the Kubernetes JSON schemas). The wheel is built
 and installed into a fresh virtualenv once per run and every replay uses that install.
 """
@@ -258,6 +259,14 @@ def get(url: str, timeout: float = 5.0) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def answers(url: str) -> bool:
+    """200 from ``url``; False while nothing listens yet."""
+    try:
+        return get(url, timeout=2) == 200
+    except OSError:
+        return False
 
 
 # The wheel, built and installed once: packaging, and the install every replay runs
@@ -827,6 +836,56 @@ def test_compose_etcd_is_a_three_member_cluster_with_v2(tmp_path: Path) -> None:
     settings = lockd_command_loads(lockd["command"], tmp_path)
     assert settings.backend_url == "etcd://" + ",".join(f"{n}:2379" for n in sorted(members))
     assert set(lockd["depends_on"]) == set(members)
+
+
+def test_compose_etcd_members_replayed_form_a_cluster_lockd_uses(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The three etcd services, each with its own environment and command (Debian's etcd
+    standing for the image's), every compose host name mapped to a loopback port; then
+    lockd's command on that cluster, on the v3 API and on the v2 API that --enable-v2 opens."""
+    etcd = require_binary("etcd", "etcd-server")
+    doc = compose("compose.etcd.yaml")
+    members = {n: s for n, s in doc["services"].items() if n.startswith("etcd")}
+    ports = {(n, p): free_port() for n in members for p in (2379, 2380)}
+
+    def local(text: str, member: str) -> str:
+        for (name, port), real in ports.items():
+            text = text.replace(f"{name}:{port}", f"127.0.0.1:{real}")
+        for port in (2379, 2380) if member else ():  # 0.0.0.0: this member's own port
+            text = text.replace(f"0.0.0.0:{port}", f"127.0.0.1:{ports[member, port]}")
+        return text
+
+    procs = []
+    try:
+        for name, member in members.items():
+            env = {k: local(str(v), name) for k, v in member["environment"].items()}
+            env["ETCD_DATA_DIR"] = str(tmp_path / name)
+            argv = [etcd, *(local(a, name) for a in member["command"][1:])]
+            procs.append(Proc(argv, tmp_path / f"{name}.log", env={**env, "PATH": "/usr/bin:/bin"}))
+            procs[-1].start()
+        for name in members:
+            deadline = time.monotonic() + 30
+            while not answers(f"http://127.0.0.1:{ports[name, 2379]}/health"):
+                assert time.monotonic() < deadline, procs[0].output()[-2000:]
+                time.sleep(0.2)
+        command = doc["services"]["lockd"]["command"]
+        backend = local(command[command.index("--backend") + 1], "")
+        for url in (backend, backend.replace("etcd://", "etcd2://")):
+            argv = [installed.lockd, "serve", "--backend", url, "--group", "workers=2",
+                    *loopback("FleetLock", "admin")]  # fmt: skip
+            env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+            server = Served(argv, tmp_path / "lockd.log", env, cwd=tmp_path)
+            server.proc.log_path.unlink(missing_ok=True)
+            server.start()
+            try:
+                assert get(server.urls["FleetLock"] + "/readyz") == 200, url
+                assert lock(server.urls["FleetLock"], "pre-reboot", "node-a", "workers")[0] == 200
+            finally:
+                server.stop()
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 # Kubernetes: deploy/kubernetes/
