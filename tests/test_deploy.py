@@ -4,10 +4,10 @@ Nothing here runs systemd as PID 1, a container engine or a Kubernetes cluster, 
 replays what those would do, with the facts read from the shipped file itself (ExecStart,
 USER, CMD, args, env...) rather than copied here: the unit's and the container's command
 run as uid 65534 with their state directory and credentials, the Deployment's pod runs on a
-real redis-server, the compose file's etcd members form a real cluster, the Flatcar FleetLock
-client talks to a real lockd. The tools that can
-judge a file do (systemd-analyze, promtool, the Kubernetes JSON schemas). The wheel is built
-and installed into a fresh virtualenv once per run and every replay uses that install.
+real redis-server, the compose file's etcd members form a real cluster, the Flatcar
+FleetLock client talks to a real lockd. The tools that can judge a file do
+(systemd-analyze, promtool, the Kubernetes JSON schemas). The wheel is built and installed
+into a fresh virtualenv once per run and every replay uses that install.
 """
 
 from __future__ import annotations
