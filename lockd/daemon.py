@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lockd import admin
+from lockd import admin, sdnotify
 from lockd.config import ConfigError, Settings
 from lockd.connections import ADMIN_MAX_CONNECTIONS, Listener, default_max_connections
 from lockd.errors import LockdError
@@ -51,8 +51,10 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         try:
             await service.ready()
             await service.apply_configuration()
+            sdnotify.status(f"serving, backend {service.backend.describe()}")
         except LockdError as exc:  # serve anyway: /readyz and 503s tell the truth
             log.warning("backend not reachable yet: %s", exc.value)
+            sdnotify.status(f"serving, backend not reachable yet: {exc.value}")
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -60,7 +62,10 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             loop.add_signal_handler(sig, stop.set)
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app, settings))
+        # Ready only now: a systemctl reload sent earlier would meet SIGHUP's default action.
+        sdnotify.ready()
         await stop.wait()
+        sdnotify.stopping()
         log.info("stopping: no new connections, finishing requests in flight")
     finally:
         for listener in listeners:  # no new connections anywhere
@@ -130,10 +135,13 @@ def _reloader(
     current = [running]
 
     def on_sighup() -> None:
+        sdnotify.reloading()
         try:
             settings = reload()
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
+            sdnotify.status(f"reload refused, running configuration kept: {exc}")
+            sdnotify.ready()
             return
         service = app[SERVICE]
         restart = _needs_restart(current[0], settings)
@@ -152,6 +160,7 @@ def _reloader(
             f"; changed but not applied until a restart: {', '.join(restart)}"
             if restart else "",
         )
+        sdnotify.ready()
 
     return on_sighup
 

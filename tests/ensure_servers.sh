@@ -1,12 +1,36 @@
 #!/usr/bin/env bash
-# Makes sure the real servers the tests start (redis-server, etcd) and the browser the
-# status-page test drives (chromium) are installed. Installs them with apt when running as
-# root on Debian/Ubuntu; otherwise says exactly what to install.
+# Makes sure the real servers the tests start (redis-server, etcd), the browser the
+# status-page test drives (chromium) and the tools tests/test_deploy.py runs on deploy/
+# (systemd-analyze, promtool) are installed. Installs them with apt when running as root on
+# Debian/Ubuntu; otherwise says exactly what to install.
 set -euo pipefail
 
-declare -A pkg_for=( [redis-server]=redis-server [etcd]=etcd-server [chromium]=chromium )
+# promtool alone, from Debian's prometheus package, unpacked rather than installed: the
+# package would also install (and, where services start, run) a Prometheus server on :9090.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing promtool (from Debian's prometheus package, unpacked)" >&2
+    local dir
+    dir=$(mktemp -d)
+    (cd "$dir" && apt-get download -qq prometheus 2>/dev/null \
+      || { apt-get update -qq && apt-get download -qq prometheus; })
+    dpkg-deb --fsys-tarfile "$dir"/prometheus_*.deb | tar -x -C "$dir" ./usr/bin/promtool
+    install -m 0755 "$dir/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$dir"
+    return 0
+  fi
+  echo "tests/test_deploy.py needs promtool (Debian: the prometheus package)" >&2
+  [ "${CI:-}" = "true" ] && exit 1
+  return 0
+}
+ensure_promtool
+
+declare -A pkg_for=(
+  [redis-server]=redis-server [etcd]=etcd-server [chromium]=chromium [systemd-analyze]=systemd
+)
 missing=()
-for cmd in redis-server etcd chromium; do
+for cmd in redis-server etcd chromium systemd-analyze; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -21,7 +45,7 @@ fi
 
 echo "The tests need these packages: ${missing[*]}" >&2
 echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
-echo "(or put redis-server, etcd and chromium on PATH). Without CI=true the tests that" >&2
+echo "(or put redis-server, etcd, chromium and systemd-analyze on PATH). Without CI=true the tests that" >&2
 echo "need a missing server are skipped; with CI=true they fail." >&2
 [ "${CI:-}" = "true" ] && exit 1
 exit 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers import EtcdServer
+from bench.servers import EtcdServer
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers import EtcdServer
+from bench.servers import EtcdServer
 
 
 @pytest.fixture

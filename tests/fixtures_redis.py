@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers import RedisServer
+from bench.servers import RedisServer
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.servers import EtcdCluster, EtcdServer, RedisServer  # noqa: F401
+from bench.servers import EtcdServer, RedisServer
 
 
 @pytest.fixture(scope="session")

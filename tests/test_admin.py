@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from bench.procs import Lockd, free_port, start_lockd
 from tests.httpcall import call, lock
-from tests.procs import Lockd, free_port, start_lockd
 
 
 def events(server: Lockd) -> list[dict[str, Any]]:

@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bench.procs import Lockd, find_binary, start_lockd
 from lockd.admin import create_admin_app
 from lockd.config import ConfigError, Settings
 from lockd.errors import Kind
 from tests.httpcall import call, lock
-from tests.procs import Lockd, require_binary, start_lockd
 from tests.rawhttp import RawResponse, request
 
 FORBIDDEN = Kind.forbidden.value
@@ -163,7 +163,7 @@ def test_state_changes_need_a_json_content_type(server: Lockd) -> None:
 
 def chromium(tmp: Path, url: str, resolver_rules: str) -> str:
     """Headless Chromium's DOM of ``url`` once its scripts have run."""
-    binary = require_binary("chromium", "chromium")
+    binary = find_binary("chromium", "chromium")
     argv = [
         binary,
         "--headless",

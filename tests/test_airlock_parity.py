@@ -21,11 +21,11 @@ from urllib.parse import quote_plus
 import aetcd
 import pytest
 
+from bench.servers import EtcdServer
 from lockd.groups import GroupSettings
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, open_store
-from tests.servers import EtcdServer
 
 
 class AirlockError(Exception):

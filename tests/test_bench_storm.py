@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import REPO, Lockd
+from bench.procs import REPO, Lockd
 
 BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 

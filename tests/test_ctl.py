@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import REPO, Lockd, free_port, start_lockd
 from lockd.cli import main
 from tests.httpcall import call, lock
-from tests.procs import REPO, Lockd, free_port, start_lockd
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.procs import Lockd, free_port
+from bench.servers import EtcdCluster, EtcdServer
 from lockd import semaphore
 from lockd.backends import BackendUnavailable, InvalidBackendURL, open_backend
 from lockd.backends.etcd2 import Etcd2Backend
@@ -29,8 +31,6 @@ from lockd.store import Store, open_store
 from tests.history import HEADERS, storm, violations
 from tests.locksmith_client import LocksmithClient
 from tests.probes import count_reads
-from tests.procs import Lockd, free_port
-from tests.servers import EtcdCluster, EtcdServer
 
 LAYOUT = LocksmithLayout()
 

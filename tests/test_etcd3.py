@@ -21,6 +21,8 @@ import aetcd
 import pytest
 from aetcd import rpc
 
+from bench.procs import Lockd, Proc, find_binary, free_port, wait_for_port
+from bench.servers import EtcdServer
 from lockd.backends import InvalidBackendURL, open_backend
 from lockd.backends.base import PING_KEY, BackendUnavailable
 from lockd.backends.etcd3 import Etcd3Backend
@@ -33,8 +35,6 @@ from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, open_store
 from tests.probes import count_reads
-from tests.procs import Lockd, Proc, free_port, require_binary, wait_for_port
-from tests.servers import EtcdServer
 
 LAYOUT = NativeLayout()
 
@@ -297,7 +297,7 @@ class TlsEtcd:
     """One etcd member that serves clients over TLS and requires a client certificate."""
 
     def __init__(self, workdir: Path, certs: dict[str, Path]) -> None:
-        self.binary = require_binary("etcd", "etcd-server")
+        self.binary = find_binary("etcd", "etcd-server")
         self.workdir = workdir
         self.certs = certs
         self.port = free_port()
@@ -325,7 +325,7 @@ class TlsEtcd:
 
 def make_certs(where: Path) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    openssl = require_binary("openssl", "openssl")
+    openssl = find_binary("openssl", "openssl")
     where.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 

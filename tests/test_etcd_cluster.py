@@ -16,9 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.procs import Lockd
+from bench.servers import EtcdCluster, EtcdServer
 from tests.history import HEADERS, storm, violations
-from tests.procs import Lockd
-from tests.servers import EtcdCluster, EtcdServer
 
 SLOTS = {"one": 1, "two": 2, "three": 3}
 

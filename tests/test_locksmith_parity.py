@@ -20,14 +20,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.procs import Lockd
+from bench.servers import EtcdServer
 from lockd.groups import GroupSettings
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import open_store
 from tests.history import HEADERS, Hold, storm, violations
 from tests.locksmith_client import LocksmithClient, LocksmithError
-from tests.procs import Lockd
-from tests.servers import EtcdServer
 
 
 @pytest.fixture(scope="module")

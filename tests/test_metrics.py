@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import Lockd, free_port, start_lockd
 from lockd.backends import Backend, CasResult, Version
 from lockd.backends.memory import MemoryBackend
 from lockd.groups import GroupSettings
@@ -17,7 +18,6 @@ from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, TimedBackend
 from tests.httpcall import FLEETLOCK_HEADERS, call, lock
-from tests.procs import Lockd, free_port, start_lockd
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

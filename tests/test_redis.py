@@ -19,6 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from bench.procs import Lockd, Proc, find_binary, wait_for_port
+from bench.servers import RedisServer
 from lockd.backends import InvalidBackendURL, open_backend
 from lockd.backends.redis import CAS, RedisBackend
 from lockd.groups import GroupSettings
@@ -28,8 +30,6 @@ from lockd.service import LockService
 from lockd.store import Store, open_store
 from tests.history import HEADERS, storm, violations
 from tests.probes import count_reads
-from tests.procs import Lockd, Proc, require_binary, wait_for_port
-from tests.servers import RedisServer
 
 # URL parsing: checked when the configuration loads, before anything connects.
 
@@ -229,7 +229,7 @@ async def test_scan_ignores_foreign_keys(rbackend: RedisBackend, raw: aioredis.R
 
 
 async def test_unix_socket(tmp_path: Path) -> None:
-    binary = require_binary("redis-server", "redis-server")
+    binary = find_binary("redis-server", "redis-server")
     sock = tmp_path / "redis.sock"
     proc = Proc([binary, "--port", "0", "--unixsocket", str(sock), "--dir", str(tmp_path),
                  "--save", "", "--appendonly", "no"], tmp_path / "redis.log").start()
@@ -253,8 +253,8 @@ async def test_unix_socket(tmp_path: Path) -> None:
 
 
 async def test_unreachable_redis_is_unavailable_promptly() -> None:
+    from bench.procs import free_port
     from lockd.backends.base import BackendUnavailable
-    from tests.procs import free_port
 
     backend = open_backend(f"redis://127.0.0.1:{free_port()}/0?timeout=1")
     await backend.open()  # a down Redis is no error at start-up
@@ -471,7 +471,7 @@ async def test_readyz_follows_redis(tmp_path: Path, replicas: list[Lockd]) -> No
 def _openssl(tmp: Path, *args: str) -> None:
     import subprocess
 
-    subprocess.run([require_binary("openssl", "openssl"), *args], cwd=tmp, check=True,
+    subprocess.run([find_binary("openssl", "openssl"), *args], cwd=tmp, check=True,
                    capture_output=True)
 
 
@@ -491,10 +491,10 @@ def _certificates(tmp: Path) -> None:
 
 
 async def test_rediss_with_mutual_tls(tmp_path: Path) -> None:
+    from bench.procs import free_port
     from lockd.backends.base import BackendUnavailable
-    from tests.procs import free_port
 
-    binary = require_binary("redis-server", "redis-server")
+    binary = find_binary("redis-server", "redis-server")
     _certificates(tmp_path)
     port = free_port()
     proc = Proc([binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
@@ -536,10 +536,10 @@ async def test_sentinel_follows_a_failover_and_waits_for_replicas(tmp_path: Path
     200, and lockd reconnects to the master Sentinel names. Without it, the release and
     the grant below would be acknowledged by the old master and lost.
     """
+    from bench.procs import free_port
     from lockd.errors import LockdError
-    from tests.procs import free_port
 
-    binary = require_binary("redis-server", "redis-server")
+    binary = find_binary("redis-server", "redis-server")
     nodes = [RedisServer(tmp_path / f"node{i}").start() for i in range(3)]
     clients = {n.port: aioredis.Redis.from_url(n.url) for n in nodes}
     sentinel_port = free_port()

@@ -10,11 +10,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.procs import Lockd
 from lockd.config import Settings
 from lockd.frontend import create_app
 from tests.history import storm, violations
 from tests.httpcall import lock
-from tests.procs import Lockd
 
 
 async def test_200_clients_3_slots_over_http(aiohttp_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import Lockd, find_binary
 from lockd.admin import STATUS_PAGE
-from tests.procs import Lockd, require_binary
 from tests.test_admin import call, lock, start_lockd
 
 HOLDERS = {
@@ -24,7 +24,7 @@ HOLDERS = {
 
 def chromium(tmp: Path, url: str, *mode: str, width: int = 412, height: int = 915) -> str:
     """Run headless Chromium on ``url`` once the page's script has run; return stdout."""
-    binary = require_binary("chromium", "chromium")
+    binary = find_binary("chromium", "chromium")
     argv = [
         binary,
         "--headless",
