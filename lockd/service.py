@@ -155,7 +155,9 @@ class LockService:
         self.remember = remember
         # Per group: the configured slots this process has seen reach the store. See
         # configured_state: configuration is applied when it changes, not per decision.
-        self._applied: dict[str, int] = {}
+        # Bounded like _seen (most recently used last): a group forgotten here has its
+        # configuration applied again at its next use, which writes only if it differs.
+        self._applied: OrderedDict[str, int] = OrderedDict()
         #: group -> (slots configured here, slots another replica's configuration wrote),
         #: for groups where the two disagree; shown by metrics, the admin API and the CLI.
         self.config_mismatches: dict[str, tuple[int, int | None]] = {}
@@ -433,11 +435,16 @@ class LockService:
     def _applied_to_store(self, group: str, state: Semaphore, slots: int) -> None:
         if not self.layout.store_owns_slots and state.config_slots == slots:
             self._applied[group] = slots
+            self._applied.move_to_end(group)
+            if len(self._applied) > self.remember:
+                self._applied.popitem(last=False)
             self.config_mismatches.pop(group, None)
 
     def _mismatch(self, group: str, ours: int, theirs: int | None) -> None:
         if self.config_mismatches.get(group) == (ours, theirs):
             return
+        if len(self.config_mismatches) >= self.remember:  # bounded: forget the oldest
+            del self.config_mismatches[next(iter(self.config_mismatches))]
         self.config_mismatches[group] = (ours, theirs)
         log.warning(
             "group %r: configured with %d slots here, but another replica's configuration "

@@ -302,3 +302,15 @@ async def test_a_group_too_large_for_the_store_says_so() -> None:
     assert set(outcomes) == {Outcome.GRANTED}
     # Releases still work, and so does everything the store can still hold.
     assert await service.steady_state("g", "node-000") is Outcome.RELEASED
+
+
+async def test_per_group_memory_is_bounded() -> None:
+    """Nothing in the service grows without bound with the number of distinct groups."""
+    service = LockService(on(MemoryBackend()), GroupSettings(default_slots=1), remember=50)
+    for i in range(300):
+        await service.pre_reboot(f"g{i}", "n")
+        await service.steady_state(f"g{i}", "n")
+    assert len(service._seen) <= 50 and len(service._applied) <= 50
+    assert not service._queues and not service._drainers
+    # A forgotten group still decides right: its configuration is simply applied again.
+    assert await service.pre_reboot("g0", "n") is Outcome.GRANTED
