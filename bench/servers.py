@@ -79,23 +79,48 @@ class RedisClusterServer:
     """
 
     def __init__(
-        self, workdir: Path, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        tls: Path | None = None,
     ) -> None:
         self.cli = find_binary("redis-cli", "redis-tools")
         self.workdir = workdir
         self.masters = masters
         self.replicas = replicas
+        self.tls = tls
+        # With ``tls`` (a directory with ca.crt, server.crt/key, client.crt/key): TLS
+        # only, between the nodes too, and clients must show a certificate.
+        self.cli_tls: list[str] = []
+        tls_args: list[str] = []
+        if tls is not None:
+            self.cli_tls = ["--tls", "--cacert", str(tls / "ca.crt"),
+                            "--cert", str(tls / "client.crt"), "--key", str(tls / "client.key")]
+            tls_args = ["--tls-cluster", "yes", "--tls-replication", "yes",
+                        "--tls-cert-file", str(tls / "server.crt"),
+                        "--tls-key-file", str(tls / "server.key"),
+                        "--tls-ca-cert-file", str(tls / "ca.crt"), "--tls-auth-clients", "yes"]
         self.nodes: list[RedisServer] = []
         for i in range(masters * (1 + replicas)):
             node_dir = workdir / f"node{i}"
-            self.nodes.append(RedisServer(node_dir, extra=[
+            node = RedisServer(node_dir)
+            if tls is not None:  # the node's port serves TLS; no plain port at all
+                port_args = ["--port", "0", "--tls-port", str(node.port), *tls_args]
+            else:
+                port_args = []
+            node.extra = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(node_dir / "nodes.conf"),
                 "--cluster-port", str(free_port()),
                 "--cluster-node-timeout", str(node_timeout_ms),
                 # Replicas sync at once instead of waiting 5 s for more replicas to batch.
                 "--repl-diskless-sync-delay", "0",
-            ]))
+                *port_args,
+            ]
+            self.nodes.append(node)
 
     @property
     def addresses(self) -> list[str]:
@@ -103,14 +128,19 @@ class RedisClusterServer:
 
     @property
     def url(self) -> str:
-        """A ``redis+cluster://`` URL naming every node (any one would do to start)."""
-        return "redis+cluster://" + ",".join(self.addresses)
+        """A ``redis+cluster://`` URL naming every node (any one would do to start); with
+        TLS, ``rediss+cluster://`` with the client certificate."""
+        if self.tls is None:
+            return "redis+cluster://" + ",".join(self.addresses)
+        return ("rediss+cluster://" + ",".join(self.addresses)
+                + f"?ssl_ca_certs={self.tls / 'ca.crt'}&ssl_certfile={self.tls / 'client.crt'}"
+                f"&ssl_keyfile={self.tls / 'client.key'}")
 
     def start(self, timeout: float = 30.0) -> RedisClusterServer:
         for node in self.nodes:
             node.start()
         run = subprocess.run(
-            [self.cli, "--cluster", "create", *self.addresses,
+            [self.cli, *self.cli_tls, "--cluster", "create", *self.addresses,
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             capture_output=True, text=True, timeout=timeout,
         )
@@ -122,7 +152,8 @@ class RedisClusterServer:
 
     def command(self, node: RedisServer, *args: str, timeout: float = 5.0) -> str:
         """One redis-cli command on one node; its output, or "" if the node is down."""
-        run = subprocess.run([self.cli, "-h", "127.0.0.1", "-p", str(node.port), *args],
+        run = subprocess.run([self.cli, *self.cli_tls, "-h", "127.0.0.1", "-p", str(node.port),
+                              *args],
                              capture_output=True, text=True, timeout=timeout)
         return run.stdout if run.returncode == 0 else ""
 
