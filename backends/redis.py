@@ -1,5 +1,8 @@
 """Redis (or Valkey): ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``.
 
+Redis Cluster (``redis+cluster://``) is a subclass in ``redis_cluster.py``: the same hash,
+script and versions on redis-py's cluster client.
+
 Each stored value is a hash ``{value, ver}``; ``ver`` is a random token made for each
 write, so a Redis that lost writes (failover, restore) never repeats a version a client
 remembers. ``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-set (which
