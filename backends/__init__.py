@@ -46,6 +46,8 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "rediss": ("redis", "redis"),
     "unix": ("redis", "redis"),
     "redis+sentinel": ("redis", "redis"),
+    "redis+cluster": ("redis_cluster", "redis"),
+    "rediss+cluster": ("redis_cluster", "redis"),
     "etcd": ("etcd3", None),
     "etcd2": ("etcd2", None),
 }

@@ -1,5 +1,8 @@
 """Redis (or Valkey): ``redis://``, ``rediss://``, ``unix://`` and ``redis+sentinel://``.
 
+Redis Cluster (``redis+cluster://``) is a subclass in ``redis_cluster.py``: the same hash,
+script and versions on redis-py's cluster client.
+
 Each stored value is a hash ``{value, ver}``; ``ver`` is a random token made for each
 write, so a Redis that lost writes (failover, restore) never repeats a version a client
 remembers. ``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-set (which
@@ -46,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
@@ -104,6 +107,7 @@ class RedisOptions:
     db: int | None = None
     tls: dict[str, Any] = field(default_factory=dict)
     sentinels: tuple[tuple[str, int], ...] = ()
+    cluster_nodes: tuple[tuple[str, int], ...] = ()  # redis+cluster:// (redis_cluster.py)
     service_name: str = ""
     sentinel_password: str | None = None
     wait_replicas: int = 0
@@ -114,6 +118,10 @@ class RedisOptions:
 
 class RedisBackend(Backend):
     scheme = "redis"
+    #: How messages name this store.
+    label = "redis"
+    #: What a failed call may raise: each becomes BackendUnavailable (503), never a 500.
+    errors: tuple[type[BaseException], ...] = (RedisError, OSError)
 
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
@@ -170,23 +178,30 @@ class RedisBackend(Backend):
 
     # Calls
 
-    async def _call(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        """Run one operation; any failure or overrun becomes BackendUnavailable."""
+    async def _ready_client(self) -> Any:
+        """The client to send a command with, opened on first use."""
         if self._client is None:
             await self.open()
         assert self._client is not None
+        return self._client
+
+    async def _call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run one operation; any failure or overrun becomes BackendUnavailable."""
         # Bound the whole call too: a connect plus one command, whatever redis-py does
         # inside (sentinel discovery, pool waits), so a request can never hang on Redis.
         deadline = self.options.connect_timeout + self.options.timeout
         try:
             async with asyncio.timeout(deadline):
-                return await fn(self._client)
+                return await fn(await self._ready_client())
+        except BackendUnavailable:
+            raise
         except TimeoutError as exc:  # before OSError, of which it is a subclass
             raise BackendUnavailable(
-                f"redis {self.options.where}: no answer within {deadline:g}s"
+                f"{self.label} {self.options.where}: no answer within {deadline:g}s"
             ) from exc
-        except (RedisError, OSError) as exc:
-            raise BackendUnavailable(f"redis {self.options.where}: {exc}") from exc
+        except self.errors as exc:
+            reason = str(exc) or type(exc).__name__
+            raise BackendUnavailable(f"{self.label} {self.options.where}: {reason}") from exc
 
     async def _command(self, client: aioredis.Redis, *command: Any) -> Any:
         if self.options.wait_replicas:
@@ -216,7 +231,7 @@ class RedisBackend(Backend):
             # it is about to drop. Fresh connections ask Sentinel where the master is now.
             await client.connection_pool.disconnect(inuse_connections=False)
             raise BackendUnavailable(
-                f"redis {self.options.where}: {acked} of {wanted} replicas confirmed "
+                f"{self.label} {self.options.where}: {acked} of {wanted} replicas confirmed "
                 f"within {wait_ms} ms"
             )
         return result
@@ -272,18 +287,17 @@ class RedisBackend(Backend):
     async def scan(self, prefix: str) -> list[str]:
         # The closing brace in the pattern leaves out the ":gen" counters.
         pattern = f"{_glob_escape(self.prefix)}{{{_glob_escape(prefix)}*}}"
-
-        async def collect(client: aioredis.Redis) -> list[bytes]:
-            found: list[bytes] = []
-            cursor = 0
-            while True:
-                cursor, batch = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
-                found.extend(batch)
-                if cursor == 0:
-                    return found
-
-        keys = await self._call(collect)
+        keys = await self._call(lambda c: self._scan_keys(c, pattern))
         return sorted({k for k in map(self._layout_key, keys) if k and k.startswith(prefix)})
+
+    async def _scan_keys(self, client: aioredis.Redis, pattern: str) -> list[bytes]:
+        found: list[bytes] = []
+        cursor = 0
+        while True:
+            cursor, batch = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
+            found.extend(batch)
+            if cursor == 0:
+                return found
 
     async def ping(self) -> None:
         await self._call(lambda c: c.ping())
@@ -305,35 +319,43 @@ def _invalid(message: str) -> Exception:
     return InvalidBackendURL(message)
 
 
-def _sentinel_hosts(netloc: str, url: str) -> tuple[tuple[str, int], ...]:
-    hosts = []
+def hosts(netloc: str, url: str, scheme: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """``host:port[,host:port...]`` of a URL naming several servers (Sentinels, cluster
+    nodes); userinfo is left out."""
+    found = []
     for item in netloc.rpartition("@")[2].split(","):
         host, sep, port = item.strip().rpartition(":")
         if not sep:
-            host, port = item.strip(), "26379"
+            host, port = item.strip(), str(default_port)
         host = host.strip("[]")
         if not host or not port.isdigit():
-            raise _invalid(f"redis+sentinel URL {url!r}: expected host:port[,host:port...]")
-        hosts.append((host, int(port)))
-    return tuple(hosts)
+            raise _invalid(f"{scheme} URL {url!r}: expected host:port[,host:port...]")
+        found.append((host, int(port)))
+    return tuple(found)
 
 
-def from_url(url: str) -> RedisBackend:
-    """Parse and check a Redis URL; nothing connects until the backend is opened."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    options = Options(scheme, parts.query)
+def credentials(parts: SplitResult) -> dict[str, str | None]:
+    return {
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+
+
+def common_options(options: Options, tls_scheme: str) -> dict[str, Any]:
+    """Read the options every Redis URL shares; TLS options only on ``tls_scheme``."""
+    scheme = options.scheme
     prefix = options.text("prefix", DEFAULT_PREFIX)
     if "{" in prefix or "}" in prefix:
         raise _invalid(f"redis URL option prefix={prefix!r}: braces are reserved for hash tags")
     timeout = options.seconds("timeout", DEFAULT_TIMEOUT)
     connect_timeout = options.seconds("connect_timeout", timeout)
     max_connections = options.whole("max_connections", None, 1)
-    db = options.whole("db", None, 0)
     tls: dict[str, Any] = {}
     for name in sorted(n for n in _TLS_OPTIONS if options.has(n)):
-        if scheme != "rediss":
-            raise _invalid(f"redis URL option {name} needs rediss:// (TLS), not {scheme}://")
+        if scheme != tls_scheme:
+            raise _invalid(
+                f"redis URL option {name} needs {tls_scheme}:// (TLS), not {scheme}://"
+            )
         if name == "ssl_check_hostname":
             tls[name] = options.flag(name)
         elif name == "ssl_cert_reqs":
@@ -341,28 +363,36 @@ def from_url(url: str) -> RedisBackend:
         else:
             tls[name] = options.text(name)
     wait_replicas = options.whole("wait_replicas", 0, 0)
+    return dict(
+        scheme=scheme, prefix=prefix, timeout=timeout, connect_timeout=connect_timeout,
+        max_connections=max_connections, tls=tls, wait_replicas=wait_replicas,
+    )
+
+
+def from_url(url: str) -> RedisBackend:
+    """Parse and check a Redis URL; nothing connects until the backend is opened."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    options = Options(scheme, parts.query)
+    db = options.whole("db", None, 0)
+    common = common_options(options, "rediss")
     sentinel_password = options.text("sentinel_password") or None
     if sentinel_password is not None and scheme != "redis+sentinel":
         raise _invalid("redis URL option sentinel_password needs redis+sentinel://")
     options.finish()
-    common: dict[str, Any] = dict(
-        scheme=scheme, prefix=prefix, timeout=timeout, connect_timeout=connect_timeout,
-        max_connections=max_connections, db=db, tls=tls, wait_replicas=wait_replicas,
-    )
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
+    common["db"] = db
+    auth = credentials(parts)
 
     if scheme == "redis+sentinel":
         service = unquote(parts.path.strip("/"))
         if not service or "/" in service:
             raise _invalid(f"redis+sentinel URL {url!r} names no master: write "
                            "redis+sentinel://host:26379/mastername")
-        sentinels = _sentinel_hosts(parts.netloc, url)
+        sentinels = hosts(parts.netloc, url, scheme, 26379)
         where = ",".join(f"{h}:{p}" for h, p in sentinels) + f"/{service}"
         return RedisBackend(RedisOptions(
             url="", sentinels=sentinels, service_name=service,
-            sentinel_password=sentinel_password, username=username, password=password,
-            where=where, **common))
+            sentinel_password=sentinel_password, where=where, **auth, **common))
 
     bare = urlunsplit((scheme, parts.netloc, parts.path, "", ""))
     try:

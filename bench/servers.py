@@ -1,4 +1,5 @@
-"""The stores lockd runs on, as real processes: redis-server and etcd (v2 API enabled).
+"""The stores lockd runs on, as real processes: redis-server (alone or as a Redis Cluster)
+and etcd (v2 API enabled).
 
 Started on free loopback ports in the caller's directory and stopped by PID; used by the
 test fixtures (tests/servers.py) and by bench/throughput.py.
@@ -7,8 +8,10 @@ test fixtures (tests/servers.py) and by bench/throughput.py.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.procs import Proc, find_binary, free_port, wait_for_port
@@ -17,11 +20,14 @@ from bench.procs import Proc, find_binary, free_port, wait_for_port
 class RedisServer:
     """One redis-server; ``restart`` keeps its data dir (AOF on by default)."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = True, extra: Sequence[str] = ()
+    ) -> None:
         self.binary = find_binary("redis-server", "redis-server")
         self.workdir = workdir
         self.port = free_port()
         self.appendonly = appendonly
+        self.extra = list(extra)
         self.proc: Proc | None = None
 
     @property
@@ -46,6 +52,7 @@ class RedisServer:
             "always",
             "--protected-mode",
             "no",
+            *self.extra,
         ]
         self.proc = Proc(argv, self.workdir / "redis.log").start()
         wait_for_port(self.port, proc=self.proc.proc)
@@ -59,6 +66,153 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class RedisClusterServer:
+    """A Redis Cluster on loopback: ``masters`` masters with ``replicas`` replicas each.
+
+    Every node is a :class:`RedisServer` (AOF, ``appendfsync always``) with
+    ``--cluster-enabled yes``, its cluster config file and bus port in its own directory;
+    ``redis-cli --cluster create`` assigns the slots and the replicas. ``node_timeout_ms``
+    is how long a master may be silent before the others fail it over to its replica
+    (Redis' default is 15 s; the tests want a crash noticed in about a second).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        tls: Path | None = None,
+    ) -> None:
+        self.cli = find_binary("redis-cli", "redis-tools")
+        self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
+        self.tls = tls
+        # With ``tls`` (a directory with ca.crt, server.crt/key, client.crt/key): TLS
+        # only, between the nodes too, and clients must show a certificate.
+        self.cli_tls: list[str] = []
+        tls_args: list[str] = []
+        if tls is not None:
+            self.cli_tls = ["--tls", "--cacert", str(tls / "ca.crt"),
+                            "--cert", str(tls / "client.crt"), "--key", str(tls / "client.key")]
+            tls_args = ["--tls-cluster", "yes", "--tls-replication", "yes",
+                        "--tls-cert-file", str(tls / "server.crt"),
+                        "--tls-key-file", str(tls / "server.key"),
+                        "--tls-ca-cert-file", str(tls / "ca.crt"), "--tls-auth-clients", "yes"]
+        self.nodes: list[RedisServer] = []
+        for i in range(masters * (1 + replicas)):
+            node_dir = workdir / f"node{i}"
+            node = RedisServer(node_dir)
+            if tls is not None:  # the node's port serves TLS; no plain port at all
+                port_args = ["--port", "0", "--tls-port", str(node.port), *tls_args]
+            else:
+                port_args = []
+            node.extra = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", str(node_timeout_ms),
+                # Replicas sync at once instead of waiting 5 s for more replicas to batch.
+                "--repl-diskless-sync-delay", "0",
+                *port_args,
+            ]
+            self.nodes.append(node)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{n.port}" for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A ``redis+cluster://`` URL naming every node (any one would do to start); with
+        TLS, ``rediss+cluster://`` with the client certificate."""
+        if self.tls is None:
+            return "redis+cluster://" + ",".join(self.addresses)
+        return ("rediss+cluster://" + ",".join(self.addresses)
+                + f"?ssl_ca_certs={self.tls / 'ca.crt'}&ssl_certfile={self.tls / 'client.crt'}"
+                f"&ssl_keyfile={self.tls / 'client.key'}")
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServer:
+        for node in self.nodes:
+            node.start()
+        run = subprocess.run(
+            [self.cli, *self.cli_tls, "--cluster", "create", *self.addresses,
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if run.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{run.stdout}{run.stderr}")
+        self.wait_ok(timeout)
+        return self
+
+    def command(self, node: RedisServer, *args: str, timeout: float = 5.0) -> str:
+        """One redis-cli command on one node; its output, or "" if the node is down."""
+        run = subprocess.run([self.cli, *self.cli_tls, "-h", "127.0.0.1", "-p", str(node.port),
+                              *args],
+                             capture_output=True, text=True, timeout=timeout)
+        return run.stdout if run.returncode == 0 else ""
+
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.proc is not None
+                and n.proc.proc.poll() is None]
+
+    def roles(self) -> dict[int, str]:
+        """port -> "master" or "slave", as the live nodes see themselves."""
+        roles = {}
+        for node in self.live():
+            info = self.command(node, "info", "replication")
+            for line in info.splitlines():
+                if line.startswith("role:"):
+                    roles[node.port] = line.split(":", 1)[1].strip()
+        return roles
+
+    def masters_now(self) -> list[RedisServer]:
+        roles = self.roles()
+        return [n for n in self.nodes if roles.get(n.port) == "master"]
+
+    def master_of(self, key: str) -> RedisServer:
+        """The live master that serves ``key``'s hash slot now, as a live node sees it."""
+        from redis.crc import key_slot  # only the callers that have redis-py ask
+
+        slot = key_slot(key.encode())
+        ports = {n.port: n for n in self.nodes}
+        for line in self.command(self.live()[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for item in fields[8:]:
+                low, _, high = item.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    return ports[int(fields[1].split("@")[0].rpartition(":")[2])]
+        raise LookupError(f"no live master serves slot {slot} of {key!r}")
+
+    def wait_ok(self, timeout: float = 30.0, *, linked: bool = True) -> None:
+        """Until every live node says cluster_state:ok and ``masters`` of them are masters
+        (after a crash: until a replica is promoted), and with ``linked`` every live
+        replica's link to its master is up (so a failover would lose nothing old)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = self.live()
+            states = [self.command(n, "cluster", "info") for n in live]
+            replication = [self.command(n, "info", "replication") for n in live]
+            ok = all("cluster_state:ok" in s for s in states)
+            masters = sum("role:master" in r for r in replication)
+            synced = not linked or all("master_link_status:up" in r for r in replication
+                                       if "role:slave" in r)
+            if ok and masters == self.masters and synced:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis cluster not ok:\n" + "\n".join(states))
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class EtcdServer:

@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.throughput [--runs 3] [--duration 5] [--backends memory,sqlite]
 
 For each run, and inside it for lockd on each backend (``memory://``, the default sqlite,
-``redis://`` and ``etcd://`` on servers it starts in a temporary directory), it measures
+``redis://``, ``etcd://`` and, when asked for, ``redis+cluster://`` (three masters with a
+replica each) on servers it starts in a temporary directory), it measures
 with wrk (``bench/throughput.lua``), each lockd measurement right after the same one on
 the bare handler:
 
@@ -41,7 +42,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "throughput.lua"
 SCENARIOS = ("relock", "refuse", "cycle")
-TARGETS = ("bare", "memory", "sqlite", "redis", "etcd")
+TARGETS = ("bare", "memory", "sqlite", "redis", "redis-cluster", "etcd")
+#: Targets whose store needs a driver that may be missing.
+OPTIONAL = {"redis": "backends.redis", "redis-cluster": "backends.redis_cluster",
+            "etcd": "backends.etcd3"}
 
 
 # --- the bare ceiling ---------------------------------------------------------------------
@@ -156,6 +160,13 @@ class LockdTarget(Target):
             self.store = RedisServer(self.tmp / "redis").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
+        elif self.name == "redis-cluster":
+            from bench.servers import RedisClusterServer
+
+            self.store = RedisClusterServer(self.tmp / "cluster").start()
+            for node in self.store.nodes:
+                pin(node.proc.pid, self.cpus)
+            args += ["--backend", self.store.url]
         elif self.name == "etcd":
             from bench.servers import EtcdServer
 
@@ -175,7 +186,7 @@ class LockdTarget(Target):
 
 def available(name: str) -> bool:
     """Whether lockd can use this backend now (redis/etcd modules may still be missing)."""
-    module = {"redis": "backends.redis", "etcd": "backends.etcd3"}.get(name)
+    module = OPTIONAL.get(name)
     if module is None:
         return True
     try:
@@ -268,7 +279,7 @@ def _report(res: Results, run: int, runs: int, name: str, mode: str, s: Sample) 
                              f"{s.errors} socket errors")
     p50 = f"{s.p50_ms:.2f}" if s.p50_ms is not None else "?"
     p99 = f"{s.p99_ms:.2f}" if s.p99_ms is not None else "?"
-    print(f"run {run}/{runs}  {name:<7} {mode:<7} {s.rps:9.0f} req/s  p50 {p50} ms  "
+    print(f"run {run}/{runs}  {name:<13} {mode:<7} {s.rps:9.0f} req/s  p50 {p50} ms  "
           f"p99 {p99} ms{'' if ok else '  (unexpected statuses!)'}", flush=True)
 
 
@@ -298,7 +309,7 @@ def measure(a: argparse.Namespace) -> Results:
                 for name in a.targets:
                     if name == "bare":
                         continue
-                    if name in ("redis", "etcd") and not available(name):
+                    if name in OPTIONAL and not available(name):
                         print(f"{name}: backend not available", flush=True)
                         continue
                     _measure_backend(a, res, run, name, bare_url, prefix)
@@ -349,10 +360,10 @@ def raw_etcd(endpoint: str, seconds: float, conns: int, cpus: str | None) -> Sam
 
 
 def table(res: Results) -> str:
-    head = f"{'target':<8}" + "".join(f"{m + ' req/s':>15}{'x bare':>8}" for m in SCENARIOS)
+    head = f"{'target':<14}" + "".join(f"{m + ' req/s':>15}{'x bare':>8}" for m in SCENARIOS)
     lines = [head, "-" * len(head)]
     for name, by_mode in res.samples.items():
-        row = f"{name:<8}"
+        row = f"{name:<14}"
         for mode in SCENARIOS:
             samples = by_mode.get(mode, [])
             rps = statistics.median(s.rps for s in samples) if samples else None
@@ -379,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16,
                    help="wrk threads = connections (one connection per thread)")
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
-                   help="comma-separated subset of memory,sqlite,redis,etcd")
+                   help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd")
     p.add_argument("--server-cpus", default="0", help="taskset CPUs for the server side")
     p.add_argument("--load-cpus", default="1", help="taskset CPUs for wrk")
     p.add_argument("--json", type=Path, default=Path("bench/out/throughput.json"))

@@ -16,11 +16,14 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # Each name needs a fixture "<name>_url" returning a fresh, empty namespace on that store.
 # The Redis and etcd fixtures live in their own modules, registered below.
-BACKENDS = ["memory", "sqlite", "redis", "etcd2", "etcd_native", "etcd_airlock"]
+BACKENDS = [
+    "memory", "sqlite", "redis", "redis_cluster", "etcd2", "etcd_native", "etcd_airlock",
+]
 
 pytest_plugins = [
     "tests.servers",
     "tests.fixtures_redis",
+    "tests.fixtures_redis_cluster",
     "tests.fixtures_etcd2",
     "tests.fixtures_etcd3",
 ]

@@ -30,6 +30,7 @@ from lockd.service import LockService
 from lockd.store import Store, open_store
 from tests.history import HEADERS, storm, violations
 from tests.probes import count_reads
+from tests.tls import certificates
 
 # URL parsing: checked when the configuration loads, before anything connects.
 
@@ -468,34 +469,12 @@ async def test_readyz_follows_redis(tmp_path: Path, replicas: list[Lockd]) -> No
 # TLS and Sentinel, each on its own small set of processes.
 
 
-def _openssl(tmp: Path, *args: str) -> None:
-    import subprocess
-
-    subprocess.run([find_binary("openssl", "openssl"), *args], cwd=tmp, check=True,
-                   capture_output=True)
-
-
-def _certificates(tmp: Path) -> None:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(tmp, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=lockd test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    (tmp / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        _openssl(tmp, "req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}")
-        extra = ["-extfile", "server.ext"] if name == "server" else []
-        _openssl(tmp, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey",
-                 "ca.key", "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", *extra)
-
-
 async def test_rediss_with_mutual_tls(tmp_path: Path) -> None:
     from bench.procs import free_port
     from lockd.backends.base import BackendUnavailable
 
     binary = find_binary("redis-server", "redis-server")
-    _certificates(tmp_path)
+    certificates(tmp_path)
     port = free_port()
     proc = Proc([binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
                  "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",

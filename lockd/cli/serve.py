@@ -20,6 +20,7 @@ backends (--backend URL):
   sqlite:///var/lib/lockd/lockd.db   embedded and durable (the default, in --state-dir)
   memory://                          volatile, for tests and throwaway runs
   redis://host:6379/0, rediss://, unix:///path.sock, redis+sentinel://host:26379/name
+  redis+cluster://host:7000[,host:7001...], rediss+cluster://   Redis Cluster
   etcd://host:2379[,host2:2379][?layout=airlock]   etcd v3
   etcd2://host:2379                  etcd v2 keys API, shared with locksmith
 
