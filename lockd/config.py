@@ -86,6 +86,10 @@ class Settings:
     admin_allowed_origins: tuple[str, ...] = ()
     metrics_listen: Listener | None = None  # airlock's [status]; /metrics is on admin too
     shutdown_timeout: float = 10.0
+    #: Public multi-tenant mode (docs/public.md): tenants are secrets, stored as HMACs
+    #: under ``public_pepper``, which is never shown (repr=False) nor stored.
+    public_enabled: bool = False
+    public_pepper: bytes = field(default=b"", repr=False)
     source: str = "defaults"
 
     @property
@@ -158,6 +162,10 @@ KEYS: dict[str, str] = {
     "log.format": "logformat",
     "log.level": "loglevel",
     "shutdown.timeout_s": "posfloat",
+    "public.enabled": "bool",
+    "public.pepper_file": "str",
+    # From the environment only (LOCKD_PUBLIC__PEPPER): a secret has no place in the file.
+    "public.pepper": "str",
 }
 # airlock keys that lockd accepts and ignores, so an airlock file loads unchanged (none
 # now: its client certificate paths map onto the etcd:// URL, see _etcd3_url).
@@ -351,6 +359,11 @@ def load(
                 groups.update(_convert(name, value, origin))
             else:
                 merged[name] = (value, origin)
+    if path and merged.get("public.pepper", (None, ""))[1] == path:
+        raise ConfigError(
+            f"public.pepper (from {path}): keep the pepper out of the configuration file; "
+            "use public.pepper_file or the environment variable LOCKD_PUBLIC__PEPPER"
+        )
     values = {name: _convert(name, value, origin) for name, (value, origin) in merged.items()}
     values["lock.groups"] = groups
     if path and "lock.strict_groups" not in values and "etcd3.endpoints" in values:
@@ -428,10 +441,26 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         admin_allowed_origins=tuple(v.get("admin.allowed_origins", ())),
         metrics_listen=metrics,
         shutdown_timeout=v.get("shutdown.timeout_s", d.shutdown_timeout),
+        public_enabled=v.get("public.enabled", False),
+        public_pepper=_pepper(v),
         source=source,
     )
     _check(settings)
     return settings
+
+
+def _pepper(v: dict[str, Any]) -> bytes:
+    """The public mode's pepper: LOCKD_PUBLIC__PEPPER, else the file public.pepper_file."""
+    if v.get("public.pepper"):
+        return str(v["public.pepper"]).strip().encode()
+    path = v.get("public.pepper_file")
+    if not path:
+        return b""
+    try:
+        with open(os.path.expanduser(path), "rb") as fh:
+            return fh.read(4096).strip()
+    except OSError as exc:
+        raise ConfigError(f"public.pepper_file: cannot read {path}: {exc.strerror}") from None
 
 
 def _etcd3_url(v: dict[str, Any]) -> str:
@@ -469,6 +498,20 @@ def _check(s: Settings) -> None:
         token = os.path.expanduser(s.admin_token_file)
         if not os.path.isfile(token) or not os.access(token, os.R_OK):
             raise ConfigError(f"admin.token_file: {s.admin_token_file} is not a readable file")
+    if s.public_enabled:
+        from lockd.tenancy import MIN_PEPPER_BYTES
+
+        if len(s.public_pepper) < MIN_PEPPER_BYTES:
+            raise ConfigError(
+                f"public.pepper_file: public mode needs a pepper of at least "
+                f"{MIN_PEPPER_BYTES} bytes in public.pepper_file or LOCKD_PUBLIC__PEPPER "
+                "(e.g. `head -c 48 /dev/urandom | base64 > /etc/lockd/pepper`)"
+            )
+        if open_store(s.backend_url).layout.name != "native":
+            raise ConfigError(
+                "storage.backend: public mode keeps tenants in lockd's own layout; "
+                "it cannot run on an airlock or locksmith keyspace"
+            )
     from lockd.admin import Origins
 
     Origins.of(s)  # admin.allowed_hosts / allowed_origins: refused here, naming the key

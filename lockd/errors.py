@@ -27,6 +27,9 @@ class Kind(enum.Enum):
     invalid_request = ("invalid_request", 400)
     unauthorized = ("unauthorized", 401)
     forbidden = ("forbidden", 403)
+    #: Public mode: a tenant secret that is malformed, too short or fails its checksum;
+    #: every refused secret gets the same answer (lockd.tenancy).
+    invalid_tenant = ("invalid_tenant", 403)
     not_found = ("not_found", 404)
     unknown_group = ("unknown_group", 404)
     method_not_allowed = ("method_not_allowed", 405)

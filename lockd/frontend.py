@@ -1,7 +1,9 @@
 """The FleetLock HTTP frontend: ``create_app(settings) -> web.Application``.
 
 Routes: ``POST [/prefix]/v1/pre-reboot``, ``POST [/prefix]/v1/steady-state`` (also with a
-doubled slash), ``GET /healthz``, ``GET /readyz``. Every non-200 answer is a JSON
+doubled slash), ``GET /healthz``, ``GET /readyz``. In public mode (``[public] enabled``) every
+FleetLock request belongs to a tenant, resolved by :mod:`lockd.tenancy` before the service
+is called; the service sees an ordinary (hashed) group name. Every non-200 answer is a JSON
 ``{"kind", "value"}`` from :class:`lockd.errors.Kind`; nothing a client sends yields a 500.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -17,6 +19,7 @@ from lockd.config import Settings
 from lockd.decisionlog import log_decision
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import PATH_RE, check_protocol_header, parse_body
+from lockd.groups import GroupSettings
 from lockd.http import (
     SERVICE,
     SETTINGS,
@@ -28,7 +31,19 @@ from lockd.http import (
 from lockd.metrics import METRICS, Metrics, http_middleware
 from lockd.semaphore import Outcome
 from lockd.service import LockService
-from lockd.store import TimedBackend, open_store
+from lockd.store import Store, TimedBackend, open_store
+from lockd.tenancy import Keys, TenantLayout, logging_observer, resolve
+
+
+@dataclass(frozen=True)
+class Public:
+    """Public mode's pieces: the keyed hashes, and the service over tenants' groups."""
+
+    keys: Keys
+    service: LockService
+
+
+PUBLIC = web.AppKey("public", Public)
 
 # Encoded once: the 200 answers are a handful of constant bodies.
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
@@ -36,8 +51,9 @@ _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome
 
 async def fleetlock(request: web.Request) -> web.Response:
     match = PATH_RE.match(request.path)
-    if match is None or match["prefix"]:
-        # Tenant prefixes are not served by this listener.
+    public = request.app.get(PUBLIC)
+    if match is None or (match["prefix"] and public is None):
+        # Tenant prefixes are only served in public mode.
         raise LockdError(Kind.not_found, "no such endpoint")
     if request.method != "POST":
         return error_response(
@@ -49,11 +65,15 @@ async def fleetlock(request: web.Request) -> web.Response:
     params = parse_body(
         await read_body(request, settings.max_body_bytes, settings.body_timeout)
     )
-    service = request.app[SERVICE]
-    if match["op"] == "pre-reboot":
-        outcome = await service.pre_reboot(params.group, params.id)
+    if public is None:
+        service, group = request.app[SERVICE], params.group
     else:
-        outcome = await service.steady_state(params.group, params.id)
+        tenant = resolve(match["prefix"], request.headers.get("Authorization"), params.group)
+        service, group = public.service, public.keys.group(tenant.secret, tenant.group)
+    if match["op"] == "pre-reboot":
+        outcome = await service.pre_reboot(group, params.id)
+    else:
+        outcome = await service.steady_state(group, params.id)
     if outcome is Outcome.FULL:
         raise LockdError(
             Kind.failed_lock_semaphore_full,
@@ -88,12 +108,25 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
         service.observers.append(log_decision)
         service.observers.append(app[METRICS].observe)
         app[SERVICE] = service
+        if settings.public_enabled:
+            app[PUBLIC] = public_service(settings, timed.backend)
         try:
             yield
         finally:
             await store.backend.close()
 
     return ctx
+
+
+def public_service(settings: Settings, backend: TimedBackend) -> Public:
+    """Tenants' groups: their own key prefix, ``default_slots`` each, and decisions logged
+    with a short hash only (and kept out of per-group metrics, whose labels they would
+    flood)."""
+    store = Store(backend, TenantLayout())
+    groups = GroupSettings(default_slots=settings.default_slots)
+    service = LockService(store, groups, timeout=settings.timeout)
+    service.observers.append(logging_observer(log_decision))
+    return Public(Keys(settings.public_pepper), service)
 
 
 def create_app(settings: Settings, service: LockService | None = None) -> web.Application:
