@@ -265,6 +265,14 @@ def _pauser(paused: bool) -> Any:
     return run
 
 
+def _new_token(args: argparse.Namespace) -> int:
+    # Made here, never sent anywhere: the server learns a tenant at its first request.
+    from lockd.tenancy import new_token
+
+    print(new_token())
+    return 0
+
+
 def _guarded(run: Any) -> Any:
     """Turn CtlError into a message on stderr and its exit code."""
 
@@ -329,4 +337,6 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "set-max": ("change a group's slots at run time", _add_set_max, _guarded(_set_max)),
     "pause": ("refuse new grants in GROUP", _add_group_positional, _guarded(_pauser(True))),
     "resume": ("grant again in GROUP", _add_group_positional, _guarded(_pauser(False))),
+    "new-token": ("print a fresh tenant token for a public lockd (base_url "
+                  "https://HOST/t/TOKEN/)", lambda p: None, _new_token),
 }
