@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from aiohttp import web
 
+from lockd import tenant_api
 from lockd.config import Settings
 from lockd.decisionlog import log_decision
 from lockd.errors import Kind, LockdError
@@ -32,18 +33,7 @@ from lockd.metrics import METRICS, Metrics, http_middleware
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, TimedBackend, open_store
-from lockd.tenancy import Keys, TenantLayout, logging_observer, resolve
-
-
-@dataclass(frozen=True)
-class Public:
-    """Public mode's pieces: the keyed hashes, and the service over tenants' groups."""
-
-    keys: Keys
-    service: LockService
-
-
-PUBLIC = web.AppKey("public", Public)
+from lockd.tenancy import PUBLIC, Keys, Public, TenantLayout, logging_observer, resolve
 
 # Encoded once: the 200 answers are a handful of constant bodies.
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
@@ -65,6 +55,7 @@ async def fleetlock(request: web.Request) -> web.Response:
     params = parse_body(
         await read_body(request, settings.max_body_bytes, settings.body_timeout)
     )
+    tenant = None
     if public is None:
         service, group = request.app[SERVICE], params.group
     else:
@@ -74,6 +65,8 @@ async def fleetlock(request: web.Request) -> web.Response:
         outcome = await service.pre_reboot(group, params.id)
     else:
         outcome = await service.steady_state(group, params.id)
+    if outcome is Outcome.GRANTED and public is not None and tenant is not None:
+        await public.record_name(tenant, group)
     if outcome is Outcome.FULL:
         raise LockdError(
             Kind.failed_lock_semaphore_full,
@@ -144,6 +137,8 @@ def create_app(settings: Settings, service: LockService | None = None) -> web.Ap
         service.observers.append(app[METRICS].observe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if settings.public_enabled:
+        tenant_api.add_routes(app)
     app.router.add_route(
         "*", "/{path:.*}", fleetlock, expect_handler=expect_within(settings.max_body_bytes)
     )

@@ -27,15 +27,21 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from aiohttp import web
+
+from lockd.backends import Backend, BackendUnavailable
 from lockd.errors import Kind, LockdError
 from lockd.layouts.native import NativeLayout
-from lockd.service import Decision
+from lockd.service import Decision, LockService
+
+log = logging.getLogger("lockd.tenancy")
 
 TOKEN_PREFIX = "lockd_"
 MIN_SECRET_LENGTH = 22  # 22 base62 characters: 131 bits
@@ -171,6 +177,53 @@ class Keys:
         with the group's hash HMAC(pepper, "group", secret, group)."""
         return f"{self.tenant(secret)}.{self._mac('lockd-group', secret, group)}"
 
+    # Group names, sealed: a tenant lists its groups by name, and the store must not
+    # hold them in clear. Authenticated encryption built from HMAC-SHA256 alone (no new
+    # dependency): a synthetic IV (SIV) from the name, HMAC in counter mode as the key
+    # stream, an HMAC tag over IV and ciphertext; names are padded to 32-byte blocks.
+
+    def _name_key(self, secret: str) -> bytes:
+        return hmac.new(self._pepper, b"lockd-name-key\x00" + secret.encode(),
+                        hashlib.sha256).digest()
+
+    @staticmethod
+    def _stream(key: bytes, iv: bytes, size: int) -> bytes:
+        blocks = (hmac.new(key, iv + i.to_bytes(4, "big"), hashlib.sha256).digest()
+                  for i in range(-(-size // 32)))
+        return b"".join(blocks)[:size]
+
+    def seal(self, secret: str, group: str) -> bytes:
+        """``group`` encrypted under a key only ``secret`` (with the pepper) gives."""
+        key = self._name_key(secret)
+        raw = group.encode()
+        padded = raw + b"\x00" * (-len(raw) % 32 or (0 if raw else 32))
+        iv = hmac.new(key, b"iv\x00" + padded, hashlib.sha256).digest()[:16]
+        body = bytes(a ^ b for a, b in zip(padded, self._stream(key, iv, len(padded)),
+                                           strict=True))
+        tag = hmac.new(key, b"tag\x00" + iv + body, hashlib.sha256).digest()[:16]
+        return b"lockd-name-v1:" + base64.urlsafe_b64encode(iv + body + tag)
+
+    def unseal(self, secret: str, sealed: bytes) -> str | None:
+        """The name :meth:`seal` sealed for ``secret``; None for anything else."""
+        head, _, data = sealed.partition(b":")
+        try:
+            blob = base64.urlsafe_b64decode(data)
+        except (binascii.Error, ValueError):
+            return None
+        if head != b"lockd-name-v1" or len(blob) < 64:
+            return None
+        key = self._name_key(secret)
+        iv, body, tag = blob[:16], blob[16:-16], blob[-16:]
+        want = hmac.new(key, b"tag\x00" + iv + body, hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(tag, want):
+            return None
+        padded = bytes(a ^ b for a, b in zip(body, self._stream(key, iv, len(body)),
+                                             strict=True))
+        try:
+            return padded.rstrip(b"\x00").decode()
+        except UnicodeDecodeError:
+            return None
+
 
 _TOKEN_IN_PATH = re.compile(r"/t/[^/]+")
 
@@ -191,9 +244,66 @@ class TenantLayout(NativeLayout):
     name = "tenant"
     prefix = "lockd/v1/tenants/"
 
-    def tenant_prefix(self, tenant_hash: str) -> str:
-        """The common prefix of every group key of one tenant."""
-        return f"{self.prefix}{tenant_hash}."
+
+#: Where a tenant group's sealed name is kept: this prefix + ``<tenant>.<group>`` hashes.
+NAMES_PREFIX = "lockd/v1/tenant-names/"
+#: The most groups one listing shows.
+MAX_LISTED = 1000
+
+
+class Public:
+    """Public mode's pieces: the keyed hashes, the service over tenants' groups, and the
+    sealed group names that let a tenant list its own groups."""
+
+    def __init__(self, keys: Keys, service: LockService) -> None:
+        self.keys = keys
+        self.service = service
+        self.backend: Backend = service.backend
+        # Service groups whose name record is known to exist; bounded, so a flood of
+        # tenants costs one store read per grant at worst.
+        self._named: set[str] = set()
+
+    async def record_name(self, tenant: Tenant, service_group: str) -> None:
+        """Keep ``tenant.group``'s sealed name (once per group, after its first grant).
+        A failure here costs the listing a name, never the grant: it is retried at the
+        group's next grant."""
+        if service_group in self._named:
+            return
+        key = NAMES_PREFIX + service_group
+        try:
+            raw, _ = await self.backend.get(key)
+            if raw is None:
+                await self.backend.compare_and_set(
+                    key, self.keys.seal(tenant.secret, tenant.group), None
+                )
+        except (BackendUnavailable, OSError) as exc:
+            log.warning("tenant %s: group name not recorded yet: %s", short(service_group), exc)
+            return
+        if len(self._named) >= 100_000:
+            self._named.clear()
+        self._named.add(service_group)
+
+    async def group_names(self, secret: str) -> list[str]:
+        """The tenant's groups that have had a grant, by name, sorted (at most
+        :data:`MAX_LISTED`)."""
+        prefix = f"{NAMES_PREFIX}{self.keys.tenant(secret)}."
+        try:
+            keys = await self.backend.scan(prefix)
+            names = []
+            for key in keys[: MAX_LISTED * 2]:
+                raw, _ = await self.backend.get(key)
+                name = None if raw is None else self.keys.unseal(secret, raw)
+                # Only a name that hashes back to its own key is the tenant's.
+                if name and NAMES_PREFIX + self.keys.group(secret, name) == key:
+                    names.append(name)
+        except BackendUnavailable as exc:
+            raise LockdError(
+                Kind.backend_unavailable, "the lock store cannot be reached; try again later"
+            ) from exc
+        return sorted(names)[:MAX_LISTED]
+
+
+PUBLIC = web.AppKey("public", Public)
 
 
 def logging_observer(inner: Callable[[Decision], None]) -> Callable[[Decision], None]:

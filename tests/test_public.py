@@ -4,15 +4,18 @@ the dropped slash, refused secrets, and nothing in clear at rest or in the logs.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.procs import Lockd
+from bench.procs import REPO, Lockd
 from lockd.tenancy import new_token
 from tests.httpcall import call
 
@@ -162,3 +165,114 @@ def test_tenant_paths_are_not_served_in_self_hosted_mode(tmp_path: Path) -> None
         assert fleetlock(server.url, "/v1/pre-reboot", "a", "default")[0] == 200
     finally:
         server.stop()
+
+
+# Tenant self-service
+
+
+def lockd_cli(*args: str) -> tuple[int, str]:
+    out = subprocess.run([sys.executable, "-m", "lockd", *args], capture_output=True,
+                         text=True, timeout=30, cwd=REPO)
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_tenant_api_lists_and_unlocks(public: tuple[Lockd, str]) -> None:
+    server, _ = public
+    url = server.url
+    token = new_token()
+    workers, db = GROUPS
+    assert fleetlock(url, f"/t/{token}/v1/pre-reboot", "a", workers)[0] == 200
+    assert fleetlock(url, f"/t/{token}/v1/pre-reboot", "b", db)[0] == 200
+    def listed(doc: Any) -> list[tuple[str, list[str]]]:
+        return [(g["name"], [h["id"] for h in g["holders"]]) for g in doc["groups"]]
+
+    status, doc = call(url, "GET", f"/t/{token}/v1/groups")
+    assert status == 200 and listed(doc) == [(db, ["b"]), (workers, ["a"])]
+    status, doc = call(url, "GET", "/v1/groups", headers=basic(token))
+    assert status == 200 and listed(doc) == [(db, ["b"]), (workers, ["a"])]
+    status, one = call(url, "GET", f"/t/{token}/v1/groups/{workers}")
+    assert status == 200 and one["slots"] == 1 and one["available"] == 0
+    # Another tenant sees none of it.
+    assert call(url, "GET", f"/t/{new_token()}/v1/groups") == (200, {"groups": []})
+    # A dead node's slot, freed by its tenant.
+    status, doc = call(url, "POST", f"/t/{token}/v1/groups/{workers}/unlock", {"id": "a"})
+    assert status == 200 and doc["outcome"] == "released" and doc["group"]["holders"] == []
+    assert fleetlock(url, f"/t/{token}/v1/pre-reboot", "c", workers)[0] == 200
+    # A refused secret: the one answer.
+    assert call(url, "GET", "/t/short/v1/groups")[1]["kind"] == "invalid_tenant"
+    assert call(url, "GET", "/v1/groups")[1]["kind"] == "invalid_tenant"
+
+
+def test_lockd_status_and_unlock_with_a_tenant_url(public: tuple[Lockd, str]) -> None:
+    server, _ = public
+    token = new_token()
+    workers, _ = GROUPS
+    assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "node-a", workers)[0] == 200
+    tenant_url = f"{server.url}/t/{token}/"
+    code, out = lockd_cli("status", "--url", tenant_url)
+    assert code == 0, out
+    assert f"Group: {workers}" in out and "node-a" in out and "Available: 0" in out
+    # The token as Basic user, as in zincati's base_url.
+    basic_url = server.url.replace("http://", f"http://{token}@") + "/"
+    code, out2 = lockd_cli("status", workers, "--url", basic_url)
+    assert code == 0 and "node-a" in out2, out2
+    code, out = lockd_cli("unlock", "node-a", "-g", workers, "--url", tenant_url)
+    assert code == 0 and "Unlocked node-a" in out, out
+    code, out = lockd_cli("unlock", "node-a", "-g", workers, "--url", tenant_url)
+    assert code == 1 and "holds no slot" in out, out
+    code, out = lockd_cli("status", "--url", f"{server.url}/t/short/")
+    assert code == 1 and "invalid_tenant" in out, out
+
+
+def raw(base: str, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, every header but Date, and the body bytes."""
+    host, _, port = base.removeprefix("http://").partition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return (resp.status, [(k, v) for k, v in resp.getheaders() if k.lower() != "date"],
+                resp.read())
+    finally:
+        conn.close()
+
+
+def test_known_and_unknown_secrets_answer_alike(public: tuple[Lockd, str]) -> None:
+    server, _ = public
+    url = server.url
+    known, unknown = new_token(), new_token()
+    workers, db = GROUPS
+    assert fleetlock(url, f"/t/{known}/v1/pre-reboot", "a", workers)[0] == 200
+    unlock = json.dumps({"id": "nobody"}).encode()
+    requests = [
+        ("GET", f"/v1/groups/{db}", None, {}),
+        ("POST", f"/v1/groups/{db}/unlock", unlock, {}),
+        ("POST", f"/v1/groups/{workers}/unlock", unlock, {}),
+        ("GET", "/v1/groups/bad_name", None, {}),
+        ("POST", "/v1/steady-state",
+         json.dumps({"client_params": {"id": "nobody", "group": workers}}).encode(), H),
+        ("POST", "/v1/steady-state",
+         json.dumps({"client_params": {"id": "nobody", "group": db}}).encode(), H),
+    ]
+    for method, path, body, headers in requests:
+        answers = [raw(url, method, f"/t/{secret}{path}", body, headers)
+                   for secret in (known, unknown)]
+        assert answers[0] == answers[1], (method, path, answers)
+        by_basic = [raw(url, method, path, body, {**headers, **basic(secret)})
+                    for secret in (known, unknown)]
+        assert by_basic[0] == by_basic[1] == answers[0], (method, path, by_basic)
+
+
+def test_the_tenant_openapi_documents_every_tenant_route() -> None:
+    from aiohttp import web
+
+    from lockd import tenant_api
+
+    app = web.Application()
+    tenant_api.add_routes(app)
+    routes = {(r.method, r.resource.canonical) for r in app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/t/")}
+    doc = json.loads((REPO / "lockd" / "openapi-tenant.json").read_text())
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert routes - {("HEAD", p) for _, p in routes} == documented
