@@ -90,6 +90,15 @@ class Settings:
     #: under ``public_pepper``, which is never shown (repr=False) nor stored.
     public_enabled: bool = False
     public_pepper: bytes = field(default=b"", repr=False)
+    #: Peers whose X-Forwarded-For is believed (addresses or networks).
+    public_trusted_proxies: tuple[str, ...] = ()
+    #: Abuse limits (lockd.ratelimit): per client network on new groups and on refused
+    #: secrets, per tenant on everything else. Sized in docs/public.md.
+    public_ip_create_rate: str = "20/minute"
+    public_ip_miss_rate: str = "30/minute"
+    public_tenant_rate: str = "3000/minute"
+    public_max_groups_per_tenant: int = 100
+    public_max_tenants: int = 1_000_000
     source: str = "defaults"
 
     @property
@@ -166,6 +175,12 @@ KEYS: dict[str, str] = {
     "public.pepper_file": "str",
     # From the environment only (LOCKD_PUBLIC__PEPPER): a secret has no place in the file.
     "public.pepper": "str",
+    "public.trusted_proxies": "strlist",
+    "public.ip_create_rate": "rate",
+    "public.ip_miss_rate": "rate",
+    "public.tenant_rate": "rate",
+    "public.max_groups_per_tenant": "posint",
+    "public.max_tenants": "posint",
 }
 # airlock keys that lockd accepts and ignores, so an airlock file loads unchanged (none
 # now: its client certificate paths map onto the etcd:// URL, see _etcd3_url).
@@ -231,6 +246,13 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             return value.lower()
         if kind == "groups":
             return _groups(value)
+        if kind == "rate":
+            from lockd.ratelimit import check_rate
+
+            if not isinstance(value, str):
+                raise ValueError("must be a rate such as 20/minute")
+            check_rate(value)
+            return value
         if kind == "notls":
             # airlock's own example file says tls = false, and airlock refuses to start
             # without it; lockd reads it so that file loads unchanged.
@@ -443,6 +465,13 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         shutdown_timeout=v.get("shutdown.timeout_s", d.shutdown_timeout),
         public_enabled=v.get("public.enabled", False),
         public_pepper=_pepper(v),
+        public_trusted_proxies=tuple(v.get("public.trusted_proxies", ())),
+        public_ip_create_rate=v.get("public.ip_create_rate", d.public_ip_create_rate),
+        public_ip_miss_rate=v.get("public.ip_miss_rate", d.public_ip_miss_rate),
+        public_tenant_rate=v.get("public.tenant_rate", d.public_tenant_rate),
+        public_max_groups_per_tenant=v.get(
+            "public.max_groups_per_tenant", d.public_max_groups_per_tenant),
+        public_max_tenants=v.get("public.max_tenants", d.public_max_tenants),
         source=source,
     )
     _check(settings)
@@ -507,6 +536,12 @@ def _check(s: Settings) -> None:
                 f"{MIN_PEPPER_BYTES} bytes in public.pepper_file or LOCKD_PUBLIC__PEPPER "
                 "(e.g. `head -c 48 /dev/urandom | base64 > /etc/lockd/pepper`)"
             )
+        from lockd.ratelimit import parse_networks
+
+        try:
+            parse_networks(s.public_trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"public.trusted_proxies: {exc}") from None
         if open_store(s.backend_url).layout.name != "native":
             raise ConfigError(
                 "storage.backend: public mode keeps tenants in lockd's own layout; "

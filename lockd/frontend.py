@@ -30,10 +30,11 @@ from lockd.http import (
     read_body,
 )
 from lockd.metrics import METRICS, Metrics, http_middleware
+from lockd.ratelimit import Limits, parse_networks
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, TimedBackend, open_store
-from lockd.tenancy import PUBLIC, Keys, Public, TenantLayout, logging_observer, resolve
+from lockd.tenancy import NEW_TENANT, PUBLIC, Keys, Public, TenantLayout, logging_observer
 
 # Encoded once: the 200 answers are a handful of constant bodies.
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
@@ -59,14 +60,16 @@ async def fleetlock(request: web.Request) -> web.Response:
     if public is None:
         service, group = request.app[SERVICE], params.group
     else:
-        tenant = resolve(match["prefix"], request.headers.get("Authorization"), params.group)
-        service, group = public.service, public.keys.group(tenant.secret, tenant.group)
+        creates = match["op"] == "pre-reboot"
+        tenant, group = await public.admit(request, match["prefix"], params.group,
+                                           creates=creates)
+        service = public.service
     if match["op"] == "pre-reboot":
         outcome = await service.pre_reboot(group, params.id)
     else:
         outcome = await service.steady_state(group, params.id)
     if outcome is Outcome.GRANTED and public is not None and tenant is not None:
-        await public.record_name(tenant, group)
+        await public.record_name(tenant, group, request.get(NEW_TENANT, False))
     if outcome is Outcome.FULL:
         raise LockdError(
             Kind.failed_lock_semaphore_full,
@@ -119,7 +122,18 @@ def public_service(settings: Settings, backend: TimedBackend) -> Public:
     groups = GroupSettings(default_slots=settings.default_slots)
     service = LockService(store, groups, timeout=settings.timeout)
     service.observers.append(logging_observer(log_decision))
-    return Public(Keys(settings.public_pepper), service)
+    limits = Limits(
+        settings.backend_url,
+        create=settings.public_ip_create_rate,
+        miss=settings.public_ip_miss_rate,
+        tenant=settings.public_tenant_rate,
+        trusted_proxies=parse_networks(settings.public_trusted_proxies),
+    )
+    return Public(
+        Keys(settings.public_pepper), service, limits,
+        max_groups=settings.public_max_groups_per_tenant,
+        max_tenants=settings.public_max_tenants,
+    )
 
 
 def create_app(settings: Settings, service: LockService | None = None) -> web.Application:

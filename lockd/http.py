@@ -38,7 +38,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except LockdError as exc:
-        return error_response(exc)
+        return error_response(exc, headers=exc.headers)
     except web.HTTPMethodNotAllowed as exc:
         return error_response(
             LockdError(Kind.method_not_allowed, f"{request.method} is not allowed here"),

@@ -27,21 +27,25 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import logging
 import re
 import secrets
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from aiohttp import web
 
 from lockd.backends import Backend, BackendUnavailable
 from lockd.errors import Kind, LockdError
 from lockd.layouts.native import NativeLayout
+from lockd.ratelimit import Limits
 from lockd.service import Decision, LockService
 
 log = logging.getLogger("lockd.tenancy")
+T = TypeVar("T")
 
 TOKEN_PREFIX = "lockd_"
 MIN_SECRET_LENGTH = 22  # 22 base62 characters: 131 bits
@@ -247,6 +251,8 @@ class TenantLayout(NativeLayout):
 
 #: Where a tenant group's sealed name is kept: this prefix + ``<tenant>.<group>`` hashes.
 NAMES_PREFIX = "lockd/v1/tenant-names/"
+#: How many tenants ever had a grant, for the tenants quota.
+COUNT_KEY = "lockd/v1/tenant-count"
 #: The most groups one listing shows.
 MAX_LISTED = 1000
 
@@ -255,15 +261,75 @@ class Public:
     """Public mode's pieces: the keyed hashes, the service over tenants' groups, and the
     sealed group names that let a tenant list its own groups."""
 
-    def __init__(self, keys: Keys, service: LockService) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        service: LockService,
+        limits: Limits,
+        *,
+        max_groups: int = 100,
+        max_tenants: int = 1_000_000,
+    ) -> None:
         self.keys = keys
         self.service = service
+        self.limits = limits
+        self.max_groups = max_groups
+        self.max_tenants = max_tenants
         self.backend: Backend = service.backend
         # Service groups whose name record is known to exist; bounded, so a flood of
         # tenants costs one store read per grant at worst.
         self._named: set[str] = set()
 
-    async def record_name(self, tenant: Tenant, service_group: str) -> None:
+    async def exists(self, service_group: str) -> bool:
+        """Whether the group has a stored document (a pre-reboot there creates nothing)."""
+        if service_group in self._named:
+            return True
+        raw, _ = await self._store(self.backend.get(self.service.layout.key(service_group)))
+        return raw is not None
+
+    async def check_quota(self, tenant: Tenant) -> bool:
+        """Before a new group is created: refuse past the groups-per-tenant or the tenants
+        quota (approximate under concurrent creation). True if the tenant is new."""
+        names = await self._store(self.backend.scan(self._names_of(tenant.secret)))
+        if len(names) >= self.max_groups:
+            raise LockdError(
+                Kind.quota_exceeded,
+                f"this tenant has {self.max_groups} groups, the most this server allows",
+            )
+        if names:
+            return False
+        if await self.tenant_count() >= self.max_tenants:
+            raise LockdError(Kind.quota_exceeded, "this server takes no new tenants")
+        return True
+
+    async def tenant_count(self) -> int:
+        """Tenants that ever had a grant (a counter kept beside the groups)."""
+        raw, _ = await self._store(self.backend.get(COUNT_KEY))
+        return 0 if raw is None else int(json.loads(raw)["tenants"])
+
+    async def _count_new_tenant(self) -> None:
+        for _ in range(10):
+            raw, version = await self.backend.get(COUNT_KEY)
+            count = 0 if raw is None else int(json.loads(raw)["tenants"])
+            value = json.dumps({"tenants": count + 1}).encode()
+            if (await self.backend.compare_and_set(COUNT_KEY, value, version)).stored:
+                return
+
+    @staticmethod
+    async def _store(call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except BackendUnavailable as exc:
+            raise LockdError(
+                Kind.backend_unavailable, "the lock store cannot be reached; try again later"
+            ) from exc
+
+    def _names_of(self, secret: str) -> str:
+        return f"{NAMES_PREFIX}{self.keys.tenant(secret)}."
+
+    async def record_name(
+        self, tenant: Tenant, service_group: str, new_tenant: bool = False
+    ) -> None:
         """Keep ``tenant.group``'s sealed name (once per group, after its first grant).
         A failure here costs the listing a name, never the grant: it is retried at the
         group's next grant."""
@@ -273,9 +339,11 @@ class Public:
         try:
             raw, _ = await self.backend.get(key)
             if raw is None:
-                await self.backend.compare_and_set(
+                created = await self.backend.compare_and_set(
                     key, self.keys.seal(tenant.secret, tenant.group), None
                 )
+                if created.stored and new_tenant:
+                    await self._count_new_tenant()
         except (BackendUnavailable, OSError) as exc:
             log.warning("tenant %s: group name not recorded yet: %s", short(service_group), exc)
             return
@@ -286,7 +354,7 @@ class Public:
     async def group_names(self, secret: str) -> list[str]:
         """The tenant's groups that have had a grant, by name, sorted (at most
         :data:`MAX_LISTED`)."""
-        prefix = f"{NAMES_PREFIX}{self.keys.tenant(secret)}."
+        prefix = self._names_of(secret)
         try:
             keys = await self.backend.scan(prefix)
             names = []
@@ -303,6 +371,32 @@ class Public:
         return sorted(names)[:MAX_LISTED]
 
 
+    async def admit(
+        self, request: web.Request, prefix: str, group: str, *, creates: bool = False
+    ) -> tuple[Tenant, str]:
+        """Resolve and rate-limit one request: ``(tenant, service group)``.
+
+        A refused secret counts against its client's misses; every other request against
+        its tenant; ``creates`` (a pre-reboot) also against its client's new groups when
+        the group does not exist yet, and is held to the quotas."""
+        client = self.limits.client(request.remote, request.headers.get("X-Forwarded-For"))
+        try:
+            tenant = resolve(prefix, request.headers.get("Authorization"), group)
+        except LockdError as exc:
+            if exc.kind in (Kind.invalid_tenant, Kind.not_found):
+                await self.limits.check_miss(client)
+            raise
+        await self.limits.check_tenant(self.keys.tenant(tenant.secret))
+        service_group = self.keys.group(tenant.secret, tenant.group)
+        request[NEW_TENANT] = False
+        if creates and not await self.exists(service_group):
+            await self.limits.check_create(client)
+            request[NEW_TENANT] = await self.check_quota(tenant)
+        return tenant, service_group
+
+
+#: Set by :meth:`Public.admit` on a request that creates a tenant's first group.
+NEW_TENANT = "lockd.new_tenant"
 PUBLIC = web.AppKey("public", Public)
 
 

@@ -26,19 +26,18 @@ from lockd.fleetlock import MAX_ID_LENGTH
 from lockd.groups import GROUP_RULE, is_group_name
 from lockd.http import SETTINGS, read_body
 from lockd.semaphore import Outcome, Semaphore
-from lockd.tenancy import PUBLIC, Public, Tenant, refused, resolve
+from lockd.tenancy import PUBLIC, Public, Tenant
 
 ACTOR = "tenant"
 
 
-def _tenant(request: web.Request) -> tuple[Public, Tenant]:
+async def _tenant(request: web.Request) -> tuple[Public, Tenant]:
     public = request.app[PUBLIC]
     token = request.match_info.get("token")
-    auth = request.headers.get("Authorization")
-    if token is None and not auth:
-        raise refused()
-    # No group: the root carrier (a secret group name) has no place in this API.
-    return public, resolve("" if token is None else f"/t/{token}", auth, "")
+    # No group: the root carrier (a secret group name) has no place in this API, so a
+    # request at /v1/groups without Basic auth is refused like any other bad secret.
+    tenant, _ = await public.admit(request, "" if token is None else f"/t/{token}", "")
+    return public, tenant
 
 
 def _group(request: web.Request) -> str:
@@ -66,7 +65,7 @@ async def _state(public: Public, tenant: Tenant, group: str) -> Semaphore:
 
 
 async def list_groups(request: web.Request) -> web.Response:
-    public, tenant = _tenant(request)
+    public, tenant = await _tenant(request)
     names = await public.group_names(tenant.secret)
     now = time.time()
     views = [group_view(n, await _state(public, tenant, n), now) for n in names]
@@ -74,13 +73,13 @@ async def list_groups(request: web.Request) -> web.Response:
 
 
 async def get_group(request: web.Request) -> web.Response:
-    public, tenant = _tenant(request)
+    public, tenant = await _tenant(request)
     group = _group(request)
     return web.json_response(group_view(group, await _state(public, tenant, group), time.time()))
 
 
 async def unlock(request: web.Request) -> web.Response:
-    public, tenant = _tenant(request)
+    public, tenant = await _tenant(request)
     group = _group(request)
     settings = request.app[SETTINGS]
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout)

@@ -276,3 +276,136 @@ def test_the_tenant_openapi_documents_every_tenant_route() -> None:
     doc = json.loads((REPO / "lockd" / "openapi-tenant.json").read_text())
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert routes - {("HEAD", p) for _, p in routes} == documented
+
+
+# Abuse limits and quotas
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'limits.db'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+def start(tmp_path: Path, url: str, name: str = "lockd", **env: str) -> Lockd:
+    return Lockd(tmp_path, "--backend", url, env=public_env(**env), name=name).start()
+
+
+def test_one_address_creating_tenants_is_stopped(tmp_path: Path, store_url: str) -> None:
+    server = start(tmp_path, store_url)
+    try:
+        answers = [fleetlock(server.url, f"/t/{new_token()}/v1/pre-reboot", "a", "g")[0]
+                   for _ in range(30)]
+        assert answers[:20] == [200] * 20 and set(answers[20:]) == {429}
+        status, headers, body = raw(
+            server.url, "POST", f"/t/{new_token()}/v1/pre-reboot",
+            json.dumps({"client_params": {"id": "a", "group": "g"}}).encode(), H)
+        assert status == 429 and json.loads(body)["kind"] == "rate_limited"
+        assert int(dict(headers)["Retry-After"]) >= 1
+    finally:
+        server.stop()
+
+
+def test_misses_are_limited_per_address(tmp_path: Path, store_url: str) -> None:
+    server = start(tmp_path, store_url)
+    try:
+        answers = [fleetlock(server.url, "/t/tooshort/v1/pre-reboot", "a", "g")[0]
+                   for _ in range(35)]
+        assert answers[:30] == [403] * 30 and set(answers[30:]) == {429}
+    finally:
+        server.stop()
+
+
+def test_a_tenant_is_limited_apart_from_others(tmp_path: Path, store_url: str) -> None:
+    server = start(tmp_path, store_url, LOCKD_PUBLIC__TENANT_RATE="10/minute")
+    try:
+        busy, quiet = new_token(), new_token()
+        answers = [fleetlock(server.url, f"/t/{busy}/v1/steady-state", f"n{i}", "g")[0]
+                   for i in range(12)]
+        assert answers[:10] == [200] * 10 and answers[10:] == [429, 429]
+        assert call(server.url, "GET", f"/t/{busy}/v1/groups")[0] == 429
+        assert fleetlock(server.url, f"/t/{quiet}/v1/steady-state", "n", "g")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_zincati_rate_of_5000_nodes_is_not_limited(tmp_path: Path, store_url: str) -> None:
+    """5,000 nodes polling every 300 s send 16.7 requests a second: sent for 4 s over real
+    HTTP from one address (lockd/ratelimit.py's fake-clock test runs the full 30 minutes)."""
+    import time
+
+    server = start(tmp_path, store_url)
+    try:
+        token = new_token()
+        rate, seconds = 5000 / 300, 4
+        started = time.monotonic()
+        statuses = []
+        for i in range(int(rate * seconds)):
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
+            op = "pre-reboot" if i % 20 == 0 else "steady-state"
+            statuses.append(fleetlock(server.url, f"/t/{token}/v1/{op}", f"node{i}", "w")[0])
+            if op == "pre-reboot":
+                fleetlock(server.url, f"/t/{token}/v1/steady-state", f"node{i}", "w")
+        assert set(statuses) == {200}, statuses
+    finally:
+        server.stop()
+
+
+def test_forwarded_for_from_a_trusted_proxy_names_the_client(
+    tmp_path: Path, store_url: str
+) -> None:
+    server = start(tmp_path, store_url, LOCKD_PUBLIC__TRUSTED_PROXIES="127.0.0.1")
+    try:
+        def create(client: str) -> int:
+            return fleetlock(server.url, f"/t/{new_token()}/v1/pre-reboot", "a", "g",
+                             {"X-Forwarded-For": client})[0]
+
+        # Many clients behind the proxy: each its own budget.
+        assert {create(f"203.0.113.{i}") for i in range(25)} == {200}
+        # One client behind it: stopped, and a spoofed left-hand entry does not help.
+        answers = [create(f"198.51.100.{i}, 192.0.2.1") for i in range(25)]
+        assert answers[:20] == [200] * 20 and set(answers[20:]) == {429}
+    finally:
+        server.stop()
+
+
+def test_untrusted_peers_cannot_pick_their_address(tmp_path: Path) -> None:
+    server = start(tmp_path, "memory://")
+    try:
+        answers = [fleetlock(server.url, f"/t/{new_token()}/v1/pre-reboot", "a", "g",
+                             {"X-Forwarded-For": f"203.0.113.{i}"})[0] for i in range(25)]
+        assert set(answers[20:]) == {429}
+    finally:
+        server.stop()
+
+
+def test_replicas_on_one_redis_share_the_limits(tmp_path: Path, redis_url: str) -> None:
+    a = start(tmp_path, redis_url, name="a")
+    b = start(tmp_path, redis_url, name="b")
+    try:
+        for server in (a, b) * 10:
+            assert fleetlock(server.url, f"/t/{new_token()}/v1/pre-reboot", "x", "g")[0] == 200
+        assert fleetlock(a.url, f"/t/{new_token()}/v1/pre-reboot", "x", "g")[0] == 429
+        assert fleetlock(b.url, f"/t/{new_token()}/v1/pre-reboot", "x", "g")[0] == 429
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_quotas(tmp_path: Path, store_url: str) -> None:
+    server = start(tmp_path, store_url, LOCKD_PUBLIC__MAX_GROUPS_PER_TENANT="2",
+                   LOCKD_PUBLIC__MAX_TENANTS="2")
+    try:
+        first, second = new_token(), new_token()
+        for group in ("g1", "g2"):
+            assert fleetlock(server.url, f"/t/{first}/v1/pre-reboot", "a", group)[0] == 200
+        status, doc = fleetlock(server.url, f"/t/{first}/v1/pre-reboot", "a", "g3")
+        assert (status, doc["kind"]) == (403, "quota_exceeded")
+        # Existing groups go on working.
+        assert fleetlock(server.url, f"/t/{first}/v1/pre-reboot", "b", "g1")[0] == 423
+        assert fleetlock(server.url, f"/t/{second}/v1/pre-reboot", "a", "g1")[0] == 200
+        status, doc = fleetlock(server.url, f"/t/{new_token()}/v1/pre-reboot", "a", "g1")
+        assert (status, doc["kind"]) == (403, "quota_exceeded")
+    finally:
+        server.stop()
