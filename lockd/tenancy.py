@@ -379,7 +379,10 @@ class Public:
         A refused secret counts against its client's misses; every other request against
         its tenant; ``creates`` (a pre-reboot) also against its client's new groups when
         the group does not exist yet, and is held to the quotas."""
-        client = self.limits.client(request.remote, request.headers.get("X-Forwarded-For"))
+        # Every X-Forwarded-For line, in order: haproxy adds a line of its own rather than
+        # appending to one the client sent, and the first line is the client's to forge.
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+        client = self.limits.client(request.remote, forwarded or None)
         try:
             tenant = resolve(prefix, request.headers.get("Authorization"), group)
         except LockdError as exc:
