@@ -85,6 +85,10 @@ class Settings:
     admin_allowed_hosts: tuple[str, ...] = ()
     admin_allowed_origins: tuple[str, ...] = ()
     metrics_listen: Listener | None = None  # airlock's [status]; /metrics is on admin too
+    #: Native TLS on the FleetLock listener (PEM files, reread on SIGHUP); see lockd.tlsfiles.
+    tls: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
     shutdown_timeout: float = 10.0
     #: Public multi-tenant mode (docs/public.md): tenants are secrets, stored as HMACs
     #: under ``public_pepper``, which is never shown (repr=False) nor stored.
@@ -138,7 +142,9 @@ KEYS: dict[str, str] = {
     "service.address": "str",
     "service.port": "port",
     "service.max_body_bytes": "posint",
-    "service.tls": "notls",
+    "service.tls": "bool",
+    "service.tls_cert": "str",
+    "service.tls_key": "str",
     "service.max_connections": "posint",
     "service.idle_timeout_s": "posfloat",
     "service.body_timeout_s": "posfloat",
@@ -386,6 +392,16 @@ def load(
             f"public.pepper (from {path}): keep the pepper out of the configuration file; "
             "use public.pepper_file or the environment variable LOCKD_PUBLIC__PEPPER"
         )
+    if "service.tls" in merged and _convert("service.tls", *merged["service.tls"]) and not (
+        merged.get("service.tls_cert") and merged.get("service.tls_key")
+    ):
+        # Checked first, so that airlock's file with tls = true is told this about
+        # [service] before anything about [status].
+        raise ConfigError(
+            f"service.tls (from {merged['service.tls'][1]}): TLS on the FleetLock listener "
+            "needs service.tls_cert and service.tls_key (PEM files); or terminate TLS at a "
+            "reverse proxy in front of lockd and set tls = false"
+        )
     values = {name: _convert(name, value, origin) for name, (value, origin) in merged.items()}
     values["lock.groups"] = groups
     if path and "lock.strict_groups" not in values and "etcd3.endpoints" in values:
@@ -463,6 +479,9 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         admin_allowed_origins=tuple(v.get("admin.allowed_origins", ())),
         metrics_listen=metrics,
         shutdown_timeout=v.get("shutdown.timeout_s", d.shutdown_timeout),
+        tls=v.get("service.tls", False),
+        tls_cert=os.path.expanduser(v.get("service.tls_cert", "")),
+        tls_key=os.path.expanduser(v.get("service.tls_key", "")),
         public_enabled=v.get("public.enabled", False),
         public_pepper=_pepper(v),
         public_trusted_proxies=tuple(v.get("public.trusted_proxies", ())),
@@ -527,6 +546,13 @@ def _check(s: Settings) -> None:
         token = os.path.expanduser(s.admin_token_file)
         if not os.path.isfile(token) or not os.access(token, os.R_OK):
             raise ConfigError(f"admin.token_file: {s.admin_token_file} is not a readable file")
+    if s.tls:
+        from lockd.tlsfiles import TlsError, server_context
+
+        try:
+            server_context(s.tls_cert, s.tls_key)
+        except TlsError as exc:
+            raise ConfigError(f"service.tls_cert/tls_key: {exc}") from None
     if s.public_enabled:
         from lockd.tenancy import MIN_PEPPER_BYTES
 

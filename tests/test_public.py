@@ -409,3 +409,22 @@ def test_quotas(tmp_path: Path, store_url: str) -> None:
         assert (status, doc["kind"]) == (403, "quota_exceeded")
     finally:
         server.stop()
+
+
+def test_sighup_changes_the_slots_of_tenant_groups(tmp_path: Path) -> None:
+    import signal
+
+    config = tmp_path / "lockd.toml"
+    config.write_text("[public]\nenabled = true\n[lock]\ndefault_slots = 1\n")
+    server = Lockd(tmp_path, "--config", str(config), "--backend", "memory://",
+                   env={"LOCKD_PUBLIC__PEPPER": PEPPER}).start()
+    try:
+        token = new_token()
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "a", "g")[0] == 200
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "b", "g")[0] == 423
+        config.write_text("[public]\nenabled = true\n[lock]\ndefault_slots = 2\n")
+        server.proc.signal(signal.SIGHUP)  # type: ignore[union-attr]
+        server.wait_for_output("configuration reloaded")
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "b", "g")[0] == 200
+    finally:
+        server.stop()
