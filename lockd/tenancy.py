@@ -23,6 +23,7 @@ prefix, apart from a self-hosted deployment's groups.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -279,12 +280,17 @@ class Public:
         # Service groups whose name record is known to exist; bounded, so a flood of
         # tenants costs one store read per grant at worst.
         self._named: set[str] = set()
+        # Service groups seen stored: a group never goes away (no GC yet), so a pre-reboot
+        # there needs no read to know it creates nothing.
+        self._exists: set[str] = set()
 
     async def exists(self, service_group: str) -> bool:
         """Whether the group has a stored document (a pre-reboot there creates nothing)."""
-        if service_group in self._named:
+        if service_group in self._named or service_group in self._exists:
             return True
         raw, _ = await self._store(self.backend.get(self.service.layout.key(service_group)))
+        if raw is not None:
+            _bounded_add(self._exists, service_group)
         return raw is not None
 
     async def check_quota(self, tenant: Tenant) -> bool:
@@ -315,11 +321,12 @@ class Public:
             if (await self.backend.compare_and_set(COUNT_KEY, value, version)).stored:
                 return
 
-    @staticmethod
-    async def _store(call: Awaitable[T]) -> T:
+    async def _store(self, call: Awaitable[T]) -> T:
+        """A store call bounded by the service's timeout; 503 when it fails."""
         try:
-            return await call
-        except BackendUnavailable as exc:
+            async with asyncio.timeout(self.service.timeout):
+                return await call
+        except (BackendUnavailable, TimeoutError) as exc:
             raise LockdError(
                 Kind.backend_unavailable, "the lock store cannot be reached; try again later"
             ) from exc
@@ -337,39 +344,32 @@ class Public:
             return
         key = NAMES_PREFIX + service_group
         try:
-            raw, _ = await self.backend.get(key)
-            if raw is None:
-                created = await self.backend.compare_and_set(
-                    key, self.keys.seal(tenant.secret, tenant.group), None
-                )
-                if created.stored and new_tenant:
-                    await self._count_new_tenant()
-        except (BackendUnavailable, OSError) as exc:
-            log.warning("tenant %s: group name not recorded yet: %s", short(service_group), exc)
+            async with asyncio.timeout(self.service.timeout):
+                raw, _ = await self.backend.get(key)
+                if raw is None:
+                    created = await self.backend.compare_and_set(
+                        key, self.keys.seal(tenant.secret, tenant.group), None
+                    )
+                    if created.stored and new_tenant:
+                        await self._count_new_tenant()
+        except (BackendUnavailable, OSError, TimeoutError) as exc:
+            log.warning("tenant %s: group name not recorded yet: %s", short(service_group),
+                        exc or "timed out")
             return
-        if len(self._named) >= 100_000:
-            self._named.clear()
-        self._named.add(service_group)
+        _bounded_add(self._named, service_group)
 
     async def group_names(self, secret: str) -> list[str]:
         """The tenant's groups that have had a grant, by name, sorted (at most
         :data:`MAX_LISTED`)."""
-        prefix = self._names_of(secret)
-        try:
-            keys = await self.backend.scan(prefix)
-            names = []
-            for key in keys[: MAX_LISTED * 2]:
-                raw, _ = await self.backend.get(key)
-                name = None if raw is None else self.keys.unseal(secret, raw)
-                # Only a name that hashes back to its own key is the tenant's.
-                if name and NAMES_PREFIX + self.keys.group(secret, name) == key:
-                    names.append(name)
-        except BackendUnavailable as exc:
-            raise LockdError(
-                Kind.backend_unavailable, "the lock store cannot be reached; try again later"
-            ) from exc
+        keys = await self._store(self.backend.scan(self._names_of(secret)))
+        names = []
+        for key in keys[: MAX_LISTED * 2]:
+            raw, _ = await self._store(self.backend.get(key))
+            name = None if raw is None else self.keys.unseal(secret, raw)
+            # Only a name that hashes back to its own key is the tenant's.
+            if name and NAMES_PREFIX + self.keys.group(secret, name) == key:
+                names.append(name)
         return sorted(names)[:MAX_LISTED]
-
 
     async def admit(
         self, request: web.Request, prefix: str, group: str, *, creates: bool = False
@@ -396,6 +396,13 @@ class Public:
             await self.limits.check_create(client)
             request[NEW_TENANT] = await self.check_quota(tenant)
         return tenant, service_group
+
+
+def _bounded_add(seen: set[str], item: str, most: int = 100_000) -> None:
+    """Remember ``item``; past ``most``, forget everything (a cache, not a record)."""
+    if len(seen) >= most:
+        seen.clear()
+    seen.add(item)
 
 
 #: Set by :meth:`Public.admit` on a request that creates a tenant's first group.
