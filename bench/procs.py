@@ -114,7 +114,7 @@ class Proc:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-LISTEN_RE = re.compile(r"lockd: (?P<name>[\w ]+) listening on (?P<url>http://\S+)/")
+LISTEN_RE = re.compile(r"lockd: (?P<name>[\w ]+) listening on (?P<url>https?://\S+)/")
 
 
 class Lockd:

@@ -85,7 +85,24 @@ class Settings:
     admin_allowed_hosts: tuple[str, ...] = ()
     admin_allowed_origins: tuple[str, ...] = ()
     metrics_listen: Listener | None = None  # airlock's [status]; /metrics is on admin too
+    #: Native TLS on the FleetLock listener (PEM files, reread on SIGHUP); see lockd.tlsfiles.
+    tls: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
     shutdown_timeout: float = 10.0
+    #: Public multi-tenant mode (docs/public.md): tenants are secrets, stored as HMACs
+    #: under ``public_pepper``, which is never shown (repr=False) nor stored.
+    public_enabled: bool = False
+    public_pepper: bytes = field(default=b"", repr=False)
+    #: Peers whose X-Forwarded-For is believed (addresses or networks).
+    public_trusted_proxies: tuple[str, ...] = ()
+    #: Abuse limits (lockd.ratelimit): per client network on new groups and on refused
+    #: secrets, per tenant on everything else. Sized in docs/public.md.
+    public_ip_create_rate: str = "20/minute"
+    public_ip_miss_rate: str = "30/minute"
+    public_tenant_rate: str = "3000/minute"
+    public_max_groups_per_tenant: int = 100
+    public_max_tenants: int = 1_000_000
     source: str = "defaults"
 
     @property
@@ -125,7 +142,9 @@ KEYS: dict[str, str] = {
     "service.address": "str",
     "service.port": "port",
     "service.max_body_bytes": "posint",
-    "service.tls": "notls",
+    "service.tls": "bool",
+    "service.tls_cert": "str",
+    "service.tls_key": "str",
     "service.max_connections": "posint",
     "service.idle_timeout_s": "posfloat",
     "service.body_timeout_s": "posfloat",
@@ -158,6 +177,16 @@ KEYS: dict[str, str] = {
     "log.format": "logformat",
     "log.level": "loglevel",
     "shutdown.timeout_s": "posfloat",
+    "public.enabled": "bool",
+    "public.pepper_file": "str",
+    # From the environment only (LOCKD_PUBLIC__PEPPER): a secret has no place in the file.
+    "public.pepper": "str",
+    "public.trusted_proxies": "strlist",
+    "public.ip_create_rate": "rate",
+    "public.ip_miss_rate": "rate",
+    "public.tenant_rate": "rate",
+    "public.max_groups_per_tenant": "posint",
+    "public.max_tenants": "posint",
 }
 # airlock keys that lockd accepts and ignores, so an airlock file loads unchanged (none
 # now: its client certificate paths map onto the etcd:// URL, see _etcd3_url).
@@ -223,6 +252,13 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             return value.lower()
         if kind == "groups":
             return _groups(value)
+        if kind == "rate":
+            from lockd.ratelimit import check_rate
+
+            if not isinstance(value, str):
+                raise ValueError("must be a rate such as 20/minute")
+            check_rate(value)
+            return value
         if kind == "notls":
             # airlock's own example file says tls = false, and airlock refuses to start
             # without it; lockd reads it so that file loads unchanged.
@@ -351,6 +387,21 @@ def load(
                 groups.update(_convert(name, value, origin))
             else:
                 merged[name] = (value, origin)
+    if path and merged.get("public.pepper", (None, ""))[1] == path:
+        raise ConfigError(
+            f"public.pepper (from {path}): keep the pepper out of the configuration file; "
+            "use public.pepper_file or the environment variable LOCKD_PUBLIC__PEPPER"
+        )
+    if "service.tls" in merged and _convert("service.tls", *merged["service.tls"]) and not (
+        merged.get("service.tls_cert") and merged.get("service.tls_key")
+    ):
+        # Checked first, so that airlock's file with tls = true is told this about
+        # [service] before anything about [status].
+        raise ConfigError(
+            f"service.tls (from {merged['service.tls'][1]}): TLS on the FleetLock listener "
+            "needs service.tls_cert and service.tls_key (PEM files); or terminate TLS at a "
+            "reverse proxy in front of lockd and set tls = false"
+        )
     values = {name: _convert(name, value, origin) for name, (value, origin) in merged.items()}
     values["lock.groups"] = groups
     if path and "lock.strict_groups" not in values and "etcd3.endpoints" in values:
@@ -428,10 +479,36 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         admin_allowed_origins=tuple(v.get("admin.allowed_origins", ())),
         metrics_listen=metrics,
         shutdown_timeout=v.get("shutdown.timeout_s", d.shutdown_timeout),
+        tls=v.get("service.tls", False),
+        tls_cert=os.path.expanduser(v.get("service.tls_cert", "")),
+        tls_key=os.path.expanduser(v.get("service.tls_key", "")),
+        public_enabled=v.get("public.enabled", False),
+        public_pepper=_pepper(v),
+        public_trusted_proxies=tuple(v.get("public.trusted_proxies", ())),
+        public_ip_create_rate=v.get("public.ip_create_rate", d.public_ip_create_rate),
+        public_ip_miss_rate=v.get("public.ip_miss_rate", d.public_ip_miss_rate),
+        public_tenant_rate=v.get("public.tenant_rate", d.public_tenant_rate),
+        public_max_groups_per_tenant=v.get(
+            "public.max_groups_per_tenant", d.public_max_groups_per_tenant),
+        public_max_tenants=v.get("public.max_tenants", d.public_max_tenants),
         source=source,
     )
     _check(settings)
     return settings
+
+
+def _pepper(v: dict[str, Any]) -> bytes:
+    """The public mode's pepper: LOCKD_PUBLIC__PEPPER, else the file public.pepper_file."""
+    if v.get("public.pepper"):
+        return str(v["public.pepper"]).strip().encode()
+    path = v.get("public.pepper_file")
+    if not path:
+        return b""
+    try:
+        with open(os.path.expanduser(path), "rb") as fh:
+            return fh.read(4096).strip()
+    except OSError as exc:
+        raise ConfigError(f"public.pepper_file: cannot read {path}: {exc.strerror}") from None
 
 
 def _etcd3_url(v: dict[str, Any]) -> str:
@@ -469,6 +546,33 @@ def _check(s: Settings) -> None:
         token = os.path.expanduser(s.admin_token_file)
         if not os.path.isfile(token) or not os.access(token, os.R_OK):
             raise ConfigError(f"admin.token_file: {s.admin_token_file} is not a readable file")
+    if s.tls:
+        from lockd.tlsfiles import TlsError, server_context
+
+        try:
+            server_context(s.tls_cert, s.tls_key)
+        except TlsError as exc:
+            raise ConfigError(f"service.tls_cert/tls_key: {exc}") from None
+    if s.public_enabled:
+        from lockd.tenancy import MIN_PEPPER_BYTES
+
+        if len(s.public_pepper) < MIN_PEPPER_BYTES:
+            raise ConfigError(
+                f"public.pepper_file: public mode needs a pepper of at least "
+                f"{MIN_PEPPER_BYTES} bytes in public.pepper_file or LOCKD_PUBLIC__PEPPER "
+                "(e.g. `head -c 48 /dev/urandom | base64 > /etc/lockd/pepper`)"
+            )
+        from lockd.ratelimit import parse_networks
+
+        try:
+            parse_networks(s.public_trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"public.trusted_proxies: {exc}") from None
+        if open_store(s.backend_url).layout.name != "native":
+            raise ConfigError(
+                "storage.backend: public mode keeps tenants in lockd's own layout; "
+                "it cannot run on an airlock or locksmith keyspace"
+            )
     from lockd.admin import Origins
 
     Origins.of(s)  # admin.allowed_hosts / allowed_origins: refused here, naming the key

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import resource
+from ssl import SSLContext
 from typing import cast
 
 from aiohttp import web
@@ -74,17 +75,26 @@ class Listener:
     """One listening address of a runner, with a cap on concurrent connections."""
 
     def __init__(
-        self, runner: web.AppRunner, host: str, port: int, *, name: str, max_connections: int
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        name: str,
+        max_connections: int,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.runner, self.host, self.port, self.name = runner, host, port, name
         self.max_connections = max_connections
+        self.ssl = ssl
         self._server: asyncio.base_events.Server | None = None
         self._refusals = RateLimitedLog(log, "refused connections")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._protocol, self.host, self.port, reuse_address=True, backlog=LISTEN_BACKLOG
+            self._protocol, self.host, self.port, reuse_address=True, backlog=LISTEN_BACKLOG,
+            ssl=self.ssl,
         )
 
     def _protocol(self) -> asyncio.BaseProtocol:

@@ -9,19 +9,22 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from lockd import admin, sdnotify
+from lockd import admin, sdnotify, tlsfiles
 from lockd.config import ConfigError, Settings
 from lockd.connections import ADMIN_MAX_CONNECTIONS, Listener, default_max_connections
 from lockd.errors import LockdError
 from lockd.frontend import create_app
+from lockd.groups import GroupSettings
 from lockd.http import SERVICE
 from lockd.service import LockService
+from lockd.tenancy import PUBLIC
 
 log = logging.getLogger("lockd.daemon")
 
@@ -39,8 +42,10 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     try:
         service = app[SERVICE]
         cap = settings.max_connections or default_max_connections()
+        tls = tlsfiles.server_context(settings.tls_cert, settings.tls_key) if settings.tls \
+            else None
         listeners.append(await _listen(main, settings.listen.host, settings.listen.port,
-                                       "FleetLock", cap))
+                                       "FleetLock", cap, tls))
         for name, extra, host, port in admin.listeners(settings, app):
             runner = _runner(extra, settings)
             await runner.setup()
@@ -61,7 +66,7 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app, settings))
+            loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app, settings, tls))
         # Ready only now: a systemctl reload sent earlier would meet SIGHUP's default action.
         sdnotify.ready()
         await stop.wait()
@@ -102,8 +107,11 @@ class ListenFailed(Exception):
     """A listener could not be opened; the message names its configuration keys."""
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, name: str, cap: int) -> Listener:
-    listener = Listener(runner, host, port, name=name, max_connections=cap)
+async def _listen(
+    runner: web.AppRunner, host: str, port: int, name: str, cap: int,
+    tls: ssl.SSLContext | None = None,
+) -> Listener:
+    listener = Listener(runner, host, port, name=name, max_connections=cap, ssl=tls)
     try:
         await listener.start()
     except OSError as exc:
@@ -114,12 +122,14 @@ async def _listen(runner: web.AppRunner, host: str, port: int, name: str, cap: i
     for addr in listener.addresses():
         shown = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
         # stdout, so `make run` and scripts see where it listens whatever the log format.
-        print(f"lockd: {name} listening on http://{shown}/", flush=True)
+        scheme = "https" if tls is not None else "http"
+        print(f"lockd: {name} listening on {scheme}://{shown}/", flush=True)
     return listener
 
 
 #: Keys a reload applies; every other key needs a restart, and a reload says which changed.
-RELOADABLE = ("default_slots", "groups", "strict_groups", "default_group_name")
+RELOADABLE = ("default_slots", "groups", "strict_groups", "default_group_name",
+              "tls_cert", "tls_key")
 
 
 def _needs_restart(old: Settings, new: Settings) -> list[str]:
@@ -130,7 +140,8 @@ def _needs_restart(old: Settings, new: Settings) -> list[str]:
 
 
 def _reloader(
-    reload: Callable[[], Settings], app: web.Application, running: Settings
+    reload: Callable[[], Settings], app: web.Application, running: Settings,
+    tls: ssl.SSLContext | None = None,
 ) -> Callable[[], None]:
     current = [running]
 
@@ -143,10 +154,19 @@ def _reloader(
             sdnotify.status(f"reload refused, running configuration kept: {exc}")
             sdnotify.ready()
             return
+        if tls is not None and settings.tls:
+            try:
+                tlsfiles.reload(tls, settings.tls_cert, settings.tls_key)
+                log.info("TLS certificate reloaded from %s", settings.tls_cert)
+            except tlsfiles.TlsError as exc:
+                log.error("TLS certificate not reloaded, keeping the running one: %s", exc)
         service = app[SERVICE]
         restart = _needs_restart(current[0], settings)
         current[0] = settings
         service.reconfigure(settings.group_settings())
+        public = app.get(PUBLIC)
+        if public is not None:  # every tenant group has default_slots
+            public.service.reconfigure(GroupSettings(default_slots=settings.default_slots))
         task = asyncio.get_running_loop().create_task(_apply(service))
         _background.add(task)
         task.add_done_callback(_background.discard)

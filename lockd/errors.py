@@ -27,6 +27,11 @@ class Kind(enum.Enum):
     invalid_request = ("invalid_request", 400)
     unauthorized = ("unauthorized", 401)
     forbidden = ("forbidden", 403)
+    #: Public mode: a tenant reached a quota (groups per tenant, tenants per server).
+    quota_exceeded = ("quota_exceeded", 403)
+    #: Public mode: a tenant secret that is malformed, too short or fails its checksum;
+    #: every refused secret gets the same answer (lockd.tenancy).
+    invalid_tenant = ("invalid_tenant", 403)
     not_found = ("not_found", 404)
     unknown_group = ("unknown_group", 404)
     method_not_allowed = ("method_not_allowed", 405)
@@ -49,10 +54,12 @@ class Kind(enum.Enum):
 class LockdError(Exception):
     """An error that reaches a client as ``{"kind": ..., "value": ...}``."""
 
-    def __init__(self, kind: Kind, value: str) -> None:
+    def __init__(self, kind: Kind, value: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(value)
         self.kind = kind
         self.value = value
+        #: Headers the answer carries (Retry-After on a 429).
+        self.headers = headers
 
     @property
     def status(self) -> int:

@@ -1,7 +1,9 @@
 """The FleetLock HTTP frontend: ``create_app(settings) -> web.Application``.
 
 Routes: ``POST [/prefix]/v1/pre-reboot``, ``POST [/prefix]/v1/steady-state`` (also with a
-doubled slash), ``GET /healthz``, ``GET /readyz``. Every non-200 answer is a JSON
+doubled slash), ``GET /healthz``, ``GET /readyz``. In public mode (``[public] enabled``) every
+FleetLock request belongs to a tenant, resolved by :mod:`lockd.tenancy` before the service
+is called; the service sees an ordinary (hashed) group name. Every non-200 answer is a JSON
 ``{"kind", "value"}`` from :class:`lockd.errors.Kind`; nothing a client sends yields a 500.
 """
 
@@ -13,10 +15,12 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from lockd import tenant_api
 from lockd.config import Settings
 from lockd.decisionlog import log_decision
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import PATH_RE, check_protocol_header, parse_body
+from lockd.groups import GroupSettings
 from lockd.http import (
     SERVICE,
     SETTINGS,
@@ -26,9 +30,11 @@ from lockd.http import (
     read_body,
 )
 from lockd.metrics import METRICS, Metrics, http_middleware
+from lockd.ratelimit import Limits, parse_networks
 from lockd.semaphore import Outcome
 from lockd.service import LockService
-from lockd.store import TimedBackend, open_store
+from lockd.store import Store, TimedBackend, open_store
+from lockd.tenancy import NEW_TENANT, PUBLIC, Keys, Public, TenantLayout, logging_observer
 
 # Encoded once: the 200 answers are a handful of constant bodies.
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
@@ -46,8 +52,9 @@ async def fleetlock(request: web.Request) -> web.Response:
             headers={"Allow": "GET,HEAD"},
         )
     match = PATH_RE.match(request.path)
-    if match is None or match["prefix"]:
-        # Tenant prefixes are not served by this listener.
+    public = request.app.get(PUBLIC)
+    if match is None or (match["prefix"] and public is None):
+        # Tenant prefixes are only served in public mode.
         raise LockdError(Kind.not_found, "no such endpoint")
     if request.method != "POST":
         return error_response(
@@ -59,11 +66,20 @@ async def fleetlock(request: web.Request) -> web.Response:
     params = parse_body(
         await read_body(request, settings.max_body_bytes, settings.body_timeout)
     )
-    service = request.app[SERVICE]
-    if match["op"] == "pre-reboot":
-        outcome = await service.pre_reboot(params.group, params.id)
+    tenant = None
+    if public is None:
+        service, group = request.app[SERVICE], params.group
     else:
-        outcome = await service.steady_state(params.group, params.id)
+        creates = match["op"] == "pre-reboot"
+        tenant, group = await public.admit(request, match["prefix"], params.group,
+                                           creates=creates)
+        service = public.service
+    if match["op"] == "pre-reboot":
+        outcome = await service.pre_reboot(group, params.id)
+    else:
+        outcome = await service.steady_state(group, params.id)
+    if outcome is Outcome.GRANTED and public is not None and tenant is not None:
+        await public.record_name(tenant, group, request.get(NEW_TENANT, False))
     if outcome is Outcome.FULL:
         raise LockdError(
             Kind.failed_lock_semaphore_full,
@@ -98,12 +114,36 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
         service.observers.append(log_decision)
         service.observers.append(app[METRICS].observe)
         app[SERVICE] = service
+        if settings.public_enabled:
+            app[PUBLIC] = public_service(settings, timed.backend)
         try:
             yield
         finally:
             await store.backend.close()
 
     return ctx
+
+
+def public_service(settings: Settings, backend: TimedBackend) -> Public:
+    """Tenants' groups: their own key prefix, ``default_slots`` each, and decisions logged
+    with a short hash only (and kept out of per-group metrics, whose labels they would
+    flood)."""
+    store = Store(backend, TenantLayout())
+    groups = GroupSettings(default_slots=settings.default_slots)
+    service = LockService(store, groups, timeout=settings.timeout)
+    service.observers.append(logging_observer(log_decision))
+    limits = Limits(
+        settings.backend_url,
+        create=settings.public_ip_create_rate,
+        miss=settings.public_ip_miss_rate,
+        tenant=settings.public_tenant_rate,
+        trusted_proxies=parse_networks(settings.public_trusted_proxies),
+    )
+    return Public(
+        Keys(settings.public_pepper), service, limits,
+        max_groups=settings.public_max_groups_per_tenant,
+        max_tenants=settings.public_max_tenants,
+    )
 
 
 def create_app(settings: Settings, service: LockService | None = None) -> web.Application:
@@ -121,6 +161,8 @@ def create_app(settings: Settings, service: LockService | None = None) -> web.Ap
         service.observers.append(app[METRICS].observe)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if settings.public_enabled:
+        tenant_api.add_routes(app)
     app.router.add_route(
         "*", "/{path:.*}", fleetlock, expect_handler=expect_within(settings.max_body_bytes)
     )

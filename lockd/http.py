@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from lockd.config import Settings
 from lockd.errors import Kind, LockdError
 from lockd.service import LockService
+from lockd.tenancy import redact
 
 log = logging.getLogger("lockd.http")
 
@@ -37,7 +38,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except LockdError as exc:
-        return error_response(exc)
+        return error_response(exc, headers=exc.headers)
     except web.HTTPMethodNotAllowed as exc:
         return error_response(
             LockdError(Kind.method_not_allowed, f"{request.method} is not allowed here"),
@@ -53,7 +54,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         kind = Kind.invalid_request if exc.status < 500 else Kind.internal_error
         return web.json_response({"kind": kind.value, "value": exc.reason}, status=exc.status)
     except Exception:
-        log.exception("unexpected error serving %s %s", request.method, request.path)
+        log.exception("unexpected error serving %s %s", request.method, redact(request.path))
         return error_response(LockdError(Kind.internal_error, "internal error"))
 
 

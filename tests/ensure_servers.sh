@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes sure the real servers the tests start (redis-server, etcd), the browser the
+# Makes sure the real servers the tests start (redis-server, etcd, haproxy), the browser the
 # status-page test drives (chromium) and the tools tests/test_deploy.py runs on deploy/
 # (systemd-analyze, promtool) are installed. Installs them with apt when running as root on
 # Debian/Ubuntu; otherwise says exactly what to install.
@@ -28,9 +28,10 @@ ensure_promtool
 
 declare -A pkg_for=(
   [redis-server]=redis-server [etcd]=etcd-server [chromium]=chromium [systemd-analyze]=systemd
+  [haproxy]=haproxy
 )
 missing=()
-for cmd in redis-server etcd chromium systemd-analyze; do
+for cmd in redis-server etcd chromium systemd-analyze haproxy; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -45,7 +46,7 @@ fi
 
 echo "The tests need these packages: ${missing[*]}" >&2
 echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
-echo "(or put redis-server, etcd, chromium and systemd-analyze on PATH). Without CI=true the tests that" >&2
+echo "(or put redis-server, etcd, chromium, systemd-analyze and haproxy on PATH). Without CI=true the tests that" >&2
 echo "need a missing server are skipped; with CI=true they fail." >&2
 [ "${CI:-}" = "true" ] && exit 1
 exit 0

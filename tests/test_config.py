@@ -272,3 +272,29 @@ def test_sighup_names_the_keys_that_need_a_restart(tmp_path: Path) -> None:
         assert "applied default_slots=3" in lockd.proc.output()  # type: ignore[union-attr]
     finally:
         assert lockd.stop() == 0
+
+
+def test_public_mode_reads_its_pepper_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    pepper = tmp_path / "pepper"
+    pepper.write_text("k" * 40 + "\n")
+    text = f'[public]\nenabled = true\npepper_file = "{pepper}"\n[storage]\nbackend = "memory://"\n'
+    s = load(write(tmp_path, text), environ={})
+    assert s.public_enabled and s.public_pepper == b"k" * 40
+    assert "k" * 40 not in repr(s)
+    s = load(environ={"LOCKD_PUBLIC__ENABLED": "1", "LOCKD_PUBLIC__PEPPER": "e" * 40,
+                      "LOCKD_STORAGE__BACKEND": "memory://"})
+    assert s.public_pepper == b"e" * 40
+
+
+def test_public_mode_refuses_a_weak_or_misplaced_pepper(tmp_path: Path) -> None:
+    env = {"LOCKD_PUBLIC__ENABLED": "true", "LOCKD_STORAGE__BACKEND": "memory://"}
+    with pytest.raises(ConfigError, match=r"public\.pepper_file"):
+        load(environ=env)
+    with pytest.raises(ConfigError, match="at least 32 bytes"):
+        load(environ={**env, "LOCKD_PUBLIC__PEPPER": "short"})
+    with pytest.raises(ConfigError, match="out of the configuration file"):
+        load(write(tmp_path, '[public]\nenabled = true\npepper = "' + "x" * 40 + '"\n'),
+             environ={})
+    with pytest.raises(ConfigError, match="own layout"):
+        load(environ={**env, "LOCKD_PUBLIC__PEPPER": "x" * 40,
+                      "LOCKD_STORAGE__BACKEND": "etcd2://127.0.0.1:2379"})

@@ -12,6 +12,7 @@ something that is not lockd; 4 the admin token is missing or wrong.
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import json
 import os
@@ -21,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from lockd.groups import GROUP_RULE, is_group_name
 
@@ -38,10 +39,25 @@ class CtlError(Exception):
 class AdminClient:
     """A small blocking client of the admin API (one request per command)."""
 
-    def __init__(self, server: str, token: str | None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        token: str | None,
+        timeout: float = 10.0,
+        *,
+        api: str = "/api/v1",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
+        #: Where the groups are: the admin API's /api/v1, or a tenant's /v1 (--url).
+        self.api = api
+        self.headers = headers or {}
+
+    def path(self, *parts: str) -> str:
+        """``<api>/groups[/<group>[/<action>]]``."""
+        return f"{self.api}/groups" + "".join("/" + quote(p, safe="") for p in parts)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -52,6 +68,8 @@ class AdminClient:
             req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
+        for name, value in self.headers.items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return self._decode(resp.read(), resp.status)
@@ -115,7 +133,27 @@ def _server(args: argparse.Namespace) -> str:
     return str(args.server or os.environ.get("LOCKD_ADMIN_URL") or DEFAULT_SERVER)
 
 
+def _tenant_client(args: argparse.Namespace, url: str) -> AdminClient:
+    """A client of a public lockd's tenant API: ``https://HOST/t/TOKEN/`` or
+    ``https://TOKEN@HOST/`` (the token as Basic user, as zincati sends it)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CtlError(f"--url: expected an http:// or https:// URL, got {url!r}", EXIT_USAGE)
+    headers = {}
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        pair = f"{unquote(user)}:{unquote(password)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    server = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return AdminClient(server, None, timeout=args.timeout, api="/v1", headers=headers)
+
+
 def _client(args: argparse.Namespace) -> AdminClient:
+    url = getattr(args, "url", None) or os.environ.get("LOCKD_TENANT_URL")
+    if url:
+        return _tenant_client(args, url)
     server = _server(args)
     if not server.startswith(("http://", "https://")):
         raise CtlError(f"--server {server}: expected an http:// or https:// URL", EXIT_USAGE)
@@ -138,10 +176,6 @@ def _slots_arg(text: str) -> int:
     return value
 
 
-def _path(group: str, *rest: str) -> str:
-    return "/api/v1/groups/" + "/".join(quote(p, safe="") for p in (group, *rest))
-
-
 def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
     p.add_argument(
         "--server",
@@ -156,6 +190,16 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help=argparse.SUPPRESS)
     if json_flag:
         p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def _tenant_url(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help="a public lockd's tenant URL, your zincati base_url (https://HOST/t/TOKEN/ or "
+        "https://TOKEN@HOST/): your tenant's groups instead of the admin API "
+        "($LOCKD_TENANT_URL)",
+    )
 
 
 def _age(seconds: float) -> str:
@@ -211,10 +255,10 @@ def format_group(g: dict[str, Any]) -> str:
 def _status(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.group:
-        doc = client.request("GET", _path(args.group))
+        doc = client.request("GET", client.path(args.group))
         print(json.dumps(doc, indent=2) if args.json else format_group(doc))
         return 0
-    doc = client.request("GET", "/api/v1/groups")
+    doc = client.request("GET", client.path())
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -224,7 +268,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _groups(args: argparse.Namespace) -> int:
-    doc = _client(args).request("GET", "/api/v1/groups")
+    client = _client(args)
+    doc = client.request("GET", client.path())
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -246,23 +291,34 @@ def _answer(args: argparse.Namespace, doc: Any, text: str) -> int:
 
 
 def _unlock(args: argparse.Namespace) -> int:
-    doc = _client(args).request("POST", _path(args.group, "unlock"), {"id": args.id})
+    client = _client(args)
+    doc = client.request("POST", client.path(args.group, "unlock"), {"id": args.id})
     return _answer(args, doc, f"Unlocked {args.id} in group {args.group}")
 
 
 def _set_max(args: argparse.Namespace) -> int:
-    doc = _client(args).request("PUT", _path(args.group, "slots"), {"slots": args.slots})
+    client = _client(args)
+    doc = client.request("PUT", client.path(args.group, "slots"), {"slots": args.slots})
     return _answer(args, doc, f"Old-Max: {doc['old_slots']}\nMax: {doc['slots']}")
 
 
 def _pauser(paused: bool) -> Any:
     def run(args: argparse.Namespace) -> int:
         verb = "pause" if paused else "resume"
-        doc = _client(args).request("POST", _path(args.group, verb))
+        client = _client(args)
+        doc = client.request("POST", client.path(args.group, verb))
         already = f"Group {args.group} was already {'paused' if paused else 'running'}"
         return _answer(args, doc, f"Group {args.group} {verb}d" if doc["changed"] else already)
 
     return run
+
+
+def _new_token(args: argparse.Namespace) -> int:
+    # Made here, never sent anywhere: the server learns a tenant at its first request.
+    from lockd.tenancy import new_token
+
+    print(new_token())
+    return 0
 
 
 def _guarded(run: Any) -> Any:
@@ -293,10 +349,12 @@ def _add_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("group", nargs="?", type=_group_arg, metavar="GROUP",
                    help="one group (default: every group)")
     _common(p, json_flag=True)
+    _tenant_url(p)
 
 
 def _add_groups(p: argparse.ArgumentParser) -> None:
     _common(p, json_flag=True)
+    _tenant_url(p)
 
 
 def _add_unlock(p: argparse.ArgumentParser) -> None:
@@ -304,6 +362,7 @@ def _add_unlock(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", "-g", type=_group_arg, default="default",
                    help="group (default: default)")
     _common(p, json_flag=True)
+    _tenant_url(p)
 
 
 def _add_set_max(p: argparse.ArgumentParser) -> None:
@@ -329,4 +388,6 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
     "set-max": ("change a group's slots at run time", _add_set_max, _guarded(_set_max)),
     "pause": ("refuse new grants in GROUP", _add_group_positional, _guarded(_pauser(True))),
     "resume": ("grant again in GROUP", _add_group_positional, _guarded(_pauser(False))),
+    "new-token": ("print a fresh tenant token for a public lockd (base_url "
+                  "https://HOST/t/TOKEN/)", lambda p: None, _new_token),
 }

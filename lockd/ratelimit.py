@@ -1,0 +1,164 @@
+"""Public mode's abuse limits, with the ``limits`` package (docs/public.md, "Abuse limits").
+
+Three limits, each a sliding window counter (constant memory per key):
+
+- per client network (IPv4 /32, IPv6 /64) on requests that **create state** (a tenant's
+  first grant in a group, which writes a new group): a client making tenants is stopped
+  after a handful, within seconds;
+- per client network on **misses** (refused secrets, the dropped slash): guessing and
+  misconfiguration cost the server little and learn nothing;
+- per **tenant** on everything else it sends, FleetLock and tenant API alike.
+
+Counters live in memory, or in the Redis server the store is on (``redis://`` and
+``rediss://`` backends), so replicas share them. The client address is the peer's, or the
+``X-Forwarded-For`` address its trusted proxy saw when the peer is in ``[public]
+trusted_proxies``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlsplit
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+
+from lockd.errors import Kind, LockdError
+
+log = logging.getLogger("lockd.ratelimit")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_network(address: str) -> str:
+    """The unit one client is counted by: an IPv4 address, or an IPv6 /64 (one site)."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
+    """``[public] trusted_proxies``: addresses or CIDR networks; ValueError names a bad one."""
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def client_address(peer: str | None, forwarded_for: str | None,
+                   trusted: tuple[Network, ...]) -> str:
+    """The client's address: the peer's, unless the peer is a trusted proxy; then the
+    right-most ``X-Forwarded-For`` entry that is not itself a trusted proxy (entries left
+    of it were written by the client and prove nothing)."""
+    address = peer or "unknown"
+    if not forwarded_for or not _trusted(address, trusted):
+        return address
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        if not _trusted(hop, trusted):
+            return hop
+        address = hop
+    return address
+
+
+def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def check_rate(text: str) -> RateLimitItem:
+    """A rate such as ``20/minute`` (the ``limits`` notation); ValueError if it is not one."""
+    try:
+        return parse(text)
+    except ValueError:
+        raise ValueError("must be a rate such as 20/minute or 50/second") from None
+
+
+def storage_uri(backend_url: str) -> tuple[str, str]:
+    """``(limits storage URI, key prefix)`` for lockd's store URL: the same Redis server
+    (and key prefix) for a Redis store, so replicas share counters; memory otherwise."""
+    parts = urlsplit(backend_url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss"):
+        return "async+memory://", "lockd-limits"
+    options = dict(parse_qsl(parts.query))
+    prefix = options.get("prefix", "lockd:") + "limits"
+    return f"async+{scheme}://{parts.netloc}{parts.path}", prefix
+
+
+class Limits:
+    """The three limits; each ``check_*`` raises 429 ``rate_limited`` with Retry-After."""
+
+    def __init__(
+        self,
+        backend_url: str,
+        *,
+        create: str,
+        miss: str,
+        tenant: str,
+        trusted_proxies: tuple[Network, ...] = (),
+    ) -> None:
+        uri, prefix = storage_uri(backend_url)
+        options = {} if uri.startswith("async+memory") else {
+            "implementation": "redispy", "key_prefix": prefix}
+        self.storage: Storage = storage_from_string(uri, **options)
+        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self.create = check_rate(create)
+        self.miss = check_rate(miss)
+        self.tenant = check_rate(tenant)
+        self.trusted_proxies = trusted_proxies
+
+    def client(self, peer: str | None, forwarded_for: str | None) -> str:
+        return client_network(client_address(peer, forwarded_for, self.trusted_proxies))
+
+    async def _hit(self, item: RateLimitItem, what: str, key: str) -> None:
+        try:
+            allowed = await self.limiter.hit(item, what, key)
+        except Exception as exc:  # a limiter that cannot count must not stop the fleet
+            log.warning("rate limiter unavailable, request allowed: %s", exc)
+            return
+        if allowed:
+            return
+        try:
+            stats = await self.limiter.get_window_stats(item, what, key)
+            retry = max(1, math.ceil(stats.reset_time - time.time()))
+        except Exception:
+            retry = item.get_expiry()
+        raise LockdError(
+            Kind.rate_limited,
+            f"too many {_WHAT[what]}; try again in {retry}s",
+            headers={"Retry-After": str(retry)},
+        )
+
+    async def check_create(self, client: str) -> None:
+        await self._hit(self.create, "create", client)
+
+    async def check_miss(self, client: str) -> None:
+        await self._hit(self.miss, "miss", client)
+
+    async def check_tenant(self, tenant_hash: str) -> None:
+        await self._hit(self.tenant, "tenant", tenant_hash)
+
+
+_WHAT = {
+    "create": "new groups from this address",
+    "miss": "refused requests from this address",
+    "tenant": "requests for this tenant",
+}

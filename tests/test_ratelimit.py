@@ -1,0 +1,127 @@
+"""lockd.ratelimit alone: who a client is, and the sizing of the default limits, driven
+with a fake clock: 5,000 nodes of one tenant behind one NAT at zincati's poll rate are
+never throttled, while one address creating tenants is stopped within a second."""
+
+from __future__ import annotations
+
+import bisect
+import random
+from types import SimpleNamespace
+
+import limits.aio.storage.memory
+import limits.aio.strategies
+import pytest
+
+from lockd import ratelimit
+from lockd.config import Settings
+from lockd.errors import Kind, LockdError
+from lockd.ratelimit import Limits, client_address, client_network, parse_networks
+
+
+def test_client_networks() -> None:
+    assert client_network("192.0.2.7") == "192.0.2.7"
+    assert client_network("::ffff:192.0.2.7") == "192.0.2.7"
+    assert client_network("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert client_network("2001:db8:1:2:ffff::1") == client_network("2001:db8:1:2::9")
+    assert client_network("2001:db8:1:3::1") != client_network("2001:db8:1:2::1")
+    assert client_network("garbage") == "unknown"
+
+
+def test_forwarded_for_is_believed_only_from_a_trusted_proxy() -> None:
+    trusted = parse_networks(["10.0.0.0/8", "127.0.0.1"])
+    assert client_address("198.51.100.1", "203.0.113.9", trusted) == "198.51.100.1"
+    assert client_address("10.1.1.1", "203.0.113.9", trusted) == "203.0.113.9"
+    # A client's own X-Forwarded-For entries are left of what the proxy appended.
+    assert client_address("10.1.1.1", "1.2.3.4, 203.0.113.9", trusted) == "203.0.113.9"
+    assert client_address("10.1.1.1", "203.0.113.9, 10.2.2.2", trusted) == "203.0.113.9"
+    assert client_address("10.1.1.1", None, trusted) == "10.1.1.1"
+    with pytest.raises(ValueError):
+        parse_networks(["not-a-net"])
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def module(self) -> SimpleNamespace:
+        import time
+
+        return SimpleNamespace(time=lambda: self.now, monotonic=lambda: self.now,
+                               sleep=time.sleep, perf_counter=time.perf_counter)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    clock = FakeClock()
+    for module in (limits.aio.storage.memory, limits.aio.strategies, ratelimit):
+        monkeypatch.setattr(module, "time", clock.module())
+    return clock
+
+
+def default_limits() -> Limits:
+    d = Settings()
+    return Limits("memory://", create=d.public_ip_create_rate, miss=d.public_ip_miss_rate,
+                  tenant=d.public_tenant_rate)
+
+
+async def test_5000_nodes_behind_one_nat_at_zincatis_rate_are_never_throttled(
+    clock: FakeClock,
+) -> None:
+    lim = default_limits()
+    rng = random.Random(7)
+    nodes, period = 5000, 300.0
+    # Each node polls every 300 s + 0-10% jitter (zincati), from one address, one tenant;
+    # one in ten also re-locks every 60 s, 10 times (an interactive session postponing
+    # its reboot), and every node sends a steady-state at boot (its first request).
+    due = sorted((rng.uniform(0, period), n) for n in range(nodes))
+    relocks = dict.fromkeys(range(0, nodes, 10), 10)
+    end = clock.now + 30 * 60
+    start = clock.now
+    hits = 0
+    while due:
+        t, n = due.pop(0)
+        clock.now = start + t
+        if clock.now > end:
+            break
+        client = lim.client("198.51.100.1", None)
+        await lim.check_tenant("tenant-hash")  # raises on a 429
+        hits += 1
+        if relocks.get(n):
+            relocks[n] -= 1
+            step = 60.0
+        else:
+            step = period * (1 + rng.uniform(0, 0.1))
+        bisect.insort(due, (t + step, n))
+    assert client == "198.51.100.1"
+    assert hits > 28_000
+
+
+async def test_one_address_creating_tenants_is_stopped_within_a_second(
+    clock: FakeClock,
+) -> None:
+    lim = default_limits()
+    start = clock.now
+    created = 0
+    with pytest.raises(LockdError) as info:
+        while True:
+            clock.now += 0.02  # 50 new tenants a second
+            await lim.check_create("203.0.113.5")
+            created += 1
+    assert info.value.kind is Kind.rate_limited
+    assert clock.now - start < 1.0 and created <= 20
+    assert int(info.value.headers["Retry-After"]) >= 1
+    # Another address is not held back by it.
+    await lim.check_create("203.0.113.6")
+
+
+async def test_misses_are_limited_per_address(clock: FakeClock) -> None:
+    lim = default_limits()
+    for _ in range(30):
+        clock.now += 0.01
+        await lim.check_miss("203.0.113.5")
+    with pytest.raises(LockdError) as info:
+        await lim.check_miss("203.0.113.5")
+    assert info.value.kind is Kind.rate_limited
+    # A minute on, the address may miss again (a misconfigured node retries every 300 s).
+    clock.now += 120
+    await lim.check_miss("203.0.113.5")
