@@ -423,7 +423,7 @@ def tiny_histories(draw: st.DrawFn) -> list[Operation]:
     return ops
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(tiny_histories(), st.integers(0, 2), st.booleans(),
        st.sampled_from([None, 0.0, 1.0, 2.5]))
 def test_agrees_with_brute_force(history: list[Operation], slots: int, strict: bool,
@@ -438,7 +438,7 @@ def lock_only_histories(draw: st.DrawFn) -> list[Operation]:
     return [o for o in draw(tiny_histories()) if o.kind not in ("set_slots", "read")]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(lock_only_histories(), st.integers(1, 2), st.sampled_from([None, 1.0]))
 def test_agrees_with_brute_force_without_reads_or_slot_changes(
         history: list[Operation], slots: int, horizon: float | None) -> None:
@@ -532,7 +532,7 @@ def _replay(planned: list[Planned], start_slots: int) -> Run:
     return Run(history, start_slots, holders)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(simulated_runs(), st.booleans())
 def test_a_correct_semaphore_always_gives_a_linearizable_history(run: Run,
                                                                  strict: bool) -> None:
