@@ -23,7 +23,9 @@ Modes (one at a time, for every connection, switchable at any moment):
 
 ``FaultProxy`` is an async context manager for asyncio tests; ``ThreadedFaultProxy`` runs one
 on its own event loop in a background thread, for synchronous tests and for lockd running
-as a subprocess. Neither imports lockd.
+as a subprocess. Neither imports lockd. Modes are ``Mode`` values or, as the fault harness
+passes them, a mode name and a delay: ``set_mode("latency", 0.4)``; ``ThreadedProxy`` is the
+harness's name for the threaded one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 ModeKind = Literal["pass", "latency", "drop", "blackhole", "reset_mid_response"]
+MODES: tuple[ModeKind, ...] = ("pass", "latency", "drop", "blackhole", "reset_mid_response")
 T = TypeVar("T")
 
 CHUNK = 65536
@@ -50,8 +53,8 @@ class Mode:
     after_bytes: int = 1  # reset_mid_response: response bytes let through before the reset
 
     def __post_init__(self) -> None:
-        if self.kind not in ("pass", "latency", "drop", "blackhole", "reset_mid_response"):
-            raise ValueError(f"unknown mode {self.kind!r}")
+        if self.kind not in MODES:
+            raise ValueError(f"unknown mode {self.kind!r}; use one of {MODES}")
         if self.delay < 0 or self.after_bytes < 0:
             raise ValueError(f"negative delay or byte count: {self}")
 
@@ -67,6 +70,13 @@ def latency(seconds: float) -> Mode:
 
 def reset_mid_response(after_bytes: int = 1) -> Mode:
     return Mode("reset_mid_response", after_bytes=after_bytes)
+
+
+def as_mode(mode: Mode | str, delay: float = 0.0) -> Mode:
+    """A ``Mode`` from either a ``Mode`` or a name (and, for latency, its delay)."""
+    if isinstance(mode, Mode):
+        return mode
+    return Mode(mode, delay=delay if mode == "latency" else 0.0)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -112,8 +122,8 @@ class FaultProxy:
     that started it; from another thread use ``ThreadedFaultProxy``.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(self, target_host: str, target_port: int, port: int = 0, *,
+                 host: str = "127.0.0.1") -> None:
         self.target_host, self.target_port = target_host, target_port
         self.host, self._want_port = host, port
         self.port = 0
@@ -136,9 +146,11 @@ class FaultProxy:
     def connections(self) -> int:
         return len(self._links)
 
-    async def start(self) -> None:
+    async def start(self) -> FaultProxy:
+        # Bind port 0 unless told otherwise: the kernel picks a free port, with no race.
         self._server = await asyncio.start_server(self._handle, self.host, self._want_port)
         self.port = self._server.sockets[0].getsockname()[1]
+        return self
 
     async def stop(self) -> None:
         if self._server is None:
@@ -168,11 +180,11 @@ class FaultProxy:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def set_mode(self, mode: Mode) -> None:
+    async def set_mode(self, mode: Mode | str, delay: float = 0.0) -> None:
         """Switch every connection to ``mode``; on return, ``drop`` has closed them all."""
-        self._mode = mode
+        self._mode = as_mode(mode, delay)
         self._wake()
-        if mode.kind == "drop":
+        if self._mode.kind == "drop":
             for link in list(self._links):
                 link.close()
                 self._links.discard(link)  # closed now; its handler finishes on its own
@@ -293,8 +305,8 @@ class ThreadedFaultProxy:
     switch returns once the proxy has applied it.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1",
-                 port: int = 0, timeout: float = 10.0) -> None:
+    def __init__(self, target_host: str, target_port: int, port: int = 0, *,
+                 host: str = "127.0.0.1", timeout: float = 10.0) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy",
                                         daemon=True)
@@ -304,7 +316,7 @@ class ThreadedFaultProxy:
     def _build(self, target_host: str, target_port: int, host: str, port: int) -> FaultProxy:
         # FaultProxy makes an asyncio.Event; build it on its own loop's thread, to be safe.
         async def build() -> FaultProxy:
-            return FaultProxy(target_host, target_port, host=host, port=port)
+            return FaultProxy(target_host, target_port, port, host=host)
 
         self._thread.start()
         return self._call(build())
@@ -324,8 +336,9 @@ class ThreadedFaultProxy:
     def stats(self) -> Stats:
         return self.proxy.stats
 
-    def start(self) -> None:
+    def start(self) -> ThreadedFaultProxy:
         self._call(self.proxy.start())
+        return self
 
     def stop(self) -> None:
         if not self._loop.is_running():
@@ -343,8 +356,10 @@ class ThreadedFaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def set_mode(self, mode: Mode) -> None:
-        self._call(self.proxy.set_mode(mode))
+    def set_mode(self, mode: Mode | str, delay: float = 0.0) -> None:
+        """Switch, and return once the proxy has (unlike a fire-and-forget switch, a fault's
+        recorded start is then never earlier than the fault itself)."""
+        self._call(self.proxy.set_mode(mode, delay))
 
     def pass_through(self) -> None:
         self.set_mode(PASS)
@@ -360,3 +375,7 @@ class ThreadedFaultProxy:
 
     def reset_mid_response(self, after_bytes: int = 1) -> None:
         self.set_mode(reset_mid_response(after_bytes))
+
+
+#: The fault harness's name for the threaded proxy.
+ThreadedProxy = ThreadedFaultProxy

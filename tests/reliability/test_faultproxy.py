@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.reliability.faultproxy import FaultProxy, Mode, ThreadedFaultProxy
+from tests.reliability.faultproxy import FaultProxy, Mode, ThreadedFaultProxy, ThreadedProxy
 
 QUIET = 0.3  # how long "silent" must stay silent in these tests
 
@@ -262,3 +262,20 @@ def test_threaded_proxy_is_driven_from_sync_code(sync_echo: int) -> None:
         with socket.create_connection(proxy.address, timeout=5) as sock:
             assert _sync_roundtrip(sock, b"again") == b"again"
         assert proxy.stats.accepted == 2
+
+
+def test_mode_names_as_the_fault_harness_passes_them(sync_echo: int) -> None:
+    proxy = ThreadedProxy("127.0.0.1", sync_echo).start()  # start() returns the proxy
+    try:
+        with socket.create_connection(proxy.address, timeout=5) as sock:
+            proxy.set_mode("latency", 0.1)
+            assert proxy.proxy.mode == Mode("latency", delay=0.1)
+            start = time.monotonic()
+            assert _sync_roundtrip(sock, b"slow") == b"slow"
+            assert time.monotonic() - start >= 0.2
+            proxy.set_mode("pass")
+            assert _sync_roundtrip(sock, b"fast") == b"fast"
+        with pytest.raises(ValueError, match="unknown mode"):
+            proxy.set_mode("partition")
+    finally:
+        proxy.stop()
