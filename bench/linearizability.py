@@ -18,8 +18,9 @@ A history is what the clients recorded: per operation its process, group, kind, 
 invocation time, completion time and result. The history is *linearizable* when every
 operation can be given one instant inside its interval such that replaying the operations
 in that order through the specification gives every recorded result. Groups share nothing,
-so each group is checked on its own (P-compositionality): a violation in one group never
-hides behind the size of another, and the search space is the product's sum, not its product.
+so each group is checked on its own (P-compositionality): the cost is a sum over groups,
+not a product, and a verdict names the group. Not modelled: pauses, reboot windows and
+rate limits (a refusal for those is just "refused"), and any expiry of holders.
 
 What the results mean
 ---------------------
@@ -32,6 +33,9 @@ What the results mean
   treated as +infinity and it is allowed to not happen at all. An unknown operation always
   has *some* legal outcome (a lock on a full semaphore is a refused no-op), so "never" is
   the same as "at the very end", and the search only has to place acknowledged operations.
+  ``unknown_horizon=H`` narrows this to "within H seconds of its invocation, or never",
+  for harnesses that know how long a lost write can stay in flight (client timeout plus
+  the longest fault); it makes long histories with many unknowns much cheaper to refute.
 
 Why refusals are not checked by default
 ---------------------------------------
@@ -50,32 +54,41 @@ The search
 Wing & Gong's backtracking search with Lowe's just-in-time linearization: walk the calls and
 returns in time order; at each step try to linearize one operation that has been invoked but
 whose linearization is still pending, and backtrack when an operation's return is reached
-before it could be placed. Visited (linearized set, state) pairs are memoised, so every pair
-is explored once; more than that, a configuration is skipped when one seen before had the
-same acknowledged operations placed, the same state, and spent a subset of its unknown ones
-(it could do everything this one can). Three more reductions keep real histories cheap,
-each one sound (it only skips choices equivalent to, or dominated by, one still explored):
+before it could be placed. Configurations (the set of linearized operations, the holders,
+the slots) are memoised, so each is explored once, with dominance on top: a configuration
+is skipped when one seen before placed the same acknowledged operations, had the same state
+and spent a subset of its unknown ones (it can do everything this one can). Each further
+reduction is sound: it only skips choices equivalent to, or dominated by, one still explored.
 
-- an operation that is a no-op here and wherever else it could still go is placed at once
+- An operation that is a no-op here and wherever else it could still go is placed at once
   and never "un-chosen": moving it earlier breaks nothing, so if no linearization follows
   from placing it, none exists. Reads and checked refusals always qualify; a non-holder's
   unlock does when no grant of that node can be placed before the unlock returns, and a
-  holder's re-lock when no release of it can (these two are FleetLock's commonest calls:
-  steady-state at every boot, pre-reboot polled by the holder);
-- an unknown operation is never placed where it would change nothing: dropping it explains
-  at least as much;
-- unknown operations with the same kind and arguments (a timed-out request retried ten times)
-  are interchangeable, so they are placed in invocation order only; and unknown operations
-  are tried only once no acknowledged one fits, since most histories need none of them.
+  holder's re-lock when no release of it can. These two are FleetLock's commonest calls
+  (steady-state at every boot, pre-reboot polled by the holder), and without this rule each
+  pending one doubles the configurations.
+- An unknown operation is never placed where it would change nothing: dropping it explains
+  at least as much. Unknown operations with the same kind and arguments (a timed-out request
+  retried ten times) are interchangeable, so only the first to expire is ever tried. Unknown
+  operations are tried only once no acknowledged one fits: most histories need none.
+- When refusals are not checked and the group has no reads and no slot changes, fewer
+  holders is never worse (from a subset of the holders, every grant still finds its node
+  holding or a slot free). Then unknown locks are left out altogether, since they can only
+  make grants fail, and a configuration with a subset of another's holders dominates it.
+  This is the usual shape of a fault-injection history, and where most of the speed is.
 
-One model-specific reduction removes most of the work in fault-injection histories: when
-refusals are not checked and the group has no reads and no slot changes, unknown locks are
-left out entirely (dropping them from any valid linearization leaves a valid one; see
-``_grants_never_help``), so only unknown unlocks remain to be placed.
-
-The search is still exponential in the worst case (in the number of mutually concurrent
-operations that change state); ``max_steps`` bounds it per group and the verdict is then
-``undecided`` rather than a hang.
+Limits
+------
+The problem is NP-complete in general and the search is exponential in the worst case: in
+the number of mutually concurrent operations that change state and, above all, of unknown
+operations left unresolved (each may take effect at any later instant). ``max_steps`` bounds
+each group's search and the verdict is then ``undecided`` rather than a hang. Measured on
+simulated histories (3 slots, non-strict): 20,000 operations from 50 concurrent clients
+check in about 0.1 s when linearizable; one injected violation is found in well under a
+second among 5,000 operations with 2% unknowns, while 20,000 operations with ~170 unknown
+unlocks before the violation need ``unknown_horizon`` (then ~3 s). ``strict_refusals`` with
+more than a few dozen unknowns in a group is often undecided. Memory: one small record per
+configuration explored (the linearized set is stored as "the first f done, then a bitset").
 
 This module is pure Python with no dependency, and imports nothing from lockd: it judges any
 FleetLock server from a history recorded on the client side.
@@ -254,10 +267,11 @@ def _grants_never_help(ops: Sequence[Operation], strict: bool, start: int, slots
     """Whether unknown locks can be left out of the search altogether.
 
     Without checked refusals, reads or slot changes, and with the initial holders within the
-    slots, removing every unknown lock from a valid linearization leaves a valid one: the
-    holders only shrink, never beyond ``slots`` are held, so each acknowledged grant still
-    finds its node holding or a slot free. Unknown locks then cannot explain anything (they
-    can only make grants fail), and each one left in would double the configurations.
+    slots, a sequence valid from some holders is valid from any subset of them (never more
+    than ``slots`` hold, so a grant whose node no longer holds finds a slot free). Hence
+    removing every unknown lock from a valid linearization leaves a valid one: unknown
+    locks cannot explain anything, and each one left in would double the configurations.
+    And a configuration with fewer holders dominates one with more.
     """
     if strict or start.bit_count() > slots:
         return False
@@ -339,6 +353,7 @@ class _Threats:
         self.unknown = sorted((s for s in steps if s.twins is not None),
                               key=lambda s: s.deadline)
         self.unknown_deadlines = [s.deadline for s in self.unknown]
+        self.timed = any(d < _INF for d in self.unknown_deadlines)
 
     def place(self, s: _Step) -> None:
         self.placed[s.uid] = True
@@ -369,9 +384,11 @@ class _Threats:
 
     def first_deadline(self, now: float) -> float:
         """The earliest deadline among unknown ops neither placed nor expired; inf if none."""
-        for t in self.unknown[bisect.bisect_left(self.unknown_deadlines, now):]:
-            if not self.placed[t.uid]:
-                return t.deadline
+        if not self.timed:
+            return _INF
+        for i in range(bisect.bisect_left(self.unknown_deadlines, now), len(self.unknown)):
+            if not self.placed[self.unknown[i].uid]:
+                return self.unknown[i].deadline
         return _INF
 
     def representative(self, twins: Sequence[_Step], now: float) -> _Step | None:
@@ -493,20 +510,22 @@ class _Search:
     max_steps: int
     twins: Mapping[tuple[Any, ...], Sequence[_Step]]
     timed: bool  # unknown ops have deadlines: then ``now`` is part of a configuration
+    monotone: bool  # fewer holders is never worse (see ``_grants_never_help``)
     now: float = -_INF  # the latest invocation placed: no later op may take effect before it
     lin_known: int = 0
     lin_unknown: int = 0
     steps: int = 0
-    # (acknowledged set, holders, slots) -> the sets of spent unknown ops seen with it, kept
-    # as an antichain: a set that contains a seen one is dominated (see ``dominated``).
-    seen: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
+    # (acknowledged set, holders, slots, clock) -> the (holders, spent unknown ops) pairs seen
+    # with it, as an antichain (see ``dominated``). Holders move out of the base into the
+    # pair when fewer holders is never worse.
+    seen: dict[tuple[Any, ...], list[tuple[int, int]]] = field(default_factory=dict)
     # (node, step, holders before, slots before, now before, forced, blocking return or -1)
     stack: list[tuple[int, _Step, int, int, float, bool, int]] = field(default_factory=list)
     best: tuple[list[_Step], _Step | None, int, int] = field(
         default_factory=lambda: ([], None, 0, 0))
 
-    def key(self, s: _Step, after: tuple[int, int]) -> tuple[tuple[Any, ...], int]:
-        """The configuration after placing ``s``: (acknowledged set and state, spent unknowns).
+    def key(self, s: _Step, after: tuple[int, int]) -> tuple[tuple[Any, ...], int, int]:
+        """The configuration after placing ``s``: (base, holders, spent unknown ops).
 
         With deadlines the clock is part of the base too: a configuration further on in time
         has fewer unknown ops alive, so it cannot stand in for one that is earlier.
@@ -517,26 +536,30 @@ class _Search:
         else:
             unknown |= 1 << s.index
         clock = max(self.now, s.op.invoke) if self.timed else 0.0
-        return (*_frontier_key(known), *after, clock), unknown
+        holders, slots = after
+        if self.monotone:
+            return (*_frontier_key(known), slots, clock), holders, unknown
+        return (*_frontier_key(known), holders, slots, clock), 0, unknown
 
-    def dominated(self, base: tuple[Any, ...], spent: int) -> bool:
-        """Whether a configuration seen before had this base and spent no more unknown ops.
+    def dominated(self, base: tuple[Any, ...], holders: int, spent: int) -> bool:
+        """Whether a configuration seen before had this base, no more holders (when that is
+        never worse) and spent no more unknown ops.
 
-        Such a configuration can do everything this one can (it has the same acknowledged ops
-        left, the same state, and every unknown op this one still has), and it has failed or
+        Such a configuration can do everything this one can (the same acknowledged ops left,
+        a state at least as good, every unknown op this one still has), and it has failed or
         is an ancestor still being explored; either way exploring this one adds nothing. An
         exact repeat is the special case of equal sets. Sound by induction on the length of
-        the shortest completion: see the tests' brute-force comparison.
+        the shortest completion; the tests compare it with a brute-force search.
         """
-        sets = self.seen.get(base)
-        if sets is None:
-            self.seen[base] = [spent]
+        pairs = self.seen.get(base)
+        if pairs is None:
+            self.seen[base] = [(holders, spent)]
             return False
-        if any(old & ~spent == 0 for old in sets):
+        if any(h & ~holders == 0 and u & ~spent == 0 for h, u in pairs):
             return True
-        # Keep an antichain: a stored superset of ``spent`` can never dominate more than it.
-        sets[:] = [old for old in sets if spent & ~old != 0]
-        sets.append(spent)
+        # Keep an antichain: a pair this one dominates can never prune more than it does.
+        pairs[:] = [(h, u) for h, u in pairs if holders & ~h or spent & ~u]
+        pairs.append((holders, spent))
         return False
 
     def place(self, node: int, s: _Step, after: tuple[int, int], forced: bool,
@@ -640,7 +663,8 @@ def check_group(
     bits = _Bits()
     start = bits.mask(initial_holders)
     ops = list(ops)
-    if _grants_never_help(ops, strict_refusals, start, slots):
+    monotone = _grants_never_help(ops, strict_refusals, start, slots)
+    if monotone:
         ops = [op for op in ops if not (op.kind == "lock" and op.result == "unknown")]
     known, unknown = _compile(ops, strict_refusals, bits, unknown_horizon)
     threats = _Threats([*known, *unknown], len(known) + len(unknown))
@@ -649,7 +673,7 @@ def check_group(
         assert u.twins is not None
         twins[u.twins].append(u)
     search = _Search(_build_lists(known, unknown), threats, start, slots, len(known),
-                     max_steps, twins, unknown_horizon is not None)
+                     max_steps, twins, unknown_horizon is not None, monotone)
     search.best = ([], None, start, slots)
     verdict = search.run()
     if verdict == "linearizable":
