@@ -61,19 +61,12 @@ async def fleetlock(request: web.Request) -> web.Response:
     )
     service = request.app[SERVICE]
     if match["op"] == "pre-reboot":
-        outcome = await service.pre_reboot(params.group, params.id)
+        answer = await service.try_lock(params.group, params.id)
+        outcome = answer.outcome
+        if not outcome.ok:  # full, paused, or refused by the group's reboot policy
+            raise service.refusal(params.group, answer)
     else:
         outcome = await service.steady_state(params.group, params.id)
-    if outcome is Outcome.FULL:
-        raise LockdError(
-            Kind.failed_lock_semaphore_full,
-            "semaphore currently full, all slots are locked already",
-        )
-    if outcome is Outcome.PAUSED:
-        raise LockdError(
-            Kind.failed_lock_group_paused,
-            f"group {params.group!r} is paused by an operator; no new reboots",
-        )
     return web.Response(body=_OUTCOME_BODIES[outcome], content_type="application/json")
 
 
