@@ -119,7 +119,10 @@ async def _listen(runner: web.AppRunner, host: str, port: int, name: str, cap: i
 
 
 #: Keys a reload applies; every other key needs a restart, and a reload says which changed.
-RELOADABLE = ("default_slots", "groups", "strict_groups", "default_group_name")
+RELOADABLE = (
+    "default_slots", "groups", "strict_groups", "default_group_name",
+    "group_policy", "group_policies", "gates", "gate_cache_s", "sweep_interval",
+)
 
 
 def _needs_restart(old: Settings, new: Settings) -> list[str]:
@@ -147,6 +150,8 @@ def _reloader(
         restart = _needs_restart(current[0], settings)
         current[0] = settings
         service.reconfigure(settings.group_settings())
+        service.gates.reconfigure(settings.gates, settings.gate_cache_s)
+        service.sweep_interval = settings.sweep_interval
         task = asyncio.get_running_loop().create_task(_apply(service))
         _background.add(task)
         task.add_done_callback(_background.discard)

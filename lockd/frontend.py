@@ -26,6 +26,7 @@ from lockd.http import (
     read_body,
 )
 from lockd.metrics import METRICS, Metrics, http_middleware
+from lockd.policyrun import running_policy
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import TimedBackend, open_store
@@ -92,7 +93,8 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
         service.observers.append(app[METRICS].observe)
         app[SERVICE] = service
         try:
-            yield
+            async with running_policy(settings, service, app[METRICS]):
+                yield
         finally:
             await store.backend.close()
 
