@@ -52,10 +52,13 @@ def zone(name: str) -> ZoneInfo:
 
 
 def parse_days(value: object) -> tuple[int, ...]:
-    """Weekdays (0 = Monday) from ``["Sat", "Sunday"]``, ``"Sat,Sun"`` or ``"Mon-Fri"``.
+    """Weekdays (0 = Monday) from ``["Sat", "Sunday"]``, ``"Sat,Sun"``, ``"Mon-Fri"`` or
+    ``"daily"``.
 
     Names are C-locale English, in full or their first three letters, in any case.
     """
+    if isinstance(value, str) and value.strip().lower() == "daily":
+        return tuple(range(7))
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not items:
         raise ValueError("days must be a non-empty list of weekday names, e.g. ['Sat', 'Sun']")
