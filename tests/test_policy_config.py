@@ -169,3 +169,20 @@ def test_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
     env = {"LOCKD_GATES__PROMETHEUS": "not json"} if not text else {}
     with pytest.raises(ConfigError, match=needle):
         load(write(tmp_path, text), environ=env)
+
+
+def test_every_example_in_docs_policy_loads(tmp_path: Path) -> None:
+    import re
+
+    from tests.procs import REPO
+
+    text = (REPO / "docs" / "policy.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 4
+    for block in blocks:
+        load(write(tmp_path, block), environ={})
+    env = dict(re.findall(r"^(LOCKD_[A-Z_]+)=(.*)$", text, re.M))
+    env = {k: v.strip("'\"") if v[:1] == v[-1:] and v[:1] in "'\"" else v
+           for k, v in env.items()}
+    s = load(environ=env)
+    assert s.group_policies["db"].expire_after == 7200 and s.notify.webhooks

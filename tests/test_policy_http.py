@@ -6,6 +6,7 @@ every refusal kind being a documented one."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from lockd.errors import Kind
 from lockd.windows import DAY_NAMES, format_instant
 from tests.httpcall import call, lock
-from tests.procs import Lockd
+from tests.procs import REPO, Lockd
 from tests.receivers import Receiver
 from tests.test_metrics import scrape, value
 
@@ -182,3 +184,13 @@ backoff_s = 0.05
     assert kinds == [("grant", "n1"), ("grant", "n1"), ("release", "n1")]  # one retry
     assert bodies[2]["held_seconds"] is not None and bodies[2]["by"] == "node"
 
+
+def test_every_refusal_kind_is_documented() -> None:
+    readme = (REPO / "README.md").read_text()
+    policy_doc = (REPO / "docs" / "policy.md").read_text()
+    refusals = [k for k in Kind if k.status == 423]
+    assert len(refusals) == 6
+    for kind in refusals:
+        assert re.search(rf"\| 423 \| `{kind.value}` \|", readme), kind
+        if kind.value not in ("failed_lock_semaphore_full", "failed_lock_group_paused"):
+            assert f"`{kind.value}`" in policy_doc, kind
