@@ -146,6 +146,8 @@ def _released(
 
 def expire(sem: Semaphore, now: float, policy: GroupPolicy) -> Semaphore:
     """Release every holder that has held for ``expire_after`` or longer."""
+    if policy.expire_after is None:  # the common case costs nothing per holder
+        return sem
     for h in [h for h in sem.holders if is_expired(h, now, policy)]:
         sem = _released(sem, h, now, policy, "expiry")
     return sem

@@ -177,6 +177,7 @@ url = "{rx.url}/events"
 backoff_s = 0.05
 """)
         assert lock(a.url, "pre-reboot", "n1", "default")[0] == 200
+        rx.wait_for(2)  # failed, then retried (replicas' events are not ordered between them)
         assert lock(b.url, "steady-state", "n1", "default")[0] == 200
         got = rx.wait_for(3)
     bodies = [r.json() for r in got if r.path == "/events"]
