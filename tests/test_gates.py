@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import Lockd
 from lockd.gates import AlertPattern, Gates, PrometheusGate, WebhookGate
 from tests.httpcall import lock
-from tests.procs import Lockd
 from tests.prometheus_servers import (
     FIRING_RULES,
     QUIET_RULES,

@@ -111,7 +111,7 @@ async def test_a_full_queue_drops_and_never_blocks() -> None:
 
 
 async def test_an_unreachable_receiver_does_not_hold_up_another() -> None:
-    from tests.procs import free_port
+    from bench.procs import free_port
 
     with Receiver() as rx:
         dead = Webhook(f"http://127.0.0.1:{free_port()}/", timeout=0.5)

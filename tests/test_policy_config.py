@@ -174,7 +174,7 @@ def test_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
 def test_every_example_in_docs_policy_loads(tmp_path: Path) -> None:
     import re
 
-    from tests.procs import REPO
+    from bench.procs import REPO
 
     text = (REPO / "docs" / "policy.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from bench.procs import REPO, Lockd
 from lockd.errors import Kind
 from lockd.windows import DAY_NAMES, format_instant
 from tests.httpcall import call, lock
-from tests.procs import REPO, Lockd
 from tests.receivers import Receiver
 from tests.test_metrics import scrape, value
 

@@ -343,9 +343,9 @@ async def test_gates_are_asked_only_for_requests_that_would_be_granted() -> None
 
 
 async def test_an_unreachable_gate_refuses() -> None:
+    from bench.procs import free_port
     from lockd.gates import Gates, WebhookGate
     from lockd.policy import GroupPolicy
-    from tests.procs import free_port
 
     gates = Gates([WebhookGate("hook", f"http://127.0.0.1:{free_port()}/", timeout=1)])
     service, _ = policy_service(MemoryBackend(), GroupPolicy(gates=("hook",)), gates)
