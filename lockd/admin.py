@@ -49,6 +49,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from lockd import policyview
 from lockd.config import ConfigError, Settings
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import MAX_ID_LENGTH
@@ -362,7 +363,7 @@ def group_view(
 ) -> dict[str, Any]:
     groups = service.groups
     configured = groups.slots.get(name)
-    return {
+    view = {
         "name": name,
         "slots": sem.slots,
         "available": sem.available,
@@ -381,6 +382,7 @@ def group_view(
             "config_mismatch": _mismatch(service, name),
         },
     }
+    return policyview.extend(view, service, name, sem, now)  # windows, stale, history...
 
 
 def _mismatch(service: LockService, name: str) -> dict[str, int | None] | None:

@@ -18,16 +18,21 @@ custom sources for each of these, and a compiled dependency for a ~400-line modu
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from lockd import policyconfig
+from lockd.gates import Gate
 from lockd.groups import GROUP_RULE, GroupSettings, is_group_name
+from lockd.notify import NotifySettings
+from lockd.policy import GroupPolicy
 
 ENV_PREFIX = "LOCKD_"
 DEFAULT_STATE_DIR = "~/.local/state/lockd"
@@ -103,6 +108,13 @@ class Settings:
     public_tenant_rate: str = "3000/minute"
     public_max_groups_per_tenant: int = 100
     public_max_tenants: int = 1_000_000
+    # The reboot policy (lockd.policyconfig, docs/policy.md).
+    group_policy: GroupPolicy = field(default_factory=GroupPolicy)
+    group_policies: Mapping[str, GroupPolicy] = field(default_factory=dict)
+    gates: tuple[Gate, ...] = ()
+    gate_cache_s: float = 5.0
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    sweep_interval: float = 30.0
     source: str = "defaults"
 
     @property
@@ -133,7 +145,8 @@ class Settings:
 
     def group_settings(self) -> GroupSettings:
         return GroupSettings(
-            default_slots=self.default_slots, slots=dict(self.groups), strict=self.strict_groups
+            default_slots=self.default_slots, slots=dict(self.groups), strict=self.strict_groups,
+            policy=self.group_policy, policies=dict(self.group_policies),
         )
 
 
@@ -155,6 +168,22 @@ KEYS: dict[str, str] = {
     "lock.default_slots": "posint",
     "lock.strict_groups": "bool",
     "lock.groups": "groups",
+    # The reboot policy: defaults for every group (docs/policy.md).
+    "lock.windows": "windows",
+    "lock.stale_after": "duration_off",
+    "lock.expire_after": "duration_off",
+    "lock.cooldown": "duration_off",
+    "lock.history": "history",
+    "lock.gates": "strlist",
+    "lock.sweep_interval_s": "posfloat",
+    "gates.prometheus": "prometheus_gates",
+    "gates.webhook": "webhook_gates",
+    "gates.cache_s": "nonnegfloat",
+    "notify.webhook": "notify_webhooks",
+    "notify.queue_size": "posint",
+    "notify.retries": "nonnegint",
+    "notify.backoff_s": "posfloat",
+    "notify.backoff_max_s": "posfloat",
     "admin.enabled": "bool",
     "admin.address": "str",
     "admin.port": "port",
@@ -259,6 +288,8 @@ def _convert(key: str, value: Any, origin: str) -> Any:
                 raise ValueError("must be a rate such as 20/minute")
             check_rate(value)
             return value
+        if kind in policyconfig.KINDS:
+            return policyconfig.convert(kind, value)
         if kind == "notls":
             # airlock's own example file says tls = false, and airlock refuses to start
             # without it; lockd reads it so that file loads unchanged.
@@ -277,30 +308,44 @@ def _convert(key: str, value: Any, origin: str) -> Any:
     raise AssertionError(kind)
 
 
-def _groups(value: Any) -> dict[str, int | None]:
-    """``[[lock.groups]] name/slots`` tables, or ``"workers=2,db=1"`` from env/flags.
+def _groups(value: Any) -> dict[str, dict[str, Any]]:
+    """``[[lock.groups]]`` tables, or ``"workers=2,db=1"`` (or the tables as JSON) from
+    env/flags: per group, the keys its entry sets (``slots``, policy keys).
 
     A group without ``slots`` takes ``default_slots`` (None here), as in airlock.
     """
-    if isinstance(value, str):
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("must be NAME=SLOTS,... or a JSON list of group tables") from None
+    elif isinstance(value, str):
         value = [
             {"name": n.strip(), "slots": s.strip()}
             for n, _, s in (item.partition("=") for item in value.split(",") if item.strip())
         ]
     if not isinstance(value, list):
         raise ValueError("must be a list of {name, slots} tables")
-    groups: dict[str, int | None] = {}
+    groups: dict[str, dict[str, Any]] = {}
     for i, table in enumerate(value):
         if not isinstance(table, dict):
             raise GroupError(f"entry {i + 1} must be a table with a name and optional slots")
-        unknown = sorted(set(table) - {"name", "slots"})
+        unknown = sorted(set(table) - {"name", "slots", *policyconfig.GROUP_KEYS})
         if unknown:
-            raise GroupError(f"entry {i + 1}: unknown key {unknown[0]!r} (a group has name, slots)")
+            keys = ", ".join(("name", "slots", *policyconfig.GROUP_KEYS))
+            raise GroupError(f"entry {i + 1}: unknown key {unknown[0]!r} (a group has {keys})")
         name, slots = table.get("name"), table.get("slots")
         if not is_group_name(name):
             raise GroupError(f"entry {i + 1}: name {GROUP_RULE}; got {name!r}")
+        try:
+            entry = policyconfig.group_keys(table)
+        except ValueError as exc:
+            raise GroupError(f"group {name!r}: {exc}") from None
+        if "slots" not in table:
+            groups[name] = entry
+            continue
         if slots is None or slots == "":
-            groups[name] = None
+            groups[name] = {**entry, "slots": None}
             continue
         try:
             slots = int(slots) if isinstance(slots, str) else slots
@@ -313,7 +358,7 @@ def _groups(value: Any) -> dict[str, int | None]:
             )
         if name in groups:
             raise GroupError(f"group {name!r} is listed twice")
-        groups[name] = slots
+        groups[name] = {**entry, "slots": slots}
     return groups
 
 
@@ -378,13 +423,14 @@ def load(
         source = path
     layers.append(_from_env(environ))
     layers.append({name: (value, f"flag for {name}") for name, value in (overrides or {}).items()})
-    groups: dict[str, int | None] = {}
+    groups: dict[str, dict[str, Any]] = {}
     for layer in layers:
         for name, (value, origin) in layer.items():
             if name == "lock.groups":
                 # Groups from the environment and flags add to the file's, or override
-                # one by name; they never drop a group the file lists.
-                groups.update(_convert(name, value, origin))
+                # the keys they set of one by name; they never drop a group the file lists.
+                for group, entry in _convert(name, value, origin).items():
+                    groups.setdefault(group, {}).update(entry)
             else:
                 merged[name] = (value, origin)
     if path and merged.get("public.pepper", (None, ""))[1] == path:
@@ -453,9 +499,10 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         timeout = v["etcd3.transaction_timeout_ms"] / 1000
     default_name = v.get("lock.default_group_name", "default")
     default_slots = v.get("lock.default_slots", 1)
+    entries = v.get("lock.groups", {})
     groups = {
-        name: default_slots if slots is None else slots
-        for name, slots in v.get("lock.groups", {}).items()
+        name: default_slots if entry.get("slots") is None else entry["slots"]
+        for name, entry in entries.items()
     }
     groups.setdefault(default_name, default_slots)
     settings = Settings(
@@ -493,6 +540,11 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         public_max_tenants=v.get("public.max_tenants", d.public_max_tenants),
         source=source,
     )
+    layout = _layout(settings.backend_url)
+    settings = replace(
+        settings,
+        **policyconfig.build(v, entries, layout.name, layout.stores_policy_state),
+    )
     _check(settings)
     return settings
 
@@ -509,6 +561,16 @@ def _pepper(v: dict[str, Any]) -> bytes:
             return fh.read(4096).strip()
     except OSError as exc:
         raise ConfigError(f"public.pepper_file: cannot read {path}: {exc.strerror}") from None
+def _layout(url: str) -> Any:
+    """The layout a backend URL names (native if the URL is wrong: _check says why)."""
+    from lockd.backends import InvalidBackendURL
+    from lockd.layouts import LAYOUTS
+    from lockd.store import split_layout
+
+    try:
+        return LAYOUTS[split_layout(url)[1]]
+    except InvalidBackendURL:
+        return LAYOUTS["native"]
 
 
 def _etcd3_url(v: dict[str, Any]) -> str:

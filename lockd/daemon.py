@@ -128,8 +128,10 @@ async def _listen(
 
 
 #: Keys a reload applies; every other key needs a restart, and a reload says which changed.
-RELOADABLE = ("default_slots", "groups", "strict_groups", "default_group_name",
-              "tls_cert", "tls_key")
+RELOADABLE = (
+    "default_slots", "groups", "strict_groups", "default_group_name", "tls_cert", "tls_key",
+    "group_policy", "group_policies", "gates", "gate_cache_s", "sweep_interval",
+)
 
 
 def _needs_restart(old: Settings, new: Settings) -> list[str]:
@@ -164,6 +166,8 @@ def _reloader(
         restart = _needs_restart(current[0], settings)
         current[0] = settings
         service.reconfigure(settings.group_settings())
+        service.gates.reconfigure(settings.gates, settings.gate_cache_s)
+        service.sweep_interval = settings.sweep_interval
         public = app.get(PUBLIC)
         if public is not None:  # every tenant group has default_slots
             public.service.reconfigure(GroupSettings(default_slots=settings.default_slots))

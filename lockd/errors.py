@@ -40,6 +40,11 @@ class Kind(enum.Enum):
     unsupported_media_type = ("unsupported_media_type", 415)
     failed_lock_semaphore_full = ("failed_lock_semaphore_full", 423)
     failed_lock_group_paused = ("failed_lock_group_paused", 423)
+    # The reboot policy (lockd/policy.py, docs/policy.md): only a new grant is refused.
+    failed_lock_outside_window = ("failed_lock_outside_window", 423)
+    failed_lock_cooldown = ("failed_lock_cooldown", 423)
+    failed_lock_gate_closed = ("failed_lock_gate_closed", 423)
+    failed_lock_gate_unreachable = ("failed_lock_gate_unreachable", 423)
     rate_limited = ("rate_limited", 429)
     internal_error = ("internal_error", 500)
     too_many_connections = ("too_many_connections", 503)

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from lockd.policy import GroupPolicy
+
 GROUP_PATTERN = "[a-zA-Z0-9.-]+"
 MAX_GROUP_LENGTH = 256
 _GROUP_RE = re.compile(GROUP_PATTERN)
@@ -33,11 +35,20 @@ def is_group_name(name: object) -> bool:
 
 @dataclass(frozen=True)
 class GroupSettings:
-    """How many slots each group has, from configuration."""
+    """How many slots each group has, and its reboot policy, from configuration.
+
+    ``policy`` is what every group takes (``[lock]``); ``policies`` holds the complete
+    policy of each group that sets any policy key of its own in ``[[lock.groups]]``.
+    """
 
     default_slots: int = 1
     slots: Mapping[str, int] = field(default_factory=dict)
     strict: bool = False
+    policy: GroupPolicy = field(default_factory=GroupPolicy)
+    policies: Mapping[str, GroupPolicy] = field(default_factory=dict)
+
+    def policy_for(self, group: str) -> GroupPolicy:
+        return self.policies.get(group, self.policy)
 
     def slots_for(self, group: str) -> int | None:
         """Configured slots for ``group``; None if the group is unknown under strict_groups."""

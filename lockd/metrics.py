@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from lockd import policy as policies
 from lockd.errors import LockdError
 from lockd.fleetlock import PATH_RE
 from lockd.semaphore import Outcome, Semaphore
@@ -48,6 +49,10 @@ DEFAULT_GROUP_CAP = 50
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+#: Buckets for how long a node held its slot (grant to steady-state): a reboot takes a few
+#: minutes; anything past hours is a node that came back late or never.
+REBOOT_BUCKETS = (30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600, 7200, 14400, 43200)
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -155,6 +160,59 @@ class Metrics:
             ["group"],
             registry=r,
         )
+        # The reboot policy (lockd.policy, docs/policy.md).
+        self.stale_holders = Gauge(
+            "lockd_group_stale_holders",
+            "Holders that have held longer than the group's stale_after, by group",
+            ["group"], registry=r,
+        )
+        self.window_open = Gauge(
+            "lockd_group_window_open",
+            "1 if the group's reboot windows allow a new grant now (always 1 without "
+            "windows), by group",
+            ["group"], registry=r,
+        )
+        self.cooling_slots = Gauge(
+            "lockd_group_cooling_slots",
+            "Free slots not granted yet because they were freed less than cooldown ago",
+            ["group"], registry=r,
+        )
+        self.expiries = Counter(
+            "lockd_expiries",
+            "Holders released by expire_after (by this replica), by group",
+            ["group"], registry=r,
+        )
+        self.reboot_seconds = Histogram(
+            "lockd_reboot_duration_seconds",
+            "How long nodes held their slot, grant to steady-state (releases by the node "
+            "decided by this replica), by group",
+            ["group"], buckets=REBOOT_BUCKETS, registry=r,
+        )
+        self.gate_requests = Counter(
+            "lockd_gate_requests",
+            "Questions sent to health gates (cached answers not counted), by gate and answer",
+            ["gate", "result"], registry=r,
+        )
+        self.gate_open = Gauge(
+            "lockd_gate_open",
+            "1 if the gate's last answer was open, 0 if closed or unreachable, by gate",
+            ["gate"], registry=r,
+        )
+        self.notifications = Counter(
+            "lockd_notifications_delivered",
+            "Notification events delivered to a webhook",
+            registry=r,
+        )
+        self.notification_retries = Counter(
+            "lockd_notification_retries",
+            "Notification deliveries retried after a failure", registry=r,
+        )
+        self.notifications_dropped = Counter(
+            "lockd_notifications_dropped",
+            "Notification events dropped: queue_full (the webhook's queue was full) or "
+            "failed (every retry failed)",
+            ["reason"], registry=r,
+        )
 
     # Bounded group labels
 
@@ -193,11 +251,28 @@ class Metrics:
         if d.outcome is None:
             return
         group = self.group_label(d.group, admit=True)
+        for event in d.events:
+            if event.kind == "expiry":
+                self.expiries.labels(group).inc()
+            elif event.kind == "release" and event.by == "node" and event.held_seconds:
+                self.reboot_seconds.labels(group).observe(event.held_seconds)
         if d.outcome is Outcome.GRANTED:
             self.grants.labels(group).inc()
         elif d.outcome is Outcome.RELEASED:
             by = "operator" if d.action == "force-unlock" else "node"
             self.releases.labels(group, by).inc()
+
+    def observe_gate(self, gate: str, result: str) -> None:
+        self.gate_requests.labels(gate, result).inc()
+        self.gate_open.labels(gate).set(1 if result == "open" else 0)
+
+    def observe_notification(self, outcome: str) -> None:
+        if outcome == "delivered":
+            self.notifications.inc()
+        elif outcome == "retry":
+            self.notification_retries.inc()
+        else:
+            self.notifications_dropped.labels(outcome.removeprefix("dropped_")).inc()
 
     def observe_backend(self, operation: str, seconds: float, ok: bool) -> None:
         if not ok:
@@ -241,6 +316,7 @@ class Metrics:
         for gauge in (
             self.config_slots, self.group_slots, self.group_holders, self.group_available,
             self.group_paused, self.oldest_age, self.config_mismatch,
+            self.stale_holders, self.window_open, self.cooling_slots,
         ):  # fmt: skip
             gauge.clear()
         for group, slots in service.groups.slots.items():
@@ -253,6 +329,12 @@ class Metrics:
             # A holder granted by airlock or locksmith has no grant time (0): not counted.
             oldest = min((h.granted_at for h in sem.holders if h.granted_at > 0), default=None)
             self.oldest_age.labels(group).set(0 if oldest is None else max(0.0, now - oldest))
+            policy = service.policy_for(group)
+            stale = sum(policies.is_stale(h, now, policy) for h in sem.holders)
+            self.stale_holders.labels(group).set(stale)
+            self.window_open.labels(group).set(1 if policy.windows.is_open(now) else 0)
+            cooling = sem.available - policies.grantable(sem, now, policy)
+            self.cooling_slots.labels(group).set(cooling)
         for group in service.config_mismatches:
             self.config_mismatch.labels(self.group_label(group)).set(1)
 

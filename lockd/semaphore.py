@@ -12,7 +12,9 @@ without changing anything.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+from lockd.policystate import PolicyState
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,8 @@ class Semaphore:
     last applied, so that a change of configuration is applied once (airlock#81) while a
     run-time ``set-max`` lasts until the configuration of that group changes again.
     ``free_counter`` is locksmith's stored count of free slots, kept exactly as locksmith
-    would keep it; it is ``None`` in lockd's own layouts.
+    would keep it; it is ``None`` in lockd's own layouts. ``policy`` is what the reboot
+    policy shares between replicas (:mod:`lockd.policy`); only the native layout stores it.
     """
 
     slots: int
@@ -41,6 +44,7 @@ class Semaphore:
     config_slots: int | None = None
     paused: bool = False
     free_counter: int | None = None
+    policy: PolicyState = field(default_factory=PolicyState)
 
     @classmethod
     def new(cls, slots: int) -> Semaphore:
@@ -70,11 +74,24 @@ class Outcome(enum.Enum):
     NOT_HELD = "not_held"
     CHANGED = "changed"
     UNCHANGED = "unchanged"
+    # Refusals of the reboot policy (lockd.policy); GATE_PENDING never reaches a client:
+    # the service asks the group's health gates and decides again.
+    OUTSIDE_WINDOW = "outside_window"
+    COOLDOWN = "cooldown"
+    GATE_CLOSED = "gate_closed"
+    GATE_UNREACHABLE = "gate_unreachable"
+    GATE_PENDING = "gate_pending"
 
     @property
     def ok(self) -> bool:
         """Whether a FleetLock client gets a 200 for this outcome."""
-        return self not in (Outcome.FULL, Outcome.PAUSED)
+        return self not in _REFUSED
+
+
+_REFUSED = frozenset({
+    Outcome.FULL, Outcome.PAUSED, Outcome.OUTSIDE_WINDOW, Outcome.COOLDOWN,
+    Outcome.GATE_CLOSED, Outcome.GATE_UNREACHABLE, Outcome.GATE_PENDING,
+})
 
 
 def lock(sem: Semaphore, id: str, now: float) -> tuple[Semaphore, Outcome]:

@@ -18,11 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lockd import policy as policies
 from lockd import semaphore
 from lockd.backends import BackendUnavailable, ValueTooLarge, Version
 from lockd.errors import Kind, LockdError
+from lockd.gates import Gates
 from lockd.groups import GroupSettings
 from lockd.layouts import LayoutError
+from lockd.policy import Event, GateVerdict, GroupPolicy
 from lockd.semaphore import Outcome, Semaphore
 from lockd.store import Store
 
@@ -44,11 +47,27 @@ class Decision:
     seconds: float
     semaphore: Semaphore | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: What happened to holders (grants, releases, expiries, stale reports), once the
+    #: decision is committed; see lockd.policy.changes.
+    events: tuple[Event, ...] = ()
 
 
 Observer = Callable[[Decision], None]
-#: One request's answer: the state after its transition, its outcome, the attempt number.
-Result = tuple[Semaphore, Outcome, int]
+#: One request's answer: the state after its transition, its outcome, the attempt number,
+#: and the state its transition started from.
+Result = tuple[Semaphore, Outcome, int, Semaphore]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A pre-reboot's outcome with what explains a refusal: the state it was decided on,
+    the time, the group's policy and the health gates' verdict (if they were asked)."""
+
+    outcome: Outcome
+    state: Semaphore
+    now: float
+    policy: GroupPolicy
+    gate: GateVerdict | None = None
 
 
 @dataclass(eq=False)
@@ -91,8 +110,8 @@ def apply_in_order(
                 else LockdError(Kind.internal_error, "internal error")
             )
             continue
+        results.append((after, outcome, attempt, current))
         current = after
-        results.append((current, outcome, attempt))
     return current, results
 
 
@@ -135,6 +154,7 @@ class LockService:
         backoff_base: float = 0.002,
         backoff_cap: float = 0.1,
         remember: int = 4096,
+        gates: Gates | None = None,
     ) -> None:
         self.store = store
         self.backend = store.backend
@@ -161,10 +181,29 @@ class LockService:
         #: group -> (slots configured here, slots another replica's configuration wrote),
         #: for groups where the two disagree; shown by metrics, the admin API and the CLI.
         self.config_mismatches: dict[str, tuple[int, int | None]] = {}
+        #: The health gates this service asks before a grant (lockd.gates).
+        self.gates = gates if gates is not None else Gates()
+        #: Seconds between two sweeps (lockd.policyrun starts them).
+        self.sweep_interval = 30.0
+        self._policies: dict[str, GroupPolicy] = {}
 
     def reconfigure(self, groups: GroupSettings) -> None:
         """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
         self.groups = groups
+        self._policies.clear()
+
+    def policy_for(self, group: str) -> GroupPolicy:
+        """The group's reboot policy as this store can keep it: on a layout that cannot
+        store policy state, what needs it is off (configuration refuses asking for it)."""
+        found = self._policies.get(group)
+        if found is None:
+            found = self._storable(self.groups.policy_for(group))
+            if len(self._policies) < self.remember:
+                self._policies[group] = found
+        return found
+
+    def _storable(self, policy: GroupPolicy) -> GroupPolicy:
+        return policy if self.layout.stores_policy_state else policy.stateless()
 
     async def apply_configuration(self) -> None:
         """Write the configured slots of every listed group whose stored value is older.
@@ -182,23 +221,85 @@ class LockService:
     # FleetLock operations
 
     async def pre_reboot(self, group: str, id: str) -> Outcome:
+        return (await self.try_lock(group, id)).outcome
+
+    async def try_lock(self, group: str, id: str) -> Answer:
+        """RecursiveLock under the group's policy (:func:`lockd.policy.lock`).
+
+        The health gates are I/O, so they are asked here, outside the compare-and-set
+        loop, and only when the model says the request would otherwise be granted
+        (GATE_PENDING); the model then decides again with their verdict.
+        """
+        self._configured_slots(group)
+        policy = self.policy_for(group)
+        now = self.clock()
+        sem, outcome = await self._decide(
+            "pre-reboot", group, id, lambda s: policies.lock(s, id, now, policy), now=now
+        )
+        verdict = None
+        if outcome is Outcome.GATE_PENDING:
+            verdict = await self.gates.check(policy.gates, group, id)
+            now = self.clock()
+            sem, outcome = await self._decide(
+                "pre-reboot", group, id,
+                lambda s: policies.lock(s, id, now, policy, verdict), now=now,
+            )
+        return Answer(outcome, sem, now, policy, verdict)
+
+    def refusal(self, group: str, answer: Answer) -> LockdError:
+        """The ``{kind, value}`` for a refused pre-reboot."""
+        return policies.refusal(
+            answer.outcome, group, answer.state, answer.now, answer.policy, answer.gate
+        )
+
+    async def steady_state(self, group: str, id: str) -> Outcome:
+        policy = self.policy_for(group)
         now = self.clock()
         _, outcome = await self._decide(
-            "pre-reboot", group, id, lambda s: semaphore.lock(s, id, now)
+            "steady-state", group, id, lambda s: policies.unlock(s, id, now, policy), now=now
         )
         return outcome
 
-    async def steady_state(self, group: str, id: str) -> Outcome:
-        _, outcome = await self._decide(
-            "steady-state", group, id, lambda s: semaphore.unlock(s, id)
-        )
-        return outcome
+    async def sweep(self) -> None:
+        """One pass of the periodic sweep: every group whose policy expires or reports
+        stale holders gets :func:`lockd.policy.sweep` through the compare-and-set loop, so
+        on several replicas exactly one writes (and reports) each change."""
+        names = set(self.groups.slots)
+        if self._storable(self.groups.policy).sweeps:  # what unlisted groups take
+            names.update(await self.list_groups())
+        for group in sorted(names):
+            policy = self.policy_for(group)
+            if not policy.sweeps:
+                continue
+            now = self.clock()
+            try:
+                await self._decide(
+                    "sweep", group, None,
+                    lambda s, now=now, policy=policy: policies.sweep(s, now, policy), now=now,
+                )
+            except LockdError as exc:
+                if exc.kind is not Kind.unknown_group:
+                    log.warning("sweep of group %r failed: %s", group, exc.value)
+
+    async def run_sweeps(self) -> None:
+        """Sweep every :attr:`sweep_interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except LockdError as exc:
+                log.warning("sweep failed: %s", exc.value)
+            except Exception:  # the sweeper must outlive a bug in one pass
+                log.exception("sweep failed")
 
     # Operator actions
 
     async def force_unlock(self, group: str, id: str, *, actor: str = "admin") -> Outcome:
+        policy = self.policy_for(group)
+        now = self.clock()
         _, outcome = await self._decide(
-            "force-unlock", group, id, lambda s: semaphore.force_unlock(s, id), actor=actor
+            "force-unlock", group, id,
+            lambda s: policies.unlock(s, id, now, policy, by="operator"), now=now, actor=actor,
         )
         return outcome
 
@@ -362,12 +463,13 @@ class LockService:
             self._seen.popitem(last=False)
 
     async def _decide(
-        self, action: str, group: str, id: str | None, transition: Transition, **extra: Any
+        self, action: str, group: str, id: str | None, transition: Transition,
+        now: float | None = None, **extra: Any,
     ) -> tuple[Semaphore, Outcome]:
         started = time.perf_counter()
         attempts = 0
         try:
-            sem, outcome, attempts = await self.update(group, transition)
+            sem, outcome, attempts, before = await self.update(group, transition)
         except LockdError as exc:
             self._emit(
                 Decision(
@@ -383,6 +485,19 @@ class LockService:
                 )
             )
             raise
+        events: tuple[Event, ...] = ()
+        if now is not None:
+            released = id if outcome is Outcome.RELEASED else None
+            by = "operator" if action == "force-unlock" else "node"
+            events = policies.changes(group, before, sem, now, released, by)
+        if not events and (
+            outcome is Outcome.GATE_PENDING
+            or (action == "sweep" and outcome is Outcome.UNCHANGED)
+        ):
+            # Nothing happened: the first half of a decision that waits for the gates (the
+            # second half is the one reported), or a sweep with nothing to do.
+            return sem, outcome
+        _log_events(events)
         self._emit(
             Decision(
                 action,
@@ -394,6 +509,7 @@ class LockService:
                 time.perf_counter() - started,
                 sem,
                 extra,
+                events,
             )
         )
         return sem, outcome
@@ -466,6 +582,22 @@ class LockService:
             raise LockdError(
                 Kind.backend_invalid_data, f"the stored semaphore of group {group!r} is unreadable"
             ) from exc
+
+
+def _log_events(events: tuple[Event, ...]) -> None:
+    """Expiries and stale holders are worth a line of their own (grants and releases have
+    their decision line)."""
+    for e in events:
+        if e.kind not in ("expiry", "stale"):
+            continue
+        held = e.held_seconds or 0.0
+        what = "released expired holder" if e.kind == "expiry" else "holder is stale"
+        log.warning(
+            "group %r: %s %r (held %.0f s)", e.group, what, e.id, held,
+            extra={"event": "holder_expired" if e.kind == "expiry" else "holder_stale",
+                   "group": e.group, "id": e.id, "grant_id": e.grant_id,
+                   "held_s": round(held, 3)},
+        )
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

@@ -1,30 +1,39 @@
 #!/usr/bin/env bash
-# Makes sure the real servers the tests start (redis-server, etcd, haproxy), the browser the
-# status-page test drives (chromium) and the tools tests/test_deploy.py runs on deploy/
-# (systemd-analyze, promtool) are installed. Installs them with apt when running as root on
-# Debian/Ubuntu; otherwise says exactly what to install.
+# Makes sure the real servers the tests start (redis-server, etcd, haproxy, and prometheus and
+# prometheus-alertmanager for the health-gate tests), the browser the status-page test drives
+# (chromium) and the tools tests/test_deploy.py runs on deploy/ (systemd-analyze, promtool)
+# are installed. Installs them with apt when running as root on Debian/Ubuntu; otherwise says
+# exactly what to install.
 set -euo pipefail
 
-# promtool alone, from Debian's prometheus package, unpacked rather than installed: the
-# package would also install (and, where services start, run) a Prometheus server on :9090.
-ensure_promtool() {
-  command -v promtool >/dev/null 2>&1 && return 0
+# Binaries from Debian packages, unpacked rather than installed: the prometheus and
+# prometheus-alertmanager packages would also install (and, where services start, run) a
+# Prometheus server on :9090 and an Alertmanager on :9093. The tests start their own on free
+# loopback ports.
+ensure_unpacked() {  # PACKAGE BINARY...
+  local package=$1 dir b
+  shift
+  local need=()
+  for b in "$@"; do command -v "$b" >/dev/null 2>&1 || need+=("$b"); done
+  [ ${#need[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing promtool (from Debian's prometheus package, unpacked)" >&2
-    local dir
+    echo "installing ${need[*]} (from Debian's $package package, unpacked)" >&2
     dir=$(mktemp -d)
-    (cd "$dir" && apt-get download -qq prometheus 2>/dev/null \
-      || { apt-get update -qq && apt-get download -qq prometheus; })
-    dpkg-deb --fsys-tarfile "$dir"/prometheus_*.deb | tar -x -C "$dir" ./usr/bin/promtool
-    install -m 0755 "$dir/usr/bin/promtool" /usr/local/bin/promtool
+    (cd "$dir" && apt-get download -qq "$package" 2>/dev/null \
+      || { apt-get update -qq && apt-get download -qq "$package"; })
+    for b in "${need[@]}"; do
+      dpkg-deb --fsys-tarfile "$dir/${package}"_*.deb | tar -x -C "$dir" "./usr/bin/$b"
+      install -m 0755 "$dir/usr/bin/$b" "/usr/local/bin/$b"
+    done
     rm -rf "$dir"
     return 0
   fi
-  echo "tests/test_deploy.py needs promtool (Debian: the prometheus package)" >&2
+  echo "the tests need ${need[*]} (Debian: the $package package)" >&2
   [ "${CI:-}" = "true" ] && exit 1
   return 0
 }
-ensure_promtool
+ensure_unpacked prometheus promtool prometheus
+ensure_unpacked prometheus-alertmanager prometheus-alertmanager
 
 declare -A pkg_for=(
   [redis-server]=redis-server [etcd]=etcd-server [chromium]=chromium [systemd-analyze]=systemd

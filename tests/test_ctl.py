@@ -216,3 +216,35 @@ def test_lockd_without_admin_listener(tmp_path: Path, capsys: pytest.CaptureFixt
         assert code == 1 and "not_found" in err
     finally:
         server.stop()
+
+
+def test_status_shows_the_reboot_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "lockd.toml"
+    config.write_text(
+        '[lock]\nstale_after = "1s"\nsweep_interval_s = 0.2\n'
+        '[[lock.groups]]\nname = "workers"\nslots = 2\ncooldown = "1h"\n'
+        '[[lock.groups]]\nname = "closed"\nwindows = ["Mon 00:00 1s UTC"]\n'
+    )
+    server = Lockd(tmp_path, "--config", str(config), "--backend", "memory://").start()
+    try:
+        s = ("--server", server.admin_url)
+        for node in ("node-a", "node-b"):
+            assert lock(server.url, "pre-reboot", node, "workers")[0] == 200
+        assert lock(server.url, "steady-state", "node-a", "workers")[0] == 200
+        import time
+
+        time.sleep(1.2)
+        code, out, _ = run(capsys, "status", "workers", *s)
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[:2] == ["Available: 1", "Max: 2"]  # locksmithctl's lines stay first
+        assert "Cooldown: 1h, 1 slot(s) resting until " in out
+        assert "Stale after: 1s (1 stale)" in out
+        assert re.search(r"^node-b .* #2  STALE$", out, re.M)
+        assert "RECENT REBOOTS (newest first)" in out and re.search(r"^node-a  \d+s until ", out,
+                                                                    re.M)
+        code, out, _ = run(capsys, "status", "closed", *s)
+        assert re.search(r"^Window: closed, opens \S+\+00:00\[UTC\] \(Mon 00:00 \+1s UTC\)$",
+                         out, re.M)
+    finally:
+        server.stop()

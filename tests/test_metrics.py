@@ -22,7 +22,8 @@ from tests.httpcall import FLEETLOCK_HEADERS, call, lock
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 #: Every label name lockd may use; "id" is not one of them, ever.
-LABEL_NAMES = {"endpoint", "kind", "action", "outcome", "group", "by", "operation", "le"}
+LABEL_NAMES = {"endpoint", "kind", "action", "outcome", "group", "by", "operation", "le",
+               "gate", "result", "reason"}
 
 
 def scrape(url: str) -> tuple[Samples, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import hypothesis.strategies as st
 from hypothesis import settings
@@ -10,9 +12,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from lockd import semaphore
 from lockd.groups import GroupSettings
+from lockd.policy import GroupPolicy
 from lockd.semaphore import Holder, Outcome, Semaphore
 from lockd.service import LockService
 from lockd.store import open_store
+from lockd.windows import parse_schedule
 
 
 def test_lock_is_recursive_and_counts_slots() -> None:
@@ -99,28 +103,69 @@ GROUPS = st.sampled_from(["default", "workers", "db"])
 SLOTS = st.integers(min_value=1, max_value=4)
 
 
-class Reference:
-    """The semaphore as a person would describe it: a set of holders and a number."""
+@dataclass(frozen=True)
+class RefPolicy:
+    """A reboot policy as a person states it: reboots between 06:00 and 18:00 UTC, a freed
+    slot rests ``cooldown`` seconds, a holder is let go after ``expire_after`` seconds, the
+    last ``history`` reboots are kept."""
 
-    def __init__(self, slots: int) -> None:
+    cooldown: float = 30.0
+    expire_after: float = 300.0
+    history: int = 5
+
+    def window_open(self, now: float) -> bool:
+        return 6 <= datetime.fromtimestamp(now, UTC).hour < 18
+
+
+class Reference:
+    """The semaphore as a person would describe it: a set of holders and a number (and,
+    with a policy, when each holder came, when slots were freed, and what happened)."""
+
+    def __init__(self, slots: int, policy: RefPolicy | None = None) -> None:
         self.slots, self.config_slots = slots, slots
         self.holders: list[str] = []
         self.paused = False
+        self.policy = policy
+        self.since: dict[str, float] = {}
+        self.freed: list[float] = []
+        self.history: list[tuple[str, str]] = []
 
-    def lock(self, id_: str) -> Outcome:
+    def expire(self, now: float) -> None:
+        if self.policy is None:
+            return
+        for id_ in list(self.holders):
+            if now - self.since[id_] >= self.policy.expire_after:
+                self.release(id_, now, "expiry")
+
+    def release(self, id_: str, now: float, how: str) -> None:
+        self.holders.remove(id_)
+        self.freed.append(now)
+        self.history.append((id_, how))
+
+    def lock(self, id_: str, now: float = 0.0) -> Outcome:
+        self.expire(now)
         if id_ in self.holders:
             return Outcome.ALREADY_HELD
         if self.paused:
             return Outcome.PAUSED
-        if len(self.holders) >= self.slots:
+        if self.policy is not None and not self.policy.window_open(now):
+            return Outcome.OUTSIDE_WINDOW
+        free = self.slots - len(self.holders)
+        if free <= 0:
             return Outcome.FULL
+        if self.policy is not None:
+            resting = sum(1 for t in self.freed if now - t < self.policy.cooldown)
+            if free - resting <= 0:
+                return Outcome.COOLDOWN
         self.holders.append(id_)
+        self.since[id_] = now
         return Outcome.GRANTED
 
-    def unlock(self, id_: str) -> Outcome:
+    def unlock(self, id_: str, now: float = 0.0, how: str = "release") -> Outcome:
+        self.expire(now)
         if id_ not in self.holders:
             return Outcome.NOT_HELD
-        self.holders.remove(id_)
+        self.release(id_, now, how)
         return Outcome.RELEASED
 
 
@@ -141,8 +186,8 @@ class SemaphoreMachine(RuleBasedStateMachine):
         self.loop.run_until_complete(self.backend.open())
         self.config: dict[str, int] = {}
         self.default = 1
-        self.service = LockService(self.store, GroupSettings(default_slots=1))
-        self.clock = 0.0
+        self.service = LockService(self.store, self.group_settings())
+        self.clock = self.start
         self.service.clock = lambda: self.clock
         self.ref: dict[str, Reference] = {}
 
@@ -153,12 +198,21 @@ class SemaphoreMachine(RuleBasedStateMachine):
     def run(self, coro):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coro)
 
+    #: The reboot policy every group has (none here; see PolicyMachine).
+    policy: GroupPolicy = GroupPolicy()
+    ref_policy: RefPolicy | None = None
+    start = 0.0
+
+    def group_settings(self) -> GroupSettings:
+        return GroupSettings(default_slots=self.default, slots=dict(self.config),
+                             policy=self.policy)
+
     def configured(self, group: str) -> int:
         return self.config.get(group, self.default)
 
     def reference(self, group: str) -> Reference:
         if group not in self.ref:
-            self.ref[group] = Reference(self.configured(group))
+            self.ref[group] = Reference(self.configured(group), self.ref_policy)
         ref = self.ref[group]
         if ref.config_slots != self.configured(group):  # a configuration change applies once
             ref.slots = ref.config_slots = self.configured(group)
@@ -167,7 +221,7 @@ class SemaphoreMachine(RuleBasedStateMachine):
     @rule(group=GROUPS, id_=IDS)
     def lock(self, group: str, id_: str) -> None:
         self.clock += 1
-        expected = self.reference(group).lock(id_)
+        expected = self.reference(group).lock(id_, self.clock)
         assert self.run(self.service.pre_reboot(group, id_)) is expected
         if expected is Outcome.GRANTED:
             sem = self.run(self.service.read(group))
@@ -175,7 +229,7 @@ class SemaphoreMachine(RuleBasedStateMachine):
 
     @rule(group=GROUPS, id_=IDS)
     def unlock(self, group: str, id_: str) -> None:
-        expected = self.reference(group).unlock(id_)
+        expected = self.reference(group).unlock(id_, self.clock)
         assert self.run(self.service.steady_state(group, id_)) is expected
 
     @rule(group=GROUPS, slots=SLOTS)
@@ -191,7 +245,7 @@ class SemaphoreMachine(RuleBasedStateMachine):
     @rule(group=GROUPS, slots=SLOTS)
     def reconfigure(self, group: str, slots: int) -> None:
         self.config[group] = slots
-        self.service.reconfigure(GroupSettings(default_slots=self.default, slots=self.config))
+        self.service.reconfigure(self.group_settings())
         self.run(self.service.apply_configuration())  # what start-up and SIGHUP do
 
     @precondition(lambda self: self.ref)
@@ -211,6 +265,45 @@ class SemaphoreMachine(RuleBasedStateMachine):
 
 TestSemaphoreModel = SemaphoreMachine.TestCase
 TestSemaphoreModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+class PolicyMachine(SemaphoreMachine):
+    """The same sequences under a reboot policy, with time passing, sweeps and operators'
+    force-unlocks: windows, cooldown, expiry and history against the reference's plain
+    description of them."""
+
+    ref_policy = RefPolicy()
+    policy = GroupPolicy(
+        windows=parse_schedule("06:00 12h"), cooldown=30.0, expire_after=300.0, history=5
+    )
+    start = 5 * 3600.0  # an hour before the window opens
+
+    @rule(seconds=st.sampled_from([1, 10, 29, 30, 31, 120, 299, 300, 3600, 6 * 3600]))
+    def tick(self, seconds: int) -> None:
+        self.clock += seconds
+
+    @rule()
+    def sweep(self) -> None:
+        for ref in self.ref.values():
+            ref.expire(self.clock)
+        self.run(self.service.sweep())
+
+    @rule(group=GROUPS, id_=IDS)
+    def force_unlock(self, group: str, id_: str) -> None:
+        expected = self.reference(group).unlock(id_, self.clock, "operator")
+        assert self.run(self.service.force_unlock(group, id_)) is expected
+
+    @precondition(lambda self: self.ref)
+    @invariant()
+    def history_agrees(self) -> None:
+        for group, ref in self.ref.items():
+            sem = self.run(self.service.read(group))
+            reboots = [] if sem is None else [(r.id, r.ended) for r in sem.policy.reboots]
+            assert reboots == ref.history[-5:]
+
+
+TestPolicyModel = PolicyMachine.TestCase
+TestPolicyModel.settings = settings(max_examples=120, stateful_step_count=50, deadline=None)
 
 
 def test_model_on_sqlite(tmp_path_factory) -> None:  # type: ignore[no-untyped-def]

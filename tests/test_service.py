@@ -314,3 +314,93 @@ async def test_per_group_memory_is_bounded() -> None:
     assert not service._queues and not service._drainers
     # A forgotten group still decides right: its configuration is simply applied again.
     assert await service.pre_reboot("g0", "n") is Outcome.GRANTED
+# The reboot policy through the service (lockd.policy): gates asked outside the loop and
+# only for would-be grants, sweeps through the same compare-and-set, events once.
+
+
+def policy_service(backend: MemoryBackend, policy, gates=None, slots: int = 1):  # type: ignore[no-untyped-def]
+    from lockd.groups import GroupSettings as GS
+
+    service = LockService(on(backend), GS(default_slots=slots, policy=policy), gates=gates)
+    clock = [1_000_000.0]
+    service.clock = lambda: clock[0]
+    return service, clock
+
+
+async def test_gates_are_asked_only_for_requests_that_would_be_granted() -> None:
+    from lockd.gates import Gates, WebhookGate
+    from lockd.policy import GroupPolicy
+    from tests.receivers import Receiver
+
+    with Receiver(answers=[423], body="ceph is rebalancing") as hook:
+        gates = Gates([WebhookGate("ceph", hook.url + "/may-reboot")], cache_s=0)
+        service, _ = policy_service(MemoryBackend(), GroupPolicy(gates=("ceph",)), gates)
+        try:
+            answer = await service.try_lock("g", "a")  # the hook says 423: closed
+            assert answer.outcome is Outcome.GATE_CLOSED
+            err = service.refusal("g", answer)
+            assert err.kind is Kind.failed_lock_gate_closed and "rebalancing" in err.value
+            assert await service.pre_reboot("g", "a") is Outcome.GRANTED  # now 200
+            assert [r.json() for r in hook.requests()] == [
+                {"gate": "ceph", "group": "g", "id": "a"}] * 2
+            # A holder's re-lock, a full group and unlocks never ask.
+            assert await service.pre_reboot("g", "a") is Outcome.ALREADY_HELD
+            assert await service.pre_reboot("g", "b") is Outcome.FULL
+            assert await service.steady_state("g", "b") is Outcome.NOT_HELD
+            assert len(hook.requests()) == 2
+        finally:
+            await gates.close()
+
+
+async def test_an_unreachable_gate_refuses() -> None:
+    from bench.procs import free_port
+    from lockd.gates import Gates, WebhookGate
+    from lockd.policy import GroupPolicy
+
+    gates = Gates([WebhookGate("hook", f"http://127.0.0.1:{free_port()}/", timeout=1)])
+    service, _ = policy_service(MemoryBackend(), GroupPolicy(gates=("hook",)), gates)
+    try:
+        answer = await service.try_lock("g", "a")
+        assert answer.outcome is Outcome.GATE_UNREACHABLE
+        assert service.refusal("g", answer).kind is Kind.failed_lock_gate_unreachable
+        assert await service.read("g") is None  # nothing written
+    finally:
+        await gates.close()
+
+
+async def test_two_replicas_sweep_and_exactly_one_reports_each_expiry() -> None:
+    from lockd.policy import GroupPolicy
+
+    backend = MemoryBackend()
+    p = GroupPolicy(expire_after=100.0, stale_after=50.0, report_stale=True, history=5)
+    a, clock_a = policy_service(backend, p, slots=3)
+    b, clock_b = policy_service(backend, p, slots=3)
+    events: list[tuple[str, str, str]] = []
+    a.observers.append(lambda d: events.extend(("a", e.kind, e.id) for e in d.events))
+    b.observers.append(lambda d: events.extend(("b", e.kind, e.id) for e in d.events))
+    assert await a.pre_reboot("g", "old") is Outcome.GRANTED
+    clock_a[0] = clock_b[0] = clock_a[0] + 60
+    assert await b.pre_reboot("g", "young") is Outcome.GRANTED
+    await asyncio.gather(a.sweep(), b.sweep())  # 60 s: "old" is stale
+    clock_a[0] = clock_b[0] = clock_a[0] + 45
+    await asyncio.gather(a.sweep(), b.sweep())  # 105 s: "old" expires
+    sem = await a.read("g")
+    assert sem is not None and [h.id for h in sem.holders] == ["young"]
+    assert [(r.id, r.ended) for r in sem.policy.reboots] == [("old", "expiry")]
+    reported = sorted((kind, id_) for _, kind, id_ in events)
+    assert reported == [("expiry", "old"), ("grant", "old"), ("grant", "young"),
+                        ("stale", "old")], events
+
+
+async def test_a_sweep_with_nothing_to_do_writes_nothing() -> None:
+    from lockd.policy import GroupPolicy
+
+    backend = CountingWrites()
+    service, _ = policy_service(backend, GroupPolicy(expire_after=100.0))
+    assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+    writes = backend.writes
+    seen = []
+    service.observers.append(seen.append)
+    for _ in range(3):
+        await service.sweep()
+    assert backend.writes == writes and seen == []  # and no decision line either

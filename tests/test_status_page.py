@@ -93,10 +93,11 @@ def test_holders_render_in_chromium(lockd: Lockd, tmp_path: Path) -> None:
     assert len(ages) == 3 and all(re.fullmatch(r"\d+[smhd]( \d+[smh])?", a) for a in ages)
     assert "3 groups · 3 holders" in dom
 
-    # a freed slot disappears at the next load
+    # a freed slot leaves the holders at the next load, for the recent reboots
     call(lockd.admin_url, "POST", "/api/v1/groups/workers/unlock", {"id": "node-beta-91d2"})
     dom = chromium(tmp_path, lockd.admin_url + "/", "--dump-dom")
-    assert "node-beta-91d2" not in dom and HOLDERS["workers"][0] in dom
+    assert 'data-holder="node-beta-91d2"' not in dom and HOLDERS["workers"][0] in dom
+    assert 'class="reboot operator" data-reboot="node-beta-91d2"' in dom
 
     # screenshots, phone and desktop; kept in tmp_path for a look
     for name, width, height in (("phone", 412, 915), ("desktop", 1280, 800)):
@@ -128,3 +129,37 @@ def test_page_is_self_contained() -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "@import" not in page and "url(" not in page
     assert '<meta name="viewport"' in page  # readable on a phone
+
+
+def test_policy_stale_holders_and_reboot_timeline_render(tmp_path: Path) -> None:
+    config = tmp_path / "lockd.toml"
+    config.write_text(
+        '[lock]\nstale_after = "1s"\nsweep_interval_s = 0.2\n'
+        '[[lock.groups]]\nname = "workers"\nslots = 2\ncooldown = "1h"\n'
+        'windows = ["daily 00:00 1d UTC"]\n'
+    )
+    server = Lockd(tmp_path, "--config", str(config), "--backend",
+                   f"sqlite://{tmp_path / 'page.db'}").start()
+    try:
+        for node in ("node-one", "node-two"):
+            assert lock(server.url, "pre-reboot", node, "workers")[0] == 200
+        assert lock(server.url, "steady-state", "node-one", "workers")[0] == 200
+        assert lock(server.url, "steady-state", "node-two", "workers")[0] == 200
+        call(server.admin_url, "PUT", "/api/v1/groups/workers/slots", {"slots": 3})
+        assert lock(server.url, "pre-reboot", "node-slow", "workers")[0] == 200
+        import time
+
+        time.sleep(1.5)  # node-slow turns stale
+        dom = chromium(tmp_path, server.admin_url + "/", "--dump-dom")
+        shot = tmp_path / "status-policy.png"
+        chromium(tmp_path, server.admin_url + "/", f"--screenshot={shot}", width=1280,
+                 height=800)
+        print(f"status page screenshot: {shot}")
+    finally:
+        server.stop()
+    workers = section(dom, "workers")
+    assert re.search(r'data-holder="node-slow".*?class="badge stale"', workers, re.S)
+    assert "Recent reboots" in workers
+    assert re.findall(r'data-reboot="([^"]+)"', workers) == ["node-two", "node-one"]
+    assert "cooldown 1h" in workers and "slot(s) resting" in workers
+    assert "stale after 1s · 1 stale" in workers and "window open" in workers

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from lockd.durations import format_duration
 from lockd.groups import GROUP_RULE, is_group_name
 
 DEFAULT_SERVER = "http://127.0.0.1:8081"
@@ -234,6 +235,7 @@ def format_group(g: dict[str, Any]) -> str:
             f"Config: {mismatch['configured_here']} slots here, {mismatch['in_store']} in the "
             "store from another replica's configuration (make them agree)"
         )
+    lines.extend(policy_lines(g))
     lines.append("")
     if g["holders"]:
         width = max(len("MACHINE ID"), *(len(h["id"]) for h in g["holders"]))
@@ -243,10 +245,49 @@ def format_group(g: dict[str, Any]) -> str:
             age = "?" if h["age_seconds"] is None else _age(h["age_seconds"])
             since = h["granted_at_iso"] or "unknown"
             grant = "-" if h["grant_id"] is None else f"#{h['grant_id']}"
-            lines.append(f"{h['id']:<{width}}  {age:>8}  {since:<20}  {grant}")
+            mark = "  STALE" if h.get("stale") else ""
+            lines.append(f"{h['id']:<{width}}  {age:>8}  {since:<20}  {grant}{mark}".rstrip())
     else:
         lines.append("MACHINE ID")
+    if g.get("history"):
+        lines += ["", "RECENT REBOOTS (newest first)"]
+        for r in g["history"][:5]:
+            took = "?" if r["seconds"] is None else _age(r["seconds"])
+            how = {"release": "", "operator": "  (unlocked by an operator)",
+                   "expiry": "  (expired)"}.get(r["ended"], "")
+            lines.append(f"{r['id']}  {took} until {r['released_at_iso']}{how}")
     return "\n".join(lines)
+
+
+def policy_lines(g: dict[str, Any]) -> list[str]:
+    """The reboot policy's state, one line each, only for what is configured."""
+    p = g.get("policy") or {}
+    lines = []
+    w = p.get("windows") or {}
+    if w.get("configured"):
+        state = (f"open until {w['closes_at_iso']}" if w.get("open") and w.get("closes_at_iso")
+                 else "open" if w.get("open") else f"closed, opens {w.get('next_open_iso')}")
+        lines.append(f"Window: {state} ({'; '.join(w['configured'])})")
+    c = p.get("cooldown") or {}
+    if c.get("seconds"):
+        resting = c.get("cooling_slots") or 0
+        rest = f", {resting} slot(s) resting" if resting else ""
+        until = f" until {c['until_iso']}" if c.get("until_iso") else ""
+        lines.append(f"Cooldown: {format_duration(c['seconds'])}{rest}{until}")
+    if p.get("stale_after_seconds"):
+        lines.append(f"Stale after: {format_duration(p['stale_after_seconds'])} "
+                     f"({g.get('stale_holders', 0)} stale)")
+    if p.get("expire_after_seconds"):
+        lines.append(f"Expire after: {format_duration(p['expire_after_seconds'])}")
+    gates = p.get("gates") or []
+    if gates:
+        shown = []
+        for gate in gates:
+            state = gate.get("state") or "not asked yet"
+            reason = f" ({gate['reason']})" if gate.get("reason") else ""
+            shown.append(f"{gate['name']} {state}{reason}")
+        lines.append("Gates: " + ", ".join(shown))
+    return lines
 
 
 # Commands

@@ -17,6 +17,10 @@ class Layout(abc.ABC):
     #: (locksmith: ``locksmithctl set-max`` writes it). Configuration then only seeds
     #: new groups.
     store_owns_slots: bool = False
+    #: True where the reboot policy's shared state (last releases, history, stale reports;
+    #: lockd.policystate) survives in the stored value. Only lockd's own document does:
+    #: airlock and locksmith drop what they do not know when they write.
+    stores_policy_state: bool = False
 
     @abc.abstractmethod
     def key(self, group: str) -> str:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from lockd.layouts.base import Layout, LayoutError
+from lockd.policystate import PolicyState, Reboot
 from lockd.semaphore import Holder, Semaphore
 
 PREFIX = "lockd/v1/groups/"
@@ -13,6 +14,7 @@ PREFIX = "lockd/v1/groups/"
 
 class NativeLayout(Layout):
     name = "native"
+    stores_policy_state = True
 
     prefix = PREFIX
 
@@ -44,6 +46,7 @@ class NativeLayout(Layout):
                 next_grant_id=int(doc["next_grant_id"]),
                 config_slots=None if config_slots is None else int(config_slots),
                 paused=bool(doc.get("paused", False)),
+                policy=_decode_policy(doc.get("policy")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise LayoutError(f"not a lockd semaphore document: {exc}") from exc
@@ -59,4 +62,42 @@ class NativeLayout(Layout):
                 for h in sem.holders
             ],
         }
+        if sem.policy != PolicyState():
+            doc["policy"] = _encode_policy(sem.policy)
         return json.dumps(doc, separators=(",", ":")).encode()
+
+
+# The reboot policy's shared state (lockd.policystate), written only when there is some.
+
+
+def _encode_policy(p: PolicyState) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    if p.releases:
+        doc["releases"] = list(p.releases)
+    if p.reboots:
+        doc["reboots"] = [
+            {"id": r.id, "grant_id": r.grant_id, "granted_at": r.granted_at,
+             "released_at": r.released_at, "ended": r.ended}
+            for r in p.reboots
+        ]
+    if p.stale_reported:
+        doc["stale_reported"] = list(p.stale_reported)
+    return doc
+
+
+def _decode_policy(doc: Any) -> PolicyState:
+    if not doc:
+        return PolicyState()
+    if not isinstance(doc, dict):
+        raise TypeError("policy is not an object")
+    return PolicyState(
+        releases=tuple(float(t) for t in doc.get("releases", ())),
+        reboots=tuple(
+            Reboot(
+                id=str(r["id"]), grant_id=int(r["grant_id"]), granted_at=float(r["granted_at"]),
+                released_at=float(r["released_at"]), ended=str(r["ended"]),
+            )
+            for r in doc.get("reboots", ())
+        ),
+        stale_reported=tuple(int(g) for g in doc.get("stale_reported", ())),
+    )
