@@ -138,8 +138,10 @@ class Members:
         *,
         data: bytes | Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        fail_5xx: bool = True,
     ) -> tuple[int, bytes]:
-        """One request to one member: ``(status, body)``; a 5xx raises MemberFailed.
+        """One request to one member: ``(status, body)``; a 5xx raises MemberFailed unless
+        ``fail_5xx`` is false (the caller reads the body and says why).
 
         ``path`` is already escaped (with its query string); it is sent as it is.
         """
@@ -152,7 +154,7 @@ class Members:
         ) as resp:
             status = resp.status
             body = await resp.read()
-        if status >= 500:
+        if status >= 500 and fail_5xx:
             raise MemberFailed(f"HTTP {status}: {body[:200]!r}")
         return status, body
 
