@@ -14,6 +14,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -88,6 +89,17 @@ def test_url_defaults_to_native_layout_and_namespace() -> None:
     # The layout is the store's option: the backend alone refuses it.
     with pytest.raises(InvalidBackendURL, match="unknown options: layout"):
         open_backend("etcd://127.0.0.1:2379?layout=native")
+
+
+def test_no_driver_beyond_aiohttp() -> None:
+    """etcd v3 is HTTP/JSON to etcd's gateway: importing the backend loads no gRPC."""
+    code = (
+        "import sys, lockd.backends.etcd3;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'grpc', 'aetcd', 'google'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_prefix_end() -> None:
