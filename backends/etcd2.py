@@ -35,7 +35,14 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .base import (
+    Backend,
+    BackendUnavailable,
+    CasResult,
+    InvalidBackendURL,
+    ValueTooLarge,
+    Version,
+)
 from .etcdhttp import MemberFailed, Members
 from .urls import Options
 
@@ -100,6 +107,11 @@ class Etcd2Backend(Backend):
 
         async def attempt(member: int) -> tuple[int, dict[str, Any]]:
             status, body = await self.members.send(member, method, path, data=form)
+            if status in (413, 431):
+                # The expected value travels in the URL (prevValue), and etcd's HTTP server
+                # takes at most 1 MiB of request line and headers: a group this large can
+                # only be refused, by every member alike.
+                raise ValueTooLarge(f"etcd v2 refused the request as too large: HTTP {status}")
             try:
                 doc = json.loads(body)
             except ValueError as exc:
