@@ -34,8 +34,9 @@ is ``If(create_revision == 0)``. A success answers the new revision (the respons
 which is the key's new ``mod_revision``), a failure the current value and ``mod_revision``:
 one round trip either way.
 
-Errors: a request etcd refuses as too large (``--max-request-bytes``, 1.5 MiB by default:
-"etcdserver: request is too large", or gRPC's "received message larger than max") raises
+Errors: a request etcd refuses as too large (``--max-request-bytes``, 1.5 MiB by default,
+and a compare-and-set carries both the expected and the new value: "etcdserver: request is
+too large", or gRPC's "received message larger than max") raises
 :class:`~.base.ValueTooLarge` at once, on no other member. Any other failure (no
 connection, timeout, 5xx, a refusal) moves to the next member; when all failed,
 :class:`~.base.BackendUnavailable`.
