@@ -18,8 +18,9 @@ Wire operations, over one long-lived HTTP session:
   the value), except errorCode 100, which already says the key is absent.
 - scan: ``GET <dir>?recursive=true&quorum=true``, flattened to leaf keys.
 
-Failover: a connection error, a timeout or a 5xx from one endpoint moves to the next one,
-within the same call. Every write carries a precondition (prevExist or prevIndex), so
+Failover (``backends/etcdhttp.py``, shared with ``etcd://``): a connection error, a
+timeout, a 5xx or an answer that is not JSON from one endpoint moves to the next one, within
+the same call. Every write carries a precondition (prevExist or prevIndex), so
 re-sending one whose answer was lost can never apply it twice: at worst it reports a loss,
 and the service's next read shows the write it had made.
 
@@ -34,10 +35,15 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
-from yarl import URL
-
-from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .base import (
+    Backend,
+    BackendUnavailable,
+    CasResult,
+    InvalidBackendURL,
+    ValueTooLarge,
+    Version,
+)
+from .etcdhttp import MemberFailed, Members
 from .urls import Options
 
 KEYS_PREFIX = "/v2/keys"
@@ -63,21 +69,13 @@ class Etcd2Backend(Backend):
         self.endpoints = endpoints
         self.root = "/" + root.strip("/") if root.strip("/") else ""
         self.timeout = timeout
-        self._current = 0
-        self._session: aiohttp.ClientSession | None = None
+        self.members = Members(endpoints, timeout=timeout, what="etcd v2")
 
     async def open(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                # The v2 API answers small JSON documents; keep a few connections warm.
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30),
-            )
+        await self.members.open()
 
     async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self.members.close()
 
     def describe(self) -> str:
         root = f", root {self.root}" if self.root else ""
@@ -95,7 +93,7 @@ class Etcd2Backend(Backend):
             return None
         return etcd_key[len(head) :]
 
-    # HTTP with failover
+    # HTTP with failover (etcdhttp.Members)
 
     async def _request(
         self,
@@ -104,38 +102,27 @@ class Etcd2Backend(Backend):
         params: dict[str, str],
         form: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """Send to the current endpoint, moving on after a failure; (status, JSON body)."""
-        if self._session is None:
-            await self.open()
-        assert self._session is not None
-        path = self._path(key)
-        query = urlencode(params)
-        failures: list[str] = []
-        start = self._current
-        for step in range(len(self.endpoints)):
-            index = (start + step) % len(self.endpoints)
-            endpoint = self.endpoints[index]
-            url = URL(f"http://{endpoint}{path}?{query}", encoded=True)
+        """Send to the current member, moving on after a failure; (status, JSON body)."""
+        path = f"{self._path(key)}?{urlencode(params)}"
+
+        async def attempt(member: int) -> tuple[int, dict[str, Any]]:
+            status, body = await self.members.send(member, method, path, data=form)
+            if status in (413, 431):
+                # The expected value travels in the URL (prevValue), and etcd's HTTP server
+                # takes at most 1 MiB of request line and headers: a group this large can
+                # only be refused, by every member alike.
+                raise ValueTooLarge(f"etcd v2 refused the request as too large: HTTP {status}")
             try:
-                async with self._session.request(method, url, data=form) as resp:
-                    status = resp.status
-                    body = await resp.read()
-                if status >= 500:
-                    raise _EndpointFailed(f"HTTP {status}: {body[:200]!r}")
-                try:
-                    doc = json.loads(body)
-                except ValueError as exc:
-                    # etcd 3.4/3.5 without --enable-v2=true (or 3.6+) answers a plain 404.
-                    hint = " (is the v2 API enabled: --enable-v2=true?)" if status == 404 else ""
-                    raise _EndpointFailed(f"HTTP {status}, not JSON{hint}: {body[:120]!r}") from exc
-                if not isinstance(doc, dict):
-                    raise _EndpointFailed(f"HTTP {status}, unexpected body: {body[:200]!r}")
-                # Stay on the endpoint that answered, so later calls start there.
-                self._current = index
-                return status, doc
-            except (aiohttp.ClientError, TimeoutError, _EndpointFailed) as exc:
-                failures.append(f"{endpoint}: {str(exc) or type(exc).__name__}")
-        raise BackendUnavailable("etcd v2 unreachable: " + "; ".join(failures))
+                doc = json.loads(body)
+            except ValueError as exc:
+                # etcd 3.4/3.5 without --enable-v2=true (or 3.6+) answers a plain 404.
+                hint = " (is the v2 API enabled: --enable-v2=true?)" if status == 404 else ""
+                raise MemberFailed(f"HTTP {status}, not JSON{hint}: {body[:120]!r}") from exc
+            if not isinstance(doc, dict):
+                raise MemberFailed(f"HTTP {status}, unexpected body: {body[:200]!r}")
+            return status, doc
+
+        return await self.members.call(attempt)
 
     @staticmethod
     def _fail(status: int, doc: dict[str, Any], what: str) -> BackendUnavailable:
@@ -203,10 +190,6 @@ class Etcd2Backend(Backend):
             if key is not None and key.startswith(prefix.lstrip("/")):
                 keys.append(key)
         return sorted(keys)
-
-
-class _EndpointFailed(Exception):
-    """This endpoint gave no usable answer; try the next one."""
 
 
 def _leaves(node: dict[str, Any]) -> list[str]:

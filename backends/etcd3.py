@@ -1,4 +1,4 @@
-"""``etcd://host:2379[,host2:2379...]``: etcd's v3 API through ``aetcd``.
+"""``etcd://host:2379[,host2:2379...]``: etcd's v3 API, through etcd's own JSON gateway.
 
 URL: ``etcd://[user:password@]host[:port][,host[:port]...][/][?option=value&...]``
 
@@ -15,120 +15,114 @@ Options:
   certificate), ``tls_server_name=NAME`` (the name the server certificate must carry, when
   it is not the host in the URL).
 
-Versions are ``mod_revision``s: unlike ``version``, which restarts at 1 when a key is deleted
-and created again, a ``mod_revision`` is never reused, so a compare cannot succeed against a
-key that was recreated in between. Compare-and-set is one transaction
-``If(mod_revision == seen) Then(Put) Else(Get)``; create-if-absent is
-``If(create_revision == 0)``. A success answers the new revision (the response header's, which
-is the key's new ``mod_revision``), a failure the current value and ``mod_revision``: one
-round trip either way.
+The wire: every etcd since 3.4 serves its v3 gRPC API as JSON over HTTP on the client port
+(the "gRPC gateway", ``--enable-grpc-gateway``, on by default), on the same listener, TLS
+and authentication as gRPC. lockd sends three requests there, over one aiohttp session
+shared with ``etcd2://`` (``backends/etcdhttp.py``): ``POST /v3/kv/range``,
+``POST /v3/kv/txn`` and, with ``user:password@``, ``POST /v3/auth/authenticate``. Keys and
+values travel base64-encoded, 64-bit numbers as decimal strings, and a field that is zero or
+false is left out of an answer. No client library: the gateway's JSON is etcd's own
+documented API, so no release of a driver can break it.
 
-Failover: one long-lived aetcd client per endpoint, all opened in :meth:`open` (the gRPC
-channels connect lazily and reconnect by themselves). Requests go to the current endpoint;
-an error or timeout moves to the next one. Retrying a compare-and-set whose answer was lost
-is safe: if the first attempt was applied, the retry's compare fails and returns the current
-value, which is the service's own write; it decides again on it (lock and unlock are
-idempotent), so nothing is applied twice.
+Versions are ``(mod_revision, value)``. A ``mod_revision`` is never reused while etcd runs
+(unlike ``version``, which restarts at 1 when a key is deleted and created again), but an
+etcd restored from a backup or snapshot repeats the revisions written after it: so the
+compare-and-set compares both, and a version remembered from before the restore never
+matches a value this process did not see. Compare-and-set is one transaction
+``If(mod_revision == seen and value == seen_value) Then(Put) Else(Range)``; create-if-absent
+is ``If(create_revision == 0)``. A success answers the new revision (the response header's,
+which is the key's new ``mod_revision``), a failure the current value and ``mod_revision``:
+one round trip either way.
+
+Errors: a request etcd refuses as too large (``--max-request-bytes``, 1.5 MiB by default,
+and a compare-and-set carries both the expected and the new value: "etcdserver: request is
+too large", or gRPC's "received message larger than max") raises
+:class:`~.base.ValueTooLarge` at once, on no other member. Any other failure (no
+connection, timeout, 5xx, a refusal) moves to the next member; when all failed,
+:class:`~.base.BackendUnavailable`.
+
+Authentication: ``user:password@`` logs in to each member on its first request (not at
+:meth:`open`: lockd starts while etcd is down) and sends the token in the ``Authorization``
+header. etcd's default "simple" tokens live in one member's memory and expire after 5 idle
+minutes (``--auth-token-ttl``); a request whose token is refused (invalid token, a member
+that restarted, auth enabled since the last login, an auth store that changed) logs in
+again once and is sent again: a refused request applied nothing. etcd's authentication by
+client-certificate common name does not apply to the gateway, which is etcd talking to
+itself: with auth enabled, give lockd a user and password, also over TLS.
+
+Failover: requests go to the member that answered last; an error or timeout moves to the
+next one. Retrying a compare-and-set whose answer was lost is safe: if the first attempt
+was applied, the retry's compare fails and returns the current value, which is the
+service's own write; it decides again on it (lock and unlock are idempotent), so nothing is
+applied twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import base64
+import json
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import aetcd
-import grpc
-from aetcd import exceptions as aetcd_errors
-from aetcd import rpc
-
-from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .base import (
+    Backend,
+    BackendUnavailable,
+    CasResult,
+    InvalidBackendURL,
+    ValueTooLarge,
+    Version,
+)
+from .etcdhttp import MemberFailed, Members, TlsFiles, netloc
 from .urls import Options
 
-log = logging.getLogger("lockd.backends.etcd3")
+__all__ = ["Etcd3Backend", "TlsFiles", "from_url"]
 
-T = TypeVar("T")
 DEFAULT_PORT = 2379
 
-# Reconnect quickly after a member comes back (gRPC's default backoff grows to 120 s), and
-# notice a dead peer that did not close its connection.
-CHANNEL_OPTIONS: dict[str, Any] = {
-    "grpc.initial_reconnect_backoff_ms": 100,
-    "grpc.min_reconnect_backoff_ms": 100,
-    "grpc.max_reconnect_backoff_ms": 1000,
-    "grpc.keepalive_time_ms": 10_000,
-    "grpc.keepalive_timeout_ms": 5_000,
-    "grpc.keepalive_permit_without_calls": 0,
-}
+# gRPC status codes etcd's gateway puts in an error's "code".
+UNAVAILABLE = 14
+UNAUTHENTICATED = 16
+# What the gateway answers when it cannot reach its own member; over TLS that is almost
+# always etcd's server certificate refused as a client certificate.
+GATEWAY_CANNOT_DIAL = ("connection closed", "transport: ", "connection error")
+TLS_GATEWAY_HINT = (
+    " (etcd's gateway could not reach etcd itself: with --client-cert-auth, etcd presents"
+    " its own server certificate to itself as a client, so that certificate must allow"
+    " client authentication, extendedKeyUsage clientAuth; etcd 3.5+ can take another one"
+    " with --client-cert-file/--client-key-file)"
+)
+# Refusals after which a fresh token may succeed (etcd's clientv3 logs in again on these).
+TOKEN_REFUSED = (
+    "invalid auth token",
+    "revision of auth store is old",
+    "user name is empty",
+)
+# A request above --max-request-bytes; the second is gRPC's own limit, 512 KiB higher.
+TOO_LARGE = ("request is too large", "larger than max")
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    server_name: str | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(path: str | None) -> bytes | None:
-            if path is None:
-                return None
-            with open(os.path.expanduser(path), "rb") as fh:
-                return fh.read()
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca),
-            private_key=read(self.key),
-            certificate_chain=read(self.cert),
-        )
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
-class _MemberClient(aetcd.Client):
-    """An aetcd client for one member, over TLS when asked (aetcd itself only dials plain)."""
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
 
-    def __init__(self, host: str, port: int, *, credentials: grpc.ChannelCredentials | None,
-                 server_name: str | None, **kwargs: Any) -> None:
-        options = dict(CHANNEL_OPTIONS)
-        if server_name:
-            options["grpc.ssl_target_name_override"] = server_name
-        super().__init__(host, port, options=options, **kwargs)
-        self._credentials = credentials
 
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        if self._credentials is None:
-            await super().connect()
-            return
-        # The same steps as aetcd's connect, with a secure channel.
-        if self._is_connecting:
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
-            return
-        try:
-            self._is_connecting = True
-            target = f"{self._host}:{self._port}"
-            self.channel = rpc.secure_channel(
-                target, self._credentials, options=list(self._options.items())
-            )
-            if self._username is not None and self._password is not None:
-                self.auth_stub = rpc.AuthStub(self.channel)
-                request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-                try:
-                    resp = await self.auth_stub.Authenticate(request, timeout=self._timeout)
-                except rpc.AioRpcError as exc:
-                    aetcd_errors._handle_exception(exc)
-                self.metadata = (("token", resp.token),)
-            self.kvstub = rpc.KVStub(self.channel)
-            self.clusterstub = rpc.ClusterStub(self.channel)
-            self.leasestub = rpc.LeaseStub(self.channel)
-            self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self._connected.set()
-        finally:
-            self._is_connecting = False
+def prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` that makes a range cover every key starting with ``prefix``."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"  # every key (etcd's convention for "no upper bound")
+
+
+class _TokenRefused(Exception):
+    """The member refused our token; logging in again may help."""
 
 
 class Etcd3Backend(Backend):
@@ -152,139 +146,181 @@ class Etcd3Backend(Backend):
         self.password = password
         self.tls = tls
         self.timeout = timeout
-        self._clients: list[_MemberClient] = []
-        self._current = 0
+        self.members = Members(
+            [netloc(h, p) for h, p in endpoints], timeout=timeout, tls=tls, what="etcd"
+        )
+        # Per member: its auth token ("" when auth is not enabled), and a login under way.
+        self._tokens: dict[int, str] = {}
+        self._logins: dict[int, asyncio.Future[str]] = {}
 
     async def open(self) -> None:
-        if self._clients:
-            return
-        try:
-            credentials = self.tls.credentials() if self.tls is not None else None
-        except OSError as exc:
-            raise BackendUnavailable(f"etcd TLS files: {exc}") from exc
         # No request here: lockd starts (and says "not ready") while etcd is down.
-        self._clients = [
-            _MemberClient(
-                host,
-                port,
-                credentials=credentials,
-                server_name=self.tls.server_name if self.tls else None,
-                username=self.username,
-                password=self.password,
-                timeout=self.timeout,  # type: ignore[arg-type] # aetcd hints int, means seconds
-                connect_wait_timeout=self.timeout,  # type: ignore[arg-type]
-            )
-            for host, port in self.endpoints
-        ]
+        await self.members.open()
 
     async def close(self) -> None:
-        clients, self._clients = self._clients, []
-        for client in clients:
-            try:
-                await client.close()
-            except Exception as exc:  # closing must not fail shutdown
-                log.debug("closing etcd client: %s", exc)
+        await self.members.close()
+        self._tokens.clear()
 
-    async def _call(self, op: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """Run ``op`` on the current member, moving on to the next ones on failure."""
-        if not self._clients:
-            await self.open()
-        errors: list[str] = []
-        start = self._current
-        for step in range(len(self._clients)):
-            index = (start + step) % len(self._clients)
-            client = self._clients[index]
-            try:
-                result = await self._on_member(client, op)
-            except (aetcd_errors.ClientError, grpc.RpcError, TimeoutError, OSError) as exc:
-                host, port = self.endpoints[index]
-                errors.append(f"{host}:{port}: {type(exc).__name__}: {exc}")
-                self._current = (index + 1) % len(self._clients)
-                continue
-            self._current = index
-            return result
-        raise BackendUnavailable("etcd unreachable: " + "; ".join(errors))
+    # The gateway
 
-    async def _on_member(
-        self, client: _MemberClient, op: Callable[[aetcd.Client], Awaitable[T]]
-    ) -> T:
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a JSON request to the current member, failing over; the JSON answer."""
+        data = json.dumps(body, separators=(",", ":")).encode()
+
+        async def attempt(member: int) -> dict[str, Any]:
+            if self.username is None:
+                return await self._send(member, path, data, None)
+            token = await self._token(member)
+            try:
+                return await self._send(member, path, data, token)
+            except _TokenRefused:
+                pass
+            # Expired, or the member restarted: log in again, once.
+            try:
+                return await self._send(member, path, data, await self._token(member, token))
+            except _TokenRefused as exc:
+                raise MemberFailed(f"token refused after a new login: {exc}") from None
+
+        return await self.members.call(attempt)
+
+    async def _send(
+        self, member: int, path: str, data: bytes, token: str | None
+    ) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = token
+        status, body = await self.members.send(
+            member, "POST", path, data=data, headers=headers, fail_5xx=False
+        )
         try:
-            try:
-                return await op(client)
-            except aetcd_errors.UnauthenticatedError:
-                if self.username is None:
-                    raise
-                # The auth token expired (etcd drops idle simple tokens after 5 minutes) or
-                # the member restarted: log in again once. A refused token applied nothing.
-                await client.close()
-                return await op(client)
-        except BaseException:
-            # A login that failed leaves a channel behind; close it so the next call dials
-            # afresh instead of leaking one channel per failed call.
-            if not client._connected.is_set() and client.channel is not None:
-                await client.close()
-            raise
+            doc = json.loads(body)
+        except ValueError as exc:
+            # An etcd older than 3.4 serves the gateway under /v3beta/ only: a plain 404.
+            hint = " (lockd needs etcd 3.4 or later, with its gRPC gateway)" if (
+                status == 404) else ""
+            raise MemberFailed(f"HTTP {status}, not JSON{hint}: {body[:120]!r}") from exc
+        if not isinstance(doc, dict):
+            raise MemberFailed(f"HTTP {status}, unexpected answer: {body[:200]!r}")
+        if status == 200:
+            return doc
+        message = str(doc.get("message") or doc.get("error") or body[:200])
+        if any(s in message for s in TOO_LARGE):
+            raise ValueTooLarge(f"etcd refused the request as too large: {message}")
+        if token is not None and (
+            doc.get("code") == UNAUTHENTICATED or any(s in message for s in TOKEN_REFUSED)
+        ):
+            raise _TokenRefused(message)
+        if self.tls and doc.get("code") == UNAVAILABLE and any(
+            s in message for s in GATEWAY_CANNOT_DIAL
+        ):
+            message += TLS_GATEWAY_HINT
+        raise MemberFailed(f"HTTP {status}: {message}")
+
+    async def _token(self, member: int, refused: str | None = None) -> str:
+        """The member's token; a new login if it has none or it is ``refused``.
+
+        Concurrent requests share one login: etcd hashes the password (bcrypt) for each.
+        """
+        token = self._tokens.get(member)
+        if token is not None and token != refused:
+            return token
+        login = self._logins.get(member)
+        if login is None:
+            login = asyncio.ensure_future(self._login(member))
+            self._logins[member] = login
+
+            def done(future: asyncio.Future[str]) -> None:
+                if self._logins.get(member) is future:
+                    del self._logins[member]
+                if not future.cancelled():
+                    future.exception()  # retrieved: every waiter may have gone
+
+            login.add_done_callback(done)
+        return await asyncio.shield(login)
+
+    async def _login(self, member: int) -> str:
+        self._tokens.pop(member, None)
+        body = json.dumps({"name": self.username, "password": self.password}).encode()
+        status, raw = await self.members.send(
+            member, "POST", "/v3/auth/authenticate", data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = {}
+        if status == 200 and isinstance(doc, dict):
+            token = str(doc.get("token", ""))
+        elif isinstance(doc, dict) and "authentication is not enabled" in str(doc.get("message")):
+            token = ""  # etcd's clientv3 also goes on without a token then
+        else:
+            message = doc.get("message") if isinstance(doc, dict) else None
+            raise MemberFailed(f"login as {self.username!r} refused: {message or raw[:200]!r}")
+        self._tokens[member] = token
+        return token
 
     def _key(self, key: str) -> bytes:
         return (self.namespace + key).encode()
 
-    async def get(self, key: str) -> tuple[bytes | None, Version]:
-        async def op(c: aetcd.Client) -> tuple[bytes | None, Version]:
-            kv = await c.get(self._key(key))
-            return (None, None) if kv is None else (bytes(kv.value), kv.mod_revision)
+    # The backend contract
 
-        return await self._call(op)
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        # Linearizable (the gateway's default, serializable=false): a member never answers
+        # from a stale copy.
+        doc = await self._post("/v3/kv/range", {"key": _b64(self._key(key))})
+        return _first(doc.get("kvs"))
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
-        k = self._key(key)
-
-        async def op(c: aetcd.Client) -> CasResult:
-            t = c.transactions
-            # create_revision == 0 only while the key does not exist.
-            cond = t.create(k) == 0 if expected is None else t.mod(k) == int(expected)
-            request = rpc.TxnRequest(
-                compare=[cond.build_message()],
-                success=c._ops_to_requests([t.put(k, value)]),
-                # A lost compare reads the key in the same transaction: the caller gets
-                # the state it lost to without a second round trip.
-                failure=c._ops_to_requests([t.get(k)]),
-            )
-            # aetcd's transaction() drops the response header, which carries the new
-            # revision, so call the stub directly (with aetcd's connect and error mapping).
-            try:
-                await c.connect()
-                response = await c.kvstub.Txn(request, timeout=c._timeout, metadata=c.metadata)
-            except rpc.AioRpcError as exc:
-                aetcd_errors._handle_exception(exc)
-                raise  # not reached: _handle_exception always raises
-            if response.succeeded:
-                # A write transaction makes exactly one new revision, and every key it puts
-                # carries it as mod_revision.
-                return CasResult(True, value, response.header.revision)
-            kvs = response.responses[0].response_range.kvs
-            if not kvs:
-                return CasResult(False, None, None)
-            return CasResult(False, bytes(kvs[0].value), kvs[0].mod_revision)
-
-        return await self._call(op)
+        k = _b64(self._key(key))
+        if expected is None:
+            # create_revision is 0 only while the key does not exist.
+            compare = [{"key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}]
+        else:
+            revision, seen = expected  # (mod_revision, value), as get() answers it
+            compare = [
+                {"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)},
+                {"key": k, "target": "VALUE", "result": "EQUAL", "value": _b64(seen)},
+            ]
+        doc = await self._post("/v3/kv/txn", {
+            "compare": compare,
+            "success": [{"request_put": {"key": k, "value": _b64(value)}}],
+            # A lost compare reads the key in the same transaction: the caller gets the
+            # state it lost to without a second round trip.
+            "failure": [{"request_range": {"key": k}}],
+        })
+        if doc.get("succeeded"):
+            # A write transaction makes exactly one new revision, and every key it puts
+            # carries it as mod_revision.
+            return CasResult(True, value, (int(doc["header"]["revision"]), value))
+        try:
+            kvs = doc["responses"][0]["response_range"].get("kvs")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise BackendUnavailable(f"etcd txn: unexpected answer {doc!r:.200}") from None
+        return CasResult(False, *_first(kvs))
 
     async def scan(self, prefix: str) -> list[str]:
-        skip = len(self.namespace)
-
-        async def op(c: aetcd.Client) -> list[str]:
-            found = await c.get_prefix(self._key(prefix), keys_only=True)
-            return sorted(kv.key.decode()[skip:] for kv in found)
-
-        return await self._call(op)
+        start = self._key(prefix) or b"\0"  # etcd refuses an empty key; "\0" is the least
+        doc = await self._post("/v3/kv/range", {
+            "key": _b64(start), "range_end": _b64(prefix_end(start)), "keys_only": True,
+        })
+        skip = len(self.namespace.encode())
+        return sorted(_unb64(kv.get("key"))[skip:].decode() for kv in doc.get("kvs") or ())
 
     def describe(self) -> str:
-        hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
+        hosts = ",".join(self.members.members)
         extras = [f"namespace={self.namespace!r}"] if self.namespace else []
         if self.tls is not None:
             extras.append("tls")
         if self.username:
             extras.append(f"user={self.username}")
         return f"etcd://{hosts} (v3{''.join(', ' + e for e in extras)})"
+
+
+def _first(kvs: list[dict[str, Any]] | None) -> tuple[bytes | None, Version]:
+    if not kvs:
+        return None, None
+    value = _unb64(kvs[0].get("value"))
+    return value, (int(kvs[0]["mod_revision"]), value)
 
 
 def _endpoint(text: str, url: str) -> tuple[str, int]:

@@ -225,8 +225,11 @@ class EtcdServer:
         *,
         client_port: int | None = None,
         peer_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.binary = find_binary("etcd", "etcd-server")
+        #: More etcd flags, e.g. ``("--max-request-bytes", "4096")``.
+        self.extra_args = extra_args
         self.workdir = workdir
         self.name = name
         self.client_port = client_port or free_port()
@@ -269,6 +272,7 @@ class EtcdServer:
             "--enable-v2=true",
             "--logger=zap",
             "--log-outputs=stderr",
+            *self.extra_args,
         ]
         self.proc = Proc(argv, self.workdir / f"{self.name}.log").start()
         if wait:

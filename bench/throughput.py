@@ -267,7 +267,8 @@ class Results:
     samples: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
     ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
-    #: lockd-on-etcd cycle requests/s over the raw aetcd compare-and-set rate, per run
+    #: lockd-on-etcd cycle requests/s over the raw compare-and-set rate through etcd's JSON
+    #: gateway (lockd's own path, bench/raw_etcd.py), per run
     raw_ratios: list[float] = field(default_factory=list)
 
 
@@ -348,7 +349,8 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
 
 
 def raw_etcd(endpoint: str, seconds: float, conns: int, cpus: str | None) -> Sample:
-    """aetcd's bare compare-and-set rate, in place of lockd on the server CPU."""
+    """The bare compare-and-set rate through etcd's JSON gateway (bench/raw_etcd.py, a bare
+    aiohttp client), in place of lockd on the server CPU."""
     argv = [sys.executable, "-m", "bench.raw_etcd", endpoint, "--duration", str(seconds),
             "--connections", str(conns)]
     if cpus and shutil.which("taskset"):
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(res))
     if res.raw_ratios:
         print(f"etcd: lockd's grant+release requests/s = {statistics.median(res.raw_ratios):.2f}"
-              f" of the raw aetcd compare-and-set rate (each such request is one transaction)")
+              f" of the raw gateway compare-and-set rate (each such request is one transaction)")
     for line in res.anomalies:
         print("ANOMALY " + line)
     a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@ read with a plain Get and decode like Go's ``encoding/json`` into
 ``struct{TotalSlots uint64; Holders []string}`` (unknown members ignored, then dropped on the
 next write); holders looked up with ``sort.SearchStrings``; write with
 ``Txn(If(Version==seen)).Then(Put)``. A conflict is an error (airlock never retries).
+airlock sends these over gRPC; here they go through etcd's JSON gateway
+(``tests/etcd3raw.py``), which is the same Range and Txn on the same store.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote_plus
 
-import aetcd
 import pytest
 
 from bench.servers import EtcdServer
@@ -26,6 +27,7 @@ from lockd.groups import GroupSettings
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, open_store
+from tests.etcd3raw import RawEtcd, compare, put_op
 
 
 class AirlockError(Exception):
@@ -41,16 +43,14 @@ class AirlockSemaphore:
 class Airlock:
     """airlock's lock manager for one group, on the wire."""
 
-    def __init__(self, client: aetcd.Client, group: str) -> None:
+    def __init__(self, client: RawEtcd, group: str) -> None:
         self.client = client
         self.key = f"com.coreos.airlock/groups/{quote_plus(group)}/v1/semaphore".encode()
 
     async def ensure_init(self, slots: int) -> None:
-        t = self.client.transactions
         value = json.dumps({"total_slots": slots, "holders": []}, separators=(",", ":"))
-        await self.client.transaction(
-            compare=[t.version(self.key) == 0], success=[t.put(self.key, value.encode())],
-            failure=[],
+        await self.client.txn(
+            [compare(self.key, "VERSION", 0)], [put_op(self.key, value.encode())], []
         )
 
     async def get(self) -> tuple[AirlockSemaphore, int]:
@@ -69,15 +69,13 @@ class Airlock:
         return AirlockSemaphore(slots, list(holders or [])), kv.version
 
     async def _set(self, sem: AirlockSemaphore, version: int) -> None:
-        t = self.client.transactions
         # Go marshals only the struct's two fields: anything else in the value is dropped.
         value = json.dumps({"total_slots": sem.total_slots, "holders": sem.holders},
                            separators=(",", ":"))
-        ok, _ = await self.client.transaction(
-            compare=[t.version(self.key) == version], success=[t.put(self.key, value.encode())],
-            failure=[],
+        answer = await self.client.txn(
+            [compare(self.key, "VERSION", version)], [put_op(self.key, value.encode())], []
         )
-        if not ok:
+        if not answer.get("succeeded"):
             raise AirlockError("conflict on semaphore detected, aborting")
 
     async def recursive_lock(self, id_: str) -> None:
@@ -99,12 +97,9 @@ class Airlock:
 
 
 @pytest.fixture
-async def etcd(etcd_server: EtcdServer) -> AsyncIterator[aetcd.Client]:
-    client = aetcd.Client("127.0.0.1", etcd_server.client_port)
-    try:
+async def etcd(etcd_server: EtcdServer) -> AsyncIterator[RawEtcd]:
+    async with RawEtcd(etcd_server.endpoint) as client:
         yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -118,14 +113,14 @@ async def store(etcd_server: EtcdServer) -> AsyncIterator[Store]:
         await s.backend.close()
 
 
-async def mod_revision(client: aetcd.Client, key: bytes) -> int:
+async def mod_revision(client: RawEtcd, key: bytes) -> int:
     kv = await client.get(key)
     assert kv is not None
     return kv.mod_revision
 
 
 async def test_lockd_honours_and_updates_what_airlock_wrote(
-    etcd: aetcd.Client, store: Store, unique: str
+    etcd: RawEtcd, store: Store, unique: str
 ) -> None:
     group = f"p-{unique}"
     airlock = Airlock(etcd, group)
@@ -166,7 +161,7 @@ async def test_lockd_honours_and_updates_what_airlock_wrote(
 
 
 async def test_lockd_value_is_airlock_format(
-    etcd: aetcd.Client, store: Store, unique: str
+    etcd: RawEtcd, store: Store, unique: str
 ) -> None:
     group = f"f-{unique}"
     service = LockService(store, GroupSettings(default_slots=3))
@@ -192,7 +187,7 @@ async def test_lockd_value_is_airlock_format(
 
 
 async def test_configured_slots_apply_to_airlock_keys(
-    etcd: aetcd.Client, store: Store, unique: str
+    etcd: RawEtcd, store: Store, unique: str
 ) -> None:
     """airlock#81: airlock froze slots at creation; lockd applies its configuration."""
     group = f"s-{unique}"
@@ -214,9 +209,10 @@ async def test_configured_slots_apply_to_airlock_keys(
 
 
 async def test_lockd_and_airlock_race_on_one_key(
-    etcd: aetcd.Client, store: Store, unique: str
+    etcd: RawEtcd, store: Store, unique: str
 ) -> None:
-    """Two kinds of writer, two kinds of compare (version vs mod_revision): never > slots."""
+    """Two kinds of writer, two kinds of compare (version vs mod_revision and value): never
+    more holders than slots."""
     group = f"r-{unique}"
     airlock = Airlock(etcd, group)
     await airlock.ensure_init(2)

@@ -17,7 +17,7 @@ import pytest
 from bench.procs import Lockd, free_port
 from bench.servers import EtcdCluster, EtcdServer
 from lockd import semaphore
-from lockd.backends import BackendUnavailable, InvalidBackendURL, open_backend
+from lockd.backends import BackendUnavailable, InvalidBackendURL, ValueTooLarge, open_backend
 from lockd.backends.etcd2 import Etcd2Backend
 from lockd.config import Settings
 from lockd.errors import Kind, LockdError
@@ -273,6 +273,26 @@ async def black_hole() -> AsyncIterator[str]:
         for w in held:
             w.close()
         server.close()
+
+
+async def test_a_group_too_large_for_a_request_is_value_too_large(
+    etcd2_endpoint: str, unique: str
+) -> None:
+    """The expected value travels in the URL; past etcd's 1 MiB of request header (HTTP
+    431) lockd says "too large", not "etcd v2 unreachable", and the key keeps its value."""
+    dead = f"127.0.0.1:{free_port()}"
+    backend = Etcd2Backend([etcd2_endpoint, dead], root=f"/big-{unique}")
+    try:
+        key = LAYOUT.key("crowded")
+        big = json.dumps({"semaphore": 0, "max": 1, "holders": ["x" * 1_100_000]}).encode()
+        created = await backend.compare_and_set(key, big, None)  # the body may be large
+        assert created.stored
+        with pytest.raises(ValueTooLarge, match="HTTP 431"):
+            await backend.compare_and_set(key, b'{"semaphore":1,"max":1,"holders":null}',
+                                          created.version)
+        assert await backend.get(key) == (big, created.version)
+    finally:
+        await backend.close()
 
 
 async def test_a_hung_member_times_out_then_fails_over(

@@ -1,39 +1,42 @@
-"""``etcd://`` (v3): URL parsing, revisions, 503 and recovery, failover, auth, TLS, airlock config.
+"""``etcd://`` (v3): URL parsing, versions, 503 and recovery, failover, auth, TLS, limits.
 
 The contract suite (tests/test_backend_contract.py) covers the compare-and-set semantics on
 both layouts; this file covers what is particular to etcd v3. Every store here is a real
-etcd process.
+etcd process, reached through etcd's JSON gateway; ``tests/etcd3raw.py`` is an independent
+bare client for looking at keys and moving them behind lockd's back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
+import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aetcd
 import pytest
-from aetcd import rpc
 
 from bench.procs import Lockd, Proc, find_binary, free_port, wait_for_port
 from bench.servers import EtcdServer
 from lockd.backends import InvalidBackendURL, open_backend
-from lockd.backends.base import PING_KEY, BackendUnavailable
-from lockd.backends.etcd3 import Etcd3Backend
+from lockd.backends.base import PING_KEY, BackendUnavailable, ValueTooLarge
+from lockd.backends.etcd3 import Etcd3Backend, prefix_end
 from lockd.config import load
 from lockd.errors import Kind, LockdError
 from lockd.groups import GroupSettings
 from lockd.layouts.airlock import AirlockLayout
 from lockd.layouts.native import NativeLayout
-from lockd.semaphore import Outcome
+from lockd.semaphore import Holder, Outcome, Semaphore
 from lockd.service import LockService
 from lockd.store import Store, open_store
+from tests.etcd3raw import RawEtcd, compare
 from tests.probes import count_reads
 
 LAYOUT = NativeLayout()
@@ -69,6 +72,7 @@ def test_url_endpoints_credentials_and_options() -> None:
         "etcd://alice:s%40cret@h1:2381,[::1]:2382,h3/?layout=airlock&timeout=0.5"
     )
     assert b.endpoints == [("h1", 2381), ("::1", 2382), ("h3", 2379)]
+    assert b.members.members == ["h1:2381", "[::1]:2382", "h3:2379"]
     assert (b.username, b.password) == ("alice", "s@cret")
     assert isinstance(store.layout, AirlockLayout) and b.timeout == 0.5
     assert b.tls is None
@@ -85,6 +89,23 @@ def test_url_defaults_to_native_layout_and_namespace() -> None:
     # The layout is the store's option: the backend alone refuses it.
     with pytest.raises(InvalidBackendURL, match="unknown options: layout"):
         open_backend("etcd://127.0.0.1:2379?layout=native")
+
+
+def test_no_driver_beyond_aiohttp() -> None:
+    """etcd v3 is HTTP/JSON to etcd's gateway: importing the backend loads no gRPC."""
+    code = (
+        "import sys, lockd.backends.etcd3;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'grpc', 'aetcd', 'google'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_prefix_end() -> None:
+    assert prefix_end(b"a/") == b"a0"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff\xff") == b"\0"
 
 
 def test_url_tls_options(tmp_path: Path) -> None:
@@ -113,64 +134,176 @@ def test_bad_urls_say_why(url: str, message: str) -> None:
         open_store(url)
 
 
-# Revisions
+# Versions
 
 
 async def test_compare_is_on_mod_revision_not_version(etcd_native_url: str) -> None:
     """A key deleted and recreated restarts its version at 1; its mod_revision is new."""
     backend = backend_of(etcd_native_url)
     await backend.open()
-    raw = aetcd.Client("127.0.0.1", backend.endpoints[0][1])
-    try:
-        key = LAYOUT.key("recreated")
-        assert (await backend.compare_and_set(key, b"first", None)).stored
-        _, seen = await backend.get(key)
-        await raw.delete(raw_key(backend, key))
-        await raw.put(raw_key(backend, key), b"second")  # version 1 again, as when created
-        kv = await raw.get(raw_key(backend, key))
-        assert kv is not None and kv.version == 1
-        # A compare on version would wrongly accept the stale view; mod_revision refuses it.
-        assert (await backend.compare_and_set(key, b"lost update", seen)).stored is False
-        assert (await backend.get(key))[0] == b"second"
-    finally:
-        await raw.close()
-        await backend.close()
+    async with RawEtcd(backend.members.members[0]) as raw:
+        try:
+            key = LAYOUT.key("recreated")
+            assert (await backend.compare_and_set(key, b"first", None)).stored
+            _, seen = await backend.get(key)
+            await raw.delete(raw_key(backend, key))
+            await raw.put(raw_key(backend, key), b"first")  # version 1 again, same value
+            kv = await raw.get(raw_key(backend, key))
+            assert kv is not None and kv.version == 1 and kv.value == b"first"
+            # A compare on version would wrongly accept the stale view; mod_revision refuses.
+            assert (await backend.compare_and_set(key, b"lost update", seen)).stored is False
+            assert (await backend.get(key))[0] == b"first"
+        finally:
+            await backend.close()
 
 
 async def test_compare_and_set_answers_revisions_and_lost_races_in_one_transaction(
     etcd_native_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Success answers the header revision (the key's new mod_revision); a lost compare
-    answers the current value and mod_revision from the same transaction, with no get."""
+    """Success answers the header revision (the key's new mod_revision) with the value; a
+    lost compare answers the current value and mod_revision from the same transaction, with
+    no get. A version is ``(mod_revision, value)``."""
     backend = backend_of(etcd_native_url)
     await backend.open()
-    raw = aetcd.Client("127.0.0.1", backend.endpoints[0][1])
+    raw = RawEtcd(backend.members.members[0])
     read = backend.get
     reads = count_reads(backend, monkeypatch)
     try:
         key = LAYOUT.key("swap-native")
         etcd_key = raw_key(backend, key)
         ok, value, v1 = await backend.compare_and_set(key, b"one", None)
-        assert ok and value == b"one" and isinstance(v1, int)
+        assert ok and value == b"one" and v1[1] == b"one" and isinstance(v1[0], int)
         ok, value, v2 = await backend.compare_and_set(key, b"two", v1)
-        assert ok and value == b"two" and isinstance(v2, int) and v2 > v1
+        assert ok and value == b"two" and v2[1] == b"two" and v2[0] > v1[0]
         kv = await raw.get(etcd_key)
-        assert kv is not None and kv.mod_revision == v2
+        assert kv is not None and (kv.mod_revision, kv.value) == v2
         assert await read(key) == (b"two", v2)
         await raw.put(etcd_key, b"foreign")  # another writer moves the key on
         foreign = await raw.get(etcd_key)
         assert foreign is not None
-        assert await backend.compare_and_set(key, b"three", v2) == (
-            False, b"foreign", foreign.mod_revision)
-        assert await backend.compare_and_set(key, b"three", None) == (
-            False, b"foreign", foreign.mod_revision)
+        now = (foreign.mod_revision, b"foreign")
+        assert await backend.compare_and_set(key, b"three", v2) == (False, b"foreign", now)
+        assert await backend.compare_and_set(key, b"three", None) == (False, b"foreign", now)
         await raw.delete(etcd_key)
-        assert await backend.compare_and_set(key, b"four", foreign.mod_revision) == (
-            False, None, None)
+        assert await backend.compare_and_set(key, b"four", now) == (False, None, None)
         assert reads == []
     finally:
         await raw.close()
         await backend.close()
+
+
+async def test_a_remembered_revision_with_another_value_never_matches(
+    etcd_native_url: str,
+) -> None:
+    """The transaction compares the value too: a version naming the key's current
+    mod_revision but another value (what a restored etcd can present) is refused, where a
+    compare on mod_revision alone would have written."""
+    backend = backend_of(etcd_native_url)
+    await backend.open()
+    raw = RawEtcd(backend.members.members[0])
+    try:
+        key = LAYOUT.key("same-revision")
+        etcd_key = raw_key(backend, key)
+        assert (await backend.compare_and_set(key, b"seen", None)).stored
+        value, (revision, seen) = await backend.get(key)
+        assert value == seen == b"seen"
+        result = await backend.compare_and_set(key, b"lost update", (revision, b"not seen"))
+        assert result == (False, b"seen", (revision, b"seen"))
+        # The same compare on mod_revision alone matches: the value compare is what refuses.
+        doc = await raw.txn([compare(etcd_key, "MOD", revision)], success=[])
+        assert doc.get("succeeded") is True
+        doc = await raw.txn(
+            [compare(etcd_key, "MOD", revision), compare(etcd_key, "VALUE", b"not seen")],
+            success=[],
+        )
+        assert not doc.get("succeeded")
+        assert (await backend.get(key))[0] == b"seen"
+    finally:
+        await raw.close()
+        await backend.close()
+
+
+async def test_an_etcd_restored_from_a_backup_cannot_take_a_stale_version(
+    tmp_path: Path,
+) -> None:
+    """Restoring etcd's data from a backup rewinds its revisions; the next write after the
+    restore gets a revision that this process saw with another value. Comparing the value
+    too keeps that revision from matching."""
+    server = EtcdServer(tmp_path / "etcd").start()
+    data = server.workdir / f"{server.name}.etcd"
+    backup = tmp_path / "backup.etcd"
+    backend = backend_of(f"etcd://{server.endpoint}?timeout=1")
+    try:
+        key = LAYOUT.key("restored")
+        created = await backend.compare_and_set(key, b"A", None)
+        assert created.stored
+        server.stop()
+        shutil.copytree(data, backup)  # a backup of the data directory, etcd stopped
+        server.start()
+        written = await _until_up(lambda: backend.compare_and_set(key, b"B", created.version))
+        assert written.stored
+        remembered = written.version  # what lockd now remembers: (revision r, b"B")
+
+        server.stop()
+        shutil.rmtree(data)
+        shutil.copytree(backup, data)  # the restore: the key is A again, revision r - 1
+        server.start()
+        async with RawEtcd(server.endpoint) as raw:
+            # Another writer's write after the restore gets revision r again.
+            assert await _until_up(lambda: raw.put(key.encode(), b"C"), Exception) == remembered[0]
+            kv = await raw.get(key.encode())
+            assert kv is not None and (kv.mod_revision, kv.value) == (remembered[0], b"C")
+        result = await backend.compare_and_set(key, b"D", remembered)
+        assert result == (False, b"C", (remembered[0], b"C"))
+        assert (await backend.get(key))[0] == b"C"
+    finally:
+        await backend.close()
+        server.stop()
+
+
+async def _until_up(call, errors=(BackendUnavailable,), timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    """``call()`` once etcd answers again (after a start or a restart)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await call()
+        except errors:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+# Limits
+
+
+async def test_a_group_too_large_for_etcd_is_value_too_large(tmp_path: Path) -> None:
+    """etcd refuses a request above --max-request-bytes; lockd says so, not "unavailable",
+    asks no other member, and the key keeps its value."""
+    server = EtcdServer(tmp_path / "etcd", extra_args=("--max-request-bytes", "4096")).start()
+    spare = EtcdServer(tmp_path / "spare").start()  # a second "member" it must not ask
+    backend = backend_of(f"etcd://{server.endpoint},{spare.endpoint}")
+    try:
+        key = LAYOUT.key("crowded")
+        holders = tuple(Holder(f"{i:032x}", 1_700_000_000.0 + i, i) for i in range(80))
+        crowded = LAYOUT.encode(Semaphore(slots=100, holders=holders, next_grant_id=81), None)
+        assert 4096 < len(crowded) < 65536
+        with pytest.raises(ValueTooLarge, match="too large"):
+            await backend.compare_and_set(key, crowded, None)
+        small = await backend.compare_and_set(key, b"{}", None)
+        assert small.stored
+        with pytest.raises(ValueTooLarge, match="too large"):
+            await backend.compare_and_set(key, crowded, small.version)
+        # Far above the limit, gRPC's own message limit answers ("larger than max").
+        with pytest.raises(ValueTooLarge, match="larger than max"):
+            await backend.compare_and_set(key, b"x" * 600_000, small.version)
+        assert await backend.get(key) == (b"{}", small.version)
+        assert backend.members.current == 0
+        async with RawEtcd(spare.endpoint) as other:
+            assert await other.get(b"lockd/v1/groups/crowded") is None
+    finally:
+        await backend.close()
+        spare.stop()
+        server.stop()
 
 
 # Unavailability, recovery and failover
@@ -199,7 +332,7 @@ async def test_unreachable_etcd_is_503_then_recovers_without_reopening(tmp_path:
 
         # A member that hangs (accepts, never answers) is a timeout, also a 503.
         assert server.proc is not None
-        server.proc.signal(signal.SIGSTOP)
+        freeze(server.proc)
         with pytest.raises(LockdError) as err:
             await service.pre_reboot("default", "b")
         assert err.value.kind is Kind.backend_unavailable
@@ -217,6 +350,25 @@ async def test_unreachable_etcd_is_503_then_recovers_without_reopening(tmp_path:
     finally:
         await backend.close()
         server.stop()
+
+
+def freeze(proc: Proc) -> None:
+    """SIGSTOP, and wait until every thread has stopped: a loopback round trip through the
+    gateway is faster than the kernel stopping all of etcd's threads."""
+    proc.signal(signal.SIGSTOP)
+    tasks = Path(f"/proc/{proc.pid}/task")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = []
+        for task in tasks.iterdir():
+            try:
+                states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+            except OSError:  # the thread ended
+                continue
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"etcd (pid {proc.pid}) did not stop")
 
 
 async def _eventually(call, timeout: float = 20.0):  # type: ignore[no-untyped-def]
@@ -239,7 +391,8 @@ async def test_fails_over_to_the_next_endpoint(etcd_server: EtcdServer, unique: 
         assert await service.pre_reboot("g", "a") is Outcome.GRANTED
         assert await service.pre_reboot("g", "b") is Outcome.FULL
         # It stays on the member that answered.
-        assert backend.endpoints[backend._current] == ("127.0.0.1", etcd_server.client_port)
+        assert backend.endpoints[backend.members.current] == (
+            "127.0.0.1", etcd_server.client_port)
     finally:
         await backend.close()
 
@@ -258,18 +411,13 @@ def auth_etcd(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 
 
 async def _enable_auth(endpoint: str) -> None:
-    channel = rpc.insecure_channel(endpoint)
-    stub = rpc.AuthStub(channel)
-    try:
-        await stub.UserAdd(rpc.AuthUserAddRequest(name="root", password="rootpw"))
-        await stub.RoleAdd(rpc.AuthRoleAddRequest(name="root"))
-        await stub.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
-        await stub.AuthEnable(rpc.AuthEnableRequest())
-    finally:
-        await channel.close()
+    async with RawEtcd(endpoint) as raw:
+        await raw.enable_auth("root", "rootpw")
 
 
-async def test_user_password_auth(auth_etcd: EtcdServer) -> None:
+async def test_user_password_auth(
+    auth_etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = backend_of(f"etcd://root:rootpw@{auth_etcd.endpoint}")
     anonymous = backend_of(f"etcd://{auth_etcd.endpoint}?timeout=1")
     wrong = backend_of(f"etcd://root:nope@{auth_etcd.endpoint}?timeout=1")
@@ -279,15 +427,43 @@ async def test_user_password_auth(auth_etcd: EtcdServer) -> None:
         service = service_on(good, GroupSettings(default_slots=1))
         assert await service.pre_reboot("auth", "a") is Outcome.GRANTED
         assert await service.pre_reboot("auth", "a") is Outcome.ALREADY_HELD
-        for b in (anonymous, wrong):
-            with pytest.raises(BackendUnavailable):
-                await b.get(LAYOUT.key("auth"))
-        # A token etcd no longer accepts (expired, or the member restarted) is renewed.
-        good._clients[0].metadata = (("token", "stale.token"),)
+        with pytest.raises(BackendUnavailable, match="user name is empty"):
+            await anonymous.get(LAYOUT.key("auth"))
+        with pytest.raises(BackendUnavailable, match="login as 'root' refused"):
+            await wrong.get(LAYOUT.key("auth"))
+        # A token etcd no longer accepts (expired, or the member restarted) is renewed,
+        # with one login for all the requests that found it refused.
+        logins = []
+        login = good._login
+
+        async def counted(member: int) -> str:
+            logins.append(member)
+            return await login(member)
+
+        monkeypatch.setattr(good, "_login", counted)
+        good._tokens[0] = "stale.token"
+        results = await asyncio.gather(*(good.get(LAYOUT.key(f"n{i}")) for i in range(10)))
+        assert results == [(None, None)] * 10 and logins == [0]
+        good._tokens[0] = "stale.token"
         assert await service.steady_state("auth", "a") is Outcome.RELEASED
+        assert logins == [0, 0]
     finally:
         for b in (good, anonymous, wrong):
             await b.close()
+
+
+async def test_credentials_work_before_auth_is_enabled(
+    etcd_server: EtcdServer, unique: str
+) -> None:
+    """With a user in the URL and auth not (yet) on, etcd answers "not enabled" to the
+    login, and lockd goes on without a token, as etcd's own client does."""
+    backend = backend_of(f"etcd://lockd:pw@{etcd_server.endpoint}?namespace={unique}/")
+    try:
+        assert (await backend.compare_and_set("k", b"v", None)).stored
+        assert (await backend.get("k"))[0] == b"v"
+        assert backend._tokens == {0: ""}
+    finally:
+        await backend.close()
 
 
 # TLS
@@ -323,8 +499,12 @@ class TlsEtcd:
             self.proc.stop()
 
 
-def make_certs(where: Path) -> dict[str, Path]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+def make_certs(where: Path, server_usage: str = "serverAuth,clientAuth") -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
+
+    etcd's JSON gateway is etcd calling itself, with its own server certificate as the
+    client certificate: with --client-cert-auth that certificate must allow clientAuth.
+    """
     openssl = find_binary("openssl", "openssl")
     where.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -334,7 +514,7 @@ def make_certs(where: Path) -> dict[str, Path]:
 
     run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=lockd-test-ca",
         "-days", "2")
-    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+    for name, usage in (("server", server_usage), ("client", "clientAuth")):
         (where / f"{name}.ext").write_text(
             f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"
         )
@@ -382,6 +562,58 @@ async def test_tls_with_client_certificate(tls_etcd: TlsEtcd, tls_backend: Etcd3
             await no_cert.get("k")
     finally:
         await no_cert.close()
+    # What the gateway stored is what a bare TLS client reads.
+    c = tls_etcd.certs
+    context = ssl.create_default_context(cafile=str(c["ca.crt"]))
+    context.load_cert_chain(str(c["client.crt"]), str(c["client.key"]))
+    async with RawEtcd(f"127.0.0.1:{tls_etcd.port}", ssl_context=context) as raw:
+        kv = await raw.get(LAYOUT.key("tls").encode())
+        assert kv is not None and [h["id"] for h in json.loads(kv.value)["holders"]] == ["a"]
+
+
+async def test_tls_server_certificate_without_client_auth_is_explained(
+    tmp_path: Path,
+) -> None:
+    """A server certificate for serverAuth only: etcd's gateway cannot reach etcd under
+    --client-cert-auth, and the 503's message says what to change."""
+    server = TlsEtcd(tmp_path, make_certs(tmp_path / "certs", server_usage="serverAuth")).start()
+    c = server.certs
+    backend = backend_of(
+        f"etcd://127.0.0.1:{server.port}"
+        f"?tls_ca={c['ca.crt']}&tls_cert={c['client.crt']}&tls_key={c['client.key']}&timeout=1"
+    )
+    try:
+        # The gateway's own connection fails in a few ways (closed, reset, still dialling
+        # when lockd's deadline comes); each answer that names the dial names the fix.
+        deadline = time.monotonic() + 15
+        messages = []
+        while time.monotonic() < deadline:
+            with pytest.raises(BackendUnavailable) as err:
+                await backend.get("k")
+            messages.append(str(err.value))
+            if "extendedKeyUsage clientAuth" in messages[-1]:
+                break
+        assert "extendedKeyUsage clientAuth" in messages[-1], messages
+    finally:
+        await backend.close()
+        server.stop()
+
+
+async def test_tls_server_name(tls_etcd: TlsEtcd) -> None:
+    """``tls_server_name`` is the name the certificate must carry, not the host dialled."""
+    c = tls_etcd.certs
+    files = f"tls_ca={c['ca.crt']}&tls_cert={c['client.crt']}&tls_key={c['client.key']}"
+    right = backend_of(f"etcd://localhost:{tls_etcd.port}?{files}&tls_server_name=127.0.0.1")
+    wrong = backend_of(
+        f"etcd://127.0.0.1:{tls_etcd.port}?{files}&tls_server_name=etcd.example&timeout=1"
+    )
+    try:
+        assert await _until_up(lambda: right.get("k")) == (None, None)
+        with pytest.raises(BackendUnavailable, match=r"etcd\.example"):
+            await wrong.get("k")
+    finally:
+        await right.close()
+        await wrong.close()
 
 
 # airlock's config file, unchanged
@@ -464,7 +696,7 @@ slots = 2
 """
     )
     lockd = Lockd(tmp_path, "--config", str(config)).start()
-    raw = aetcd.Client("127.0.0.1", etcd_server.client_port)
+    raw = RawEtcd(etcd_server.endpoint)
     try:
         assert (await asyncio.to_thread(post, lockd.url, "pre-reboot", "n1", group))[0] == 200
         status, doc = await asyncio.to_thread(post, lockd.url, "pre-reboot", "n2", group)
