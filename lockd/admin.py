@@ -50,6 +50,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from lockd import policyview
+from lockd.config import MAX_SLOTS as CONFIG_MAX_SLOTS
 from lockd.config import ConfigError, Settings
 from lockd.errors import Kind, LockdError
 from lockd.fleetlock import MAX_ID_LENGTH
@@ -73,7 +74,8 @@ STATUS_PAGE = HERE / "static" / "status.html"
 OPENAPI = HERE / "openapi.json"
 
 #: Upper bound for set-slots: far above any fleet, low enough to catch a typo'd paste.
-MAX_SLOTS = 1_000_000
+#: One bound for slots, in configuration and in the admin API alike.
+MAX_SLOTS = CONFIG_MAX_SLOTS
 #: Groups shown by one listing; a self-hosted fleet has a handful.
 MAX_LISTED_GROUPS = 1000
 MAX_ACTOR_LENGTH = 128
