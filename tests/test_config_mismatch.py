@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from bench.procs import Lockd
+from tests.browser import chromium
 from tests.httpcall import call, lock
-from tests.test_status_page import chromium, section
+from tests.test_status_page import section
 
 
 def test_a_disagreeing_replica_shows_it_everywhere(tmp_path: Path) -> None:

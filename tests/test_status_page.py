@@ -6,48 +6,20 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.procs import Lockd, find_binary
+from bench.procs import Lockd
 from lockd.admin import STATUS_PAGE
+from tests.browser import chromium
 from tests.test_admin import call, lock, start_lockd
 
 HOLDERS = {
     "workers": ["e0f3745b108f471cbd4883c6fbed8cdd", "node-beta-91d2"],
     "db": ["db-primary-7"],
 }
-
-
-def chromium(tmp: Path, url: str, *mode: str, width: int = 412, height: int = 915) -> str:
-    """Run headless Chromium on ``url`` once the page's script has run; return stdout."""
-    binary = find_binary("chromium", "chromium")
-    argv = [
-        binary,
-        "--headless",
-        "--no-sandbox",  # tests may run as root in a container
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp / 'chromium-profile'}",
-        # Air-gapped: only the admin listener resolves, so any external asset would fail.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        f"--window-size={width},{height}",
-        "--virtual-time-budget=5000",  # let fetch() and rendering finish before the dump
-        *mode,
-        url,
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=90, cwd=tmp)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 def section(dom: str, group: str) -> str:
