@@ -96,22 +96,22 @@ def test_a_trickled_body_gets_408_json(quick: Lockd) -> None:
 def test_connections_past_the_cap_are_refused_cleanly(tmp_path: Path) -> None:
     server = Lockd(tmp_path, "--backend", "memory://", "--group", "workers=2",
                    "--set", "service.max_connections=5").start()
-    held = [socket.create_connection(_addr(server.url)) for _ in range(5)]
     try:
-        time.sleep(0.3)  # let lockd register them
-        with socket.create_connection(_addr(server.url)) as extra:
-            extra.settimeout(5)
-            answer = extra.recv(65536)
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503")
-        assert json.loads(body)["kind"] == "too_many_connections"
-        # The admin listener has room of its own.
-        assert call(server.admin_url, "GET", "/healthz")[0] == 200
-    finally:
-        for sock in held:
-            sock.close()
+        held = [socket.create_connection(_addr(server.url)) for _ in range(5)]
+        try:
+            time.sleep(0.3)  # let lockd register them
+            with socket.create_connection(_addr(server.url)) as extra:
+                extra.settimeout(5)
+                answer = extra.recv(65536)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503")
+            assert json.loads(body)["kind"] == "too_many_connections"
+            # The admin listener has room of its own.
+            assert call(server.admin_url, "GET", "/healthz")[0] == 200
+        finally:
+            for sock in held:
+                sock.close()
         time.sleep(0.3)
-    try:
         assert lock(server.url, "pre-reboot", "n1", "workers")[0] == 200
         server.wait_for_output("connections open, its limit")
     finally:
@@ -127,17 +127,17 @@ def test_a_low_descriptor_limit_still_serves_the_admin_listener(tmp_path: Path) 
                    wrapper=[prlimit, "--nofile=256:256", "--"]).start()
     held: list[socket.socket] = []
     try:
-        for _ in range(400):
-            held.append(socket.create_connection(_addr(server.url)))
+        try:
+            for _ in range(400):
+                held.append(socket.create_connection(_addr(server.url)))
+            time.sleep(0.5)
+            assert call(server.admin_url, "GET", "/healthz")[0] == 200
+            status, body = call(server.admin_url, "GET", "/api/v1/groups")
+            assert status == 200, body
+        finally:
+            for sock in held:
+                sock.close()
         time.sleep(0.5)
-        assert call(server.admin_url, "GET", "/healthz")[0] == 200
-        status, body = call(server.admin_url, "GET", "/api/v1/groups")
-        assert status == 200, body
-    finally:
-        for sock in held:
-            sock.close()
-    time.sleep(0.5)
-    try:
         assert lock(server.url, "pre-reboot", "n1", "workers")[0] == 200
     finally:
         server.stop()
