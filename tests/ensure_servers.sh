@@ -37,10 +37,10 @@ ensure_unpacked prometheus-alertmanager prometheus-alertmanager
 
 declare -A pkg_for=(
   [redis-server]=redis-server [etcd]=etcd-server [chromium]=chromium [systemd-analyze]=systemd
-  [haproxy]=haproxy
+  [haproxy]=haproxy [faketime]=faketime
 )
 missing=()
-for cmd in redis-server etcd chromium systemd-analyze haproxy; do
+for cmd in redis-server etcd chromium systemd-analyze haproxy faketime; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -55,7 +55,7 @@ fi
 
 echo "The tests need these packages: ${missing[*]}" >&2
 echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
-echo "(or put redis-server, etcd, chromium, systemd-analyze and haproxy on PATH). Without CI=true the tests that" >&2
+echo "(or put redis-server, etcd, chromium, systemd-analyze, haproxy and faketime on PATH). Without CI=true the tests that" >&2
 echo "need a missing server are skipped; with CI=true they fail." >&2
 [ "${CI:-}" = "true" ] && exit 1
 exit 0

@@ -13,7 +13,9 @@ Every request's invocation, completion and answer is recorded from the clients' 
 - liveness: once the last fault healed (plus the store's recovery grace), every client gets
   decided answers again within a bound.
 
-Faults per backend (``FAULTS``): SIGKILL and restart of a replica everywhere; the store
+Every replica runs a cooldown and stale marking, so its wall clock matters. Faults per
+backend (``Cluster.faults``): SIGKILL and restart of a replica, and one replica's wall clock
+jumping 3 hours ahead and back (libfaketime), everywhere; the store
 restarted or hung (SIGSTOP/SIGCONT) on Redis; one etcd member lost, then a majority, on a
 three-member cluster; on sqlite a replica killed mid-write and a foreign process holding the
 write lock; and network faults between lockd and its store through the harness's own TCP
@@ -41,11 +43,22 @@ from typing import Any
 import aiohttp
 
 from bench.linearizability import HistoryRecorder, Operation, check, check_durability
-from bench.procs import Lockd, free_port
+from bench.procs import Lockd, MissingBinary, free_port
 from bench.servers import EtcdCluster, RedisServer
 
 HEADERS = {"fleet-lock-protocol": "true"}
 BACKENDS = ("sqlite", "redis", "etcd", "unshared")
+#: Where Debian's faketime package puts the library that moves a process's wall clock.
+LIBFAKETIME = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+#: The policy every replica runs, so that wall-clock time matters to its decisions.
+POLICY = ("--set", "lock.cooldown=300ms", "--set", "lock.stale_after=30s")
+
+
+def libfaketime() -> Path:
+    if not LIBFAKETIME:
+        raise MissingBinary("libfaketime is not installed (apt-get install faketime; "
+                            "`make test` does it)")
+    return LIBFAKETIME[0]
 
 
 @dataclass
@@ -114,6 +127,9 @@ class Cluster:
         self.store: Any = None
         self.proxy: Any = None
         self._lock_holder: threading.Thread | None = None
+        # Each replica's wall clock, moved at run time through libfaketime's timestamp file
+        # (its monotonic clock is left alone: the event loop's timers keep working).
+        self.clocks = [workdir / f"clock{i}" for i in range(opts.replicas)]
 
     # store
 
@@ -140,10 +156,19 @@ class Cluster:
 
     def _replica(self, i: int) -> Lockd:
         port, admin = self.ports[i]
+        if not self.clocks[i].exists():
+            self.clocks[i].write_text("+0\n")
+        env = {
+            "LD_PRELOAD": str(libfaketime()),
+            "FAKETIME_TIMESTAMP_FILE": str(self.clocks[i]),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
         return Lockd(
             self.workdir, "--backend", self.backend_url, "--listen", f"127.0.0.1:{port}",
             "--admin-listen", f"127.0.0.1:{admin}", "--default-slots", str(self.opts.slots),
-            "--set", "storage.timeout_s=1.5", "--log-level", "warning", name=f"replica{i}",
+            "--set", "storage.timeout_s=1.5", "--log-level", "warning", *POLICY,
+            env=env, name=f"replica{i}",
         )
 
     @property
@@ -161,7 +186,7 @@ class Cluster:
     # faults
 
     def faults(self, rng: random.Random) -> list[Fault]:
-        faults = [self._kill_replica(rng)]
+        faults = [self._kill_replica(rng), self._clock_jump(rng)]
         if self.opts.backend == "redis":
             faults += [self._signal_store("redis hung (SIGSTOP)", signal.SIGSTOP, signal.SIGCONT),
                        Fault("redis restarted", self.store.stop, self.store.start, 1.0)]
@@ -191,6 +216,14 @@ class Cluster:
             self.replicas[i].start()
 
         return Fault(f"{name} (replica{i}), restarted", inject, heal, 1.5)
+
+    def _clock_jump(self, rng: random.Random) -> Fault:
+        """One replica's wall clock jumps 3 hours ahead, then back: grants it records are in
+        the others' future, and its cooldown and stale marks see other replicas' past."""
+        i = rng.randrange(len(self.replicas))
+        clock = self.clocks[i]
+        return Fault(f"replica{i}'s clock jumps +3h, then back", lambda: clock.write_text("+3h\n"),
+                     lambda: clock.write_text("+0\n"), 2.0)
 
     def _signal_store(self, name: str, on: int, off: int) -> Fault:
         return Fault(name, lambda: self.store.proc.signal(on),
