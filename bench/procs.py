@@ -117,6 +117,19 @@ class Proc:
 LISTEN_RE = re.compile(r"lockd: (?P<name>[\w ]+) listening on (?P<url>https?://\S+)/")
 
 
+def wait_until_serving(proc: Proc, timeout: float) -> dict[str, str]:
+    """Wait for a started ``lockd serve`` to say it serves; its listeners' URLs by name."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = proc.output()
+        if "lockd: serving (pid" in out:
+            return {m["name"]: m["url"] for m in LISTEN_RE.finditer(out)}
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"lockd exited with {proc.proc.returncode}:\n{out}")
+        time.sleep(0.05)
+    raise TimeoutError(f"lockd did not start:\n{proc.output()}")
+
+
 class Lockd:
     """``lockd serve`` as a subprocess on free ports; ``url`` is its FleetLock base URL."""
 
@@ -154,16 +167,8 @@ class Lockd:
         log = self.tmp / f"{self.name}.log"
         log.unlink(missing_ok=True)
         self.proc = Proc(argv, log, env=env, cwd=REPO).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.proc.output()
-            self.urls = {m["name"]: m["url"] for m in LISTEN_RE.finditer(out)}
-            if "lockd: serving (pid" in out:
-                return self
-            if self.proc.proc is not None and self.proc.proc.poll() is not None:
-                raise RuntimeError(f"lockd exited early:\n{out}")
-            time.sleep(0.05)
-        raise TimeoutError(f"lockd did not start:\n{self.proc.output()}")
+        self.urls = wait_until_serving(self.proc, timeout)
+        return self
 
     @property
     def url(self) -> str:

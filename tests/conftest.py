@@ -22,6 +22,7 @@ BACKENDS = [
 
 pytest_plugins = [
     "tests.servers",
+    "tests.replicas",
     "tests.fixtures_redis",
     "tests.fixtures_redis_cluster",
     "tests.fixtures_etcd2",

@@ -38,13 +38,13 @@ import pytest
 import yaml
 
 from bench.procs import (
-    LISTEN_RE,
     REPO,
     Lockd,
     Proc,
     find_binary,
     free_port,
     start_lockd,
+    wait_until_serving,
 )  # fmt: skip
 from bench.servers import RedisServer
 from lockd import sdnotify
@@ -215,17 +215,8 @@ class Served:
 
     def start(self, timeout: float = 30.0) -> Served:
         self.proc.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.proc.output()
-            self.urls = {m["name"]: m["url"] for m in LISTEN_RE.finditer(out)}
-            if "lockd: serving (pid" in out:
-                return self
-            assert self.proc.proc is not None
-            if self.proc.proc.poll() is not None:
-                raise RuntimeError(f"lockd exited with {self.proc.proc.returncode}:\n{out}")
-            time.sleep(0.05)
-        raise TimeoutError(f"lockd did not start:\n{self.proc.output()}")
+        self.urls = wait_until_serving(self.proc, timeout)
+        return self
 
     def wait_for(self, text: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -11,7 +11,7 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -28,8 +28,9 @@ from lockd.layouts.native import NativeLayout
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, open_store
-from tests.history import HEADERS, storm, violations
+from tests.history import storm, violations
 from tests.probes import count_reads
+from tests.replicas import post, replica
 from tests.tls import certificates
 
 # URL parsing: checked when the configuration loads, before anything connects.
@@ -296,32 +297,13 @@ async def test_wait_replicas_refuses_answers_no_replica_confirmed(
 # lockd processes over real HTTP.
 
 
-def _lockd(tmp: Path, url: str, slots: dict[str, int], name: str) -> Lockd:
-    groups = [a for g, n in sorted(slots.items()) for a in ("--group", f"{g}={n}")]
-    return Lockd(tmp, "--backend", url, "--no-admin", *groups, name=name)
-
-
-@pytest.fixture
-def replicas(request: pytest.FixtureRequest) -> Iterator[list[Lockd]]:
-    started: list[Lockd] = []
-    request.addfinalizer(lambda: [p.stop() for p in started])
-    yield started
-
-
-async def _post(session: aiohttp.ClientSession, base: str, op: str, group: str,
-                id_: str) -> tuple[int, dict]:
-    body = {"client_params": {"id": id_, "group": group}}
-    async with session.post(f"{base.rstrip('/')}/v1/{op}", json=body, headers=HEADERS) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
 async def test_three_replicas_storm_never_exceed_slots(
     tmp_path: Path, redis_url: str, replicas: list[Lockd]
 ) -> None:
     rng = random.Random(3)
     slots = {f"g{i:02d}": rng.randint(1, 3) for i in range(20)}
     for i in range(3):
-        replicas.append(_lockd(tmp_path, redis_url, slots, f"lockd{i}").start())
+        replicas.append(replica(tmp_path, redis_url, slots, f"lockd{i}").start())
     report = await storm([r.url for r in replicas], slots, clients=300, rounds=2,
                          hold=(0.0, 0.02), seed=7)
     assert report.grants == 600 and len(report.holds) == 600
@@ -346,13 +328,13 @@ async def test_restart_with_aof_keeps_acknowledged_holders(
     try:
         slots = {"held-a": 1, "held-b": 2, **{f"busy{i}": 2 for i in range(4)}}
         for i in range(2):
-            replicas.append(_lockd(tmp_path, server.url, slots, f"lockd{i}").start())
+            replicas.append(replica(tmp_path, server.url, slots, f"lockd{i}").start())
         urls = [r.url for r in replicas]
         holders = {"held-a": ["a1"], "held-b": ["b1", "b2"]}
         async with aiohttp.ClientSession() as session:
             for group, ids in holders.items():
                 for n, id_ in enumerate(ids):
-                    status, _ = await _post(session, urls[n % 2], "pre-reboot", group, id_)
+                    status, _ = await post(session, urls[n % 2], "pre-reboot", group, id_)
                     assert status == 200
 
             # A storm on other groups runs across the crash and restart.
@@ -366,7 +348,7 @@ async def test_restart_with_aof_keeps_acknowledged_holders(
             during = []
             for n, (group, id_) in enumerate([("held-a", "x"), ("held-b", "y"),
                                               ("held-a", "a1"), ("busy0", "z")]):
-                during.append(await _post(session, urls[n % 2], "pre-reboot", group, id_))
+                during.append(await post(session, urls[n % 2], "pre-reboot", group, id_))
             await asyncio.sleep(0.5)
             server.start()  # same port, same data directory
 
@@ -380,9 +362,9 @@ async def test_restart_with_aof_keeps_acknowledged_holders(
             for n, url in enumerate(urls):
                 for group, ids in holders.items():
                     for id_ in ids:
-                        status, body = await _post(session, url, "pre-reboot", group, id_)
+                        status, body = await post(session, url, "pre-reboot", group, id_)
                         assert (status, body) == (200, {"outcome": "already_held"})
-                status, body = await _post(session, url, "pre-reboot", "held-a", f"new{n}")
+                status, body = await post(session, url, "pre-reboot", "held-a", f"new{n}")
                 assert (status, body["kind"]) == (423, "failed_lock_semaphore_full")
     finally:
         server.stop()
@@ -394,12 +376,12 @@ async def test_hung_redis_gives_503_then_recovers(
     server = RedisServer(tmp_path / "redis").start()
     try:
         url = f"{server.url}?timeout=1"
-        lockd = _lockd(tmp_path, url, {"g": 1}, "lockd")
+        lockd = replica(tmp_path, url, {"g": 1}, "lockd")
         # The service's own deadline is larger, so the Redis timeout is what answers.
         lockd.args += ["--set", "storage.timeout_s=10"]
         replicas.append(lockd.start())
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            assert (await _post(session, lockd.url, "pre-reboot", "g", "holder"))[0] == 200
+            assert (await post(session, lockd.url, "pre-reboot", "g", "holder"))[0] == 200
             async with session.get(lockd.url + "/readyz") as resp:
                 assert resp.status == 200
 
@@ -407,8 +389,8 @@ async def test_hung_redis_gives_503_then_recovers(
             try:
                 started = time.monotonic()
                 results = await asyncio.gather(
-                    _post(session, lockd.url, "pre-reboot", "g", "other"),
-                    _post(session, lockd.url, "steady-state", "h", "someone"),
+                    post(session, lockd.url, "pre-reboot", "g", "other"),
+                    post(session, lockd.url, "steady-state", "h", "someone"),
                     session.get(lockd.url + "/readyz"),
                 )
                 elapsed = time.monotonic() - started
@@ -432,10 +414,10 @@ async def test_hung_redis_gives_503_then_recovers(
                 await asyncio.sleep(0.1)
             assert lockd.proc is not None and lockd.proc.proc is not None
             assert lockd.proc.proc.poll() is None
-            status, body = await _post(session, lockd.url, "pre-reboot", "g", "holder")
+            status, body = await post(session, lockd.url, "pre-reboot", "g", "holder")
             assert (status, body) == (200, {"outcome": "already_held"})
-            assert (await _post(session, lockd.url, "steady-state", "g", "holder"))[0] == 200
-            status, body = await _post(session, lockd.url, "pre-reboot", "g", "after")
+            assert (await post(session, lockd.url, "steady-state", "g", "holder"))[0] == 200
+            status, body = await post(session, lockd.url, "pre-reboot", "g", "after")
             assert (status, body) == (200, {"outcome": "granted"})
     finally:
         server.stop()
@@ -444,7 +426,7 @@ async def test_hung_redis_gives_503_then_recovers(
 async def test_readyz_follows_redis(tmp_path: Path, replicas: list[Lockd]) -> None:
     server = RedisServer(tmp_path / "redis").start()
     try:
-        lockd = _lockd(tmp_path, server.url, {"g": 1}, "lockd")
+        lockd = replica(tmp_path, server.url, {"g": 1}, "lockd")
         replicas.append(lockd.start())
         async with aiohttp.ClientSession() as session:
             async with session.get(lockd.url + "/readyz") as resp:

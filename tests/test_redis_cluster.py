@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -29,7 +29,8 @@ from lockd.layouts import NativeLayout
 from lockd.semaphore import Outcome
 from lockd.service import GroupSettings, LockService
 from lockd.store import Store
-from tests.history import HEADERS, storm, violations
+from tests.history import storm, violations
+from tests.replicas import post, replica
 from tests.tls import certificates
 
 LAYOUT = NativeLayout()
@@ -249,32 +250,13 @@ async def test_rediss_cluster_with_mutual_tls(tmp_path: Path) -> None:
 # lockd processes over real HTTP.
 
 
-def _lockd(tmp: Path, url: str, slots: dict[str, int], name: str) -> Lockd:
-    groups = [a for g, n in sorted(slots.items()) for a in ("--group", f"{g}={n}")]
-    return Lockd(tmp, "--backend", url, "--no-admin", *groups, name=name)
-
-
-@pytest.fixture
-def replicas(request: pytest.FixtureRequest) -> Iterator[list[Lockd]]:
-    started: list[Lockd] = []
-    request.addfinalizer(lambda: [p.stop() for p in started])
-    yield started
-
-
-async def _post(session: aiohttp.ClientSession, base: str, op: str, group: str,
-                id_: str) -> tuple[int, dict]:
-    body = {"client_params": {"id": id_, "group": group}}
-    async with session.post(f"{base.rstrip('/')}/v1/{op}", json=body, headers=HEADERS) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
 async def test_three_replicas_storm_the_cluster_and_never_exceed_slots(
     tmp_path: Path, redis_cluster_url: str, replicas: list[Lockd]
 ) -> None:
     rng = random.Random(11)
     slots = {f"g{i:02d}": rng.randint(1, 3) for i in range(15)}
     for i in range(3):
-        replicas.append(_lockd(tmp_path, redis_cluster_url, slots, f"lockd{i}").start())
+        replicas.append(replica(tmp_path, redis_cluster_url, slots, f"lockd{i}").start())
     report = await storm([r.url for r in replicas], slots, clients=150, rounds=2,
                          hold=(0.0, 0.02), seed=5)
     assert report.grants == 300 and len(report.holds) == 300
@@ -311,7 +293,7 @@ async def test_a_master_killed_mid_storm_fails_over_to_its_replica(
         url = f"{cluster.url}?timeout=1&wait_replicas={wait_replicas}"
         slots = {f"f{i}": 1 + i % 2 for i in range(9)}
         for i in range(2):
-            replicas.append(_lockd(tmp_path, url, slots, f"lockd{i}").start())
+            replicas.append(replica(tmp_path, url, slots, f"lockd{i}").start())
         urls = [r.url for r in replicas]
         victim = cluster.master_of("lockd:{lockd/v1/groups/f0}")
         on_victim = sorted(g for g in slots
@@ -325,7 +307,7 @@ async def test_a_master_killed_mid_storm_fails_over_to_its_replica(
         victim.proc.kill()  # SIGKILL
         killed_at = time.monotonic()
         async with aiohttp.ClientSession() as session:
-            during = [await _post(session, u, "pre-reboot", on_victim[0], f"probe{n}")
+            during = [await post(session, u, "pre-reboot", on_victim[0], f"probe{n}")
                       for n, u in enumerate(urls)]
             for status, body in during:
                 assert (status, body["kind"]) == (503, "backend_unavailable")
@@ -350,11 +332,11 @@ async def test_a_master_killed_mid_storm_fails_over_to_its_replica(
                 async with session.get(u + "/readyz") as resp:
                     assert resp.status == 200
                 for group in on_victim:
-                    status, body = await _post(session, u, "steady-state", group, f"probe{n}")
+                    status, body = await post(session, u, "steady-state", group, f"probe{n}")
                     assert status == 200
-                    status, body = await _post(session, u, "pre-reboot", group, f"after{n}")
+                    status, body = await post(session, u, "pre-reboot", group, f"after{n}")
                     assert (status, body) == (200, {"outcome": "granted"})
-                    status, body = await _post(session, u, "steady-state", group, f"after{n}")
+                    status, body = await post(session, u, "steady-state", group, f"after{n}")
                     assert (status, body) == (200, {"outcome": "released"})
     finally:
         cluster.stop()
