@@ -10,9 +10,14 @@ creates the key only if it is still absent. A key's versions never repeat, not e
 the store is rolled back (a failover, a restored backup), so a version remembered for a
 long time can only make a compare-and-set fail, never succeed on a value it did not see.
 
+A key can also be deleted, conditionally: ``compare_and_delete(key, expected)`` removes it
+only while its version is still ``expected`` (public mode's garbage collection deletes an
+idle group only as it read it, so a grant made meanwhile always survives). Deleting does
+not reset versions: a key created again never shows a version it had before the delete.
+
 The whole contract, each method with a caller in ``lockd`` and a test in
-``tests/test_backend_contract.py``: ``get``, ``compare_and_set``, ``scan``, ``ping``,
-``open``, ``close``, ``describe``.
+``tests/test_backend_contract.py``: ``get``, ``compare_and_set``, ``compare_and_delete``,
+``scan``, ``ping``, ``open``, ``close``, ``describe``.
 """
 
 from __future__ import annotations
@@ -81,6 +86,16 @@ class Backend(abc.ABC):
 
         One round trip where the store allows it: a lost race answers the current value, so
         the caller can decide again without a read.
+        """
+
+    @abc.abstractmethod
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        """Delete the key if its version is still ``expected`` (a version ``get`` or a
+        write answered; never None).
+
+        Deleted: ``CasResult(True, None, None)``. Otherwise nothing changes and the result
+        is the key's current value and version, as for a lost :meth:`compare_and_set`
+        (``False, None, None`` if it is absent).
         """
 
     @abc.abstractmethod

@@ -16,11 +16,13 @@ Wire operations, over one long-lived HTTP session:
   101 (or 100, key gone) = lost. A write answers the node's new ``modifiedIndex``.
   A lost create or swap then reads the key (the error body names the current index but not
   the value), except errorCode 100, which already says the key is absent.
+- compare-and-delete: ``DELETE <key>?prevIndex=<index>&prevValue=<value>``; errorCode 101
+  = lost (then read), 100 = already gone.
 - scan: ``GET <dir>?recursive=true&quorum=true``, flattened to leaf keys.
 
 Failover (``backends/etcdhttp.py``, shared with ``etcd://``): a connection error, a
 timeout, a 5xx or an answer that is not JSON from one endpoint moves to the next one, within
-the same call. Every write carries a precondition (prevExist or prevIndex), so
+the same call. Every write and delete carries a precondition (prevExist or prevIndex), so
 re-sending one whose answer was lost can never apply it twice: at worst it reports a loss,
 and the service's next read shows the write it had made.
 
@@ -173,6 +175,25 @@ class Etcd2Backend(Backend):
             # The error carries the current index in "cause" but not the value: read both.
             return CasResult(False, *await self.get(key))
         raise self._fail(status, doc, f"put {key}")
+
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        # v2's compare-and-delete takes the same preconditions as the swap: the index and
+        # the value together, so a restored etcd repeating an index cannot match.
+        if expected is None:
+            raise ValueError("compare_and_delete needs the version of the value to delete")
+        index, seen = expected
+        params = {"prevIndex": str(index)}
+        if seen:  # etcd refuses an empty prevValue; the index alone must do there
+            params["prevValue"] = seen
+        status, doc = await self._request("DELETE", key, params)
+        if status == 200 and isinstance(doc.get("node"), dict):
+            return CasResult(True, None, None)
+        code = doc.get("errorCode")
+        if code == KEY_NOT_FOUND:
+            return CasResult(False, None, None)
+        if code == TEST_FAILED:
+            return CasResult(False, *await self.get(key))
+        raise self._fail(status, doc, f"delete {key}")
 
     async def scan(self, prefix: str) -> list[str]:
         # v2 lists directories, not name prefixes: list the directory holding the prefix

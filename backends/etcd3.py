@@ -32,7 +32,9 @@ matches a value this process did not see. Compare-and-set is one transaction
 ``If(mod_revision == seen and value == seen_value) Then(Put) Else(Range)``; create-if-absent
 is ``If(create_revision == 0)``. A success answers the new revision (the response header's,
 which is the key's new ``mod_revision``), a failure the current value and ``mod_revision``:
-one round trip either way.
+one round trip either way. Compare-and-delete is the same transaction with
+``Then(DeleteRange)``; a key created again after a delete gets a new ``mod_revision``, so a
+version from before the delete matches neither a delete nor a swap.
 
 Errors: a request etcd refuses as too large (``--max-request-bytes``, 1.5 MiB by default,
 and a compare-and-set carries both the expected and the new value: "etcdserver: request is
@@ -292,6 +294,27 @@ class Etcd3Backend(Backend):
             # A write transaction makes exactly one new revision, and every key it puts
             # carries it as mod_revision.
             return CasResult(True, value, (int(doc["header"]["revision"]), value))
+        try:
+            kvs = doc["responses"][0]["response_range"].get("kvs")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise BackendUnavailable(f"etcd txn: unexpected answer {doc!r:.200}") from None
+        return CasResult(False, *_first(kvs))
+
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        if expected is None:
+            raise ValueError("compare_and_delete needs the version of the value to delete")
+        k = _b64(self._key(key))
+        revision, seen = expected
+        doc = await self._post("/v3/kv/txn", {
+            "compare": [
+                {"key": k, "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)},
+                {"key": k, "target": "VALUE", "result": "EQUAL", "value": _b64(seen)},
+            ],
+            "success": [{"request_delete_range": {"key": k}}],
+            "failure": [{"request_range": {"key": k}}],
+        })
+        if doc.get("succeeded"):
+            return CasResult(True, None, None)
         try:
             kvs = doc["responses"][0]["response_range"].get("kvs")
         except (KeyError, IndexError, TypeError, AttributeError):

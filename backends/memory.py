@@ -27,6 +27,15 @@ class MemoryBackend(Backend):
         self._data[key] = (value, self._counter)
         return CasResult(True, value, self._counter)
 
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        if expected is None:
+            raise ValueError("compare_and_delete needs the version of the value to delete")
+        entry = self._data.get(key)
+        if entry is None or entry[1] != expected:
+            return CasResult(False, None, None) if entry is None else CasResult(False, *entry)
+        del self._data[key]
+        return CasResult(True, None, None)
+
     async def scan(self, prefix: str) -> list[str]:
         return sorted(k for k in self._data if k.startswith(prefix))
 

@@ -9,8 +9,8 @@ remembers. ``get`` is one ``HMGET`` (a single command, so atomic). Compare-and-s
 answers the current value and version after a lost race, in the same round trip) is a Lua
 script kept in ``backends/resources/cas.lua``: Redis runs a script to completion before
 any other command, so the check and the write cannot interleave with another replica's.
-The script is called by SHA; when Redis answers
-NOSCRIPT (a restart or ``SCRIPT FLUSH`` emptied its script cache) the call is sent once
+Compare-and-delete is the same check in ``cad.lua``. Scripts are called by SHA; when Redis
+answers NOSCRIPT (a restart or ``SCRIPT FLUSH`` emptied its script cache) the call is sent once
 more with the script text, which also caches it again.
 
 Key names: ``<prefix>{<key>}``, e.g. ``lockd:{lockd/v1/groups/workers}``: the key is the
@@ -88,6 +88,7 @@ class Script:
 
 
 CAS = Script.load("cas")
+CAD = Script.load("cad")
 
 
 def _glob_escape(text: str) -> str:
@@ -280,6 +281,19 @@ class RedisBackend(Backend):
         result = await self._call(lambda c: self._run_script(c, CAS, [rkey], args))
         if int(result[0]) == 1:
             return CasResult(True, value, version)
+        if len(result) < 3:
+            return CasResult(False, None, None)
+        return CasResult(False, bytes(result[1]), _text(result[2]))
+
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        # The same shape as compare_and_set: one script call that answers the current
+        # state when the version moved on (see cad.lua).
+        if expected is None:
+            raise ValueError("compare_and_delete needs the version of the value to delete")
+        rkey = self.redis_key(key)
+        result = await self._call(lambda c: self._run_script(c, CAD, [rkey], [str(expected)]))
+        if int(result[0]) == 1:
+            return CasResult(True, None, None)
         if len(result) < 3:
             return CasResult(False, None, None)
         return CasResult(False, bytes(result[1]), _text(result[2]))

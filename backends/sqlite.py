@@ -1,7 +1,8 @@
 """``sqlite:///path/to/lockd.db``: the embedded, durable default.
 
 One table of ``(key, value, version)``. Compare-and-set is a single ``UPDATE ... WHERE
-version = ?`` (or ``INSERT OR IGNORE`` to create) with a fresh random version per write, so
+version = ?`` (or ``INSERT OR IGNORE`` to create; ``DELETE ... WHERE version = ?`` to
+delete) with a fresh random version per write, so
 SQLite's own file locking makes it atomic across every process that opens the same file.
 Calls run on dedicated threads so the event loop never waits on disk or on another
 process's lock. The statements work on any SQLite 3 since 3.7 (WAL); none needs RETURNING.
@@ -121,6 +122,13 @@ class SqliteBackend(Backend):
             return CasResult(True, value, version)
         return CasResult(False, *self._get(key))
 
+    def _compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        assert self._conn is not None
+        cur = self._conn.execute("DELETE FROM kv WHERE key = ? AND version = ?", (key, expected))
+        if cur.rowcount == 1:
+            return CasResult(True, None, None)
+        return CasResult(False, *self._get(key))
+
     def _ping(self) -> None:
         # Ready means writable: take the write lock for an instant (another process
         # holding it past the busy timeout makes this fail, as a grant would).
@@ -140,6 +148,11 @@ class SqliteBackend(Backend):
 
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
         return await self._run(self._compare_and_set, key, value, expected)
+
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        if expected is None:
+            raise ValueError("compare_and_delete needs the version of the value to delete")
+        return await self._run(self._compare_and_delete, key, expected)
 
     async def scan(self, prefix: str) -> list[str]:
         return await self._run(self._scan, prefix, read=True)

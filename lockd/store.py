@@ -96,6 +96,10 @@ class TimedBackend(Backend):
         call = self.inner.compare_and_set(key, value, expected)
         return await self._timed("compare_and_set", call)
 
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        call = self.inner.compare_and_delete(key, expected)
+        return await self._timed("compare_and_delete", call)
+
     async def scan(self, prefix: str) -> list[str]:
         return await self._timed("scan", self.inner.scan(prefix))
 

@@ -79,6 +79,56 @@ async def test_compare_and_set_reports_the_state_after(store: Store) -> None:
     assert tuple(result) == (False, None, None)
 
 
+async def test_compare_and_delete_needs_current_version(store: Store) -> None:
+    b, key = store.backend, k(store, "delete")
+    assert (await b.compare_and_set(key, b"v1", None)).stored
+    _, v1 = await b.get(key)
+    assert (await b.compare_and_set(key, b"v2", v1)).stored
+    # A stale version never deletes, and answers what is stored now.
+    result = await b.compare_and_delete(key, v1)
+    assert not result.stored and (result.value, result.version) == await b.get(key)
+    value, v2 = await b.get(key)
+    assert value == b"v2"
+    assert tuple(await b.compare_and_delete(key, v2)) == (True, None, None)
+    assert await b.get(key) == (None, None)
+    assert k(store, "delete") not in await b.scan(store.layout.group_prefix())
+    # Gone: the same version deletes nothing more.
+    assert tuple(await b.compare_and_delete(key, v2)) == (False, None, None)
+
+
+async def test_a_version_from_before_a_delete_never_matches_again(store: Store) -> None:
+    """Delete, then create the same bytes again: the old version can neither delete nor
+    overwrite the new key (versions never repeat, across a delete too)."""
+    b, key = store.backend, k(store, "recreate")
+    assert (await b.compare_and_set(key, b"same", None)).stored
+    _, old = await b.get(key)
+    assert (await b.compare_and_delete(key, old)).stored
+    assert (await b.compare_and_set(key, b"same", None)).stored
+    value, new = await b.get(key)
+    assert value == b"same" and repr(new) != repr(old)
+    assert (await b.compare_and_delete(key, old)).stored is False
+    assert (await b.compare_and_set(key, b"overwritten", old)).stored is False
+    assert await b.get(key) == (b"same", new)
+
+
+async def test_a_delete_and_a_write_on_one_version_never_both_win(store: Store) -> None:
+    """A write that lands between a read and a delete on that read's version survives."""
+    b, key = store.backend, k(store, "delete-race")
+    await b.compare_and_set(key, b"idle", None)
+    _, version = await b.get(key)
+    for _ in range(5):
+        deleted, written = await asyncio.gather(
+            b.compare_and_delete(key, version), b.compare_and_set(key, b"held", version)
+        )
+        assert [deleted.stored, written.stored].count(True) == 1
+        if deleted.stored:
+            assert await b.get(key) == (None, None)
+            await b.compare_and_set(key, b"idle", None)
+        else:
+            assert (await b.get(key))[0] == b"held"
+        _, version = await b.get(key)
+
+
 async def test_values_round_trip_bytes(store: Store) -> None:
     b, key = store.backend, k(store, "bytes")
     payload = '{"holders":["ünïcode","e0f3745b"],"n":1}'.encode()

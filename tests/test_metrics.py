@@ -187,6 +187,9 @@ class Interloper(Backend):
     async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
         return await self.store.compare_and_set(key, value, expected)
 
+    async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
+        return await self.store.compare_and_delete(key, expected)
+
     async def scan(self, prefix: str) -> list[str]:
         return await self.store.scan(prefix)
 

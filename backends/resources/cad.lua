@@ -1,0 +1,23 @@
+-- Compare-and-delete one lockd value, atomically on the server, and report the state if not.
+--
+-- KEYS[1]  the value hash: fields value, ver
+-- ARGV[1]  the expected version (never empty)
+--
+-- Returns {1} when it deleted the key; when the version did not match, {0, current value,
+-- current version}, or {0} if the key is absent. The version is read exactly as cas.lua
+-- reads it (a hash from before lockd 0.2 has gen and rev instead of ver).
+
+local current = redis.call('HMGET', KEYS[1], 'value', 'ver', 'gen', 'rev')
+local version = current[2]
+if not version and current[3] then
+    version = current[3] .. ':' .. current[4]
+end
+
+if not version then
+    return {0}
+end
+if version ~= ARGV[1] then
+    return {0, current[1], version}
+end
+redis.call('DEL', KEYS[1])
+return {1}
