@@ -16,6 +16,12 @@ more with the script text, which also caches it again.
 Key names: ``<prefix>{<key>}``, e.g. ``lockd:{lockd/v1/groups/workers}``: the key is the
 hash tag, so on Redis Cluster everything of one group lives in one slot.
 
+Listing (``scan``) reads ``<prefix>index``, a sorted set of every key name (score 0) that
+the same scripts update in the same step as the key itself, with ``ZRANGEBYLEX``: a range
+read, not a ``SCAN`` of the whole keyspace. A store written before the index existed gets
+it built once (``<prefix>index:built`` marks it complete), at :meth:`RedisBackend.open` or
+the first scan. Redis Cluster keeps ``SCAN`` (``redis_cluster.py`` says why).
+
 Every Redis error and timeout becomes :class:`BackendUnavailable`; nothing is decided on
 the client. One connection pool per backend, created by :meth:`RedisBackend.open`, lives
 until :meth:`RedisBackend.close`. A broken pooled connection (Redis restarted) is retried
@@ -89,6 +95,9 @@ class Script:
 
 CAS = Script.load("cas")
 CAD = Script.load("cad")
+INDEX = Script.load("index")
+#: Keys the index build adds per script call.
+INDEX_BATCH = 500
 
 
 def _glob_escape(text: str) -> str:
@@ -121,6 +130,9 @@ class RedisBackend(Backend):
     scheme = "redis"
     #: How messages name this store.
     label = "redis"
+    #: Whether the scripts keep the sorted-set index of keys that ``scan`` reads. Not on a
+    #: cluster, where the index would live in another slot than the key a script writes.
+    indexed = True
     #: What a failed call may raise: each becomes BackendUnavailable (503), never a 500.
     errors: tuple[type[BaseException], ...] = (RedisError, OSError)
 
@@ -129,6 +141,11 @@ class RedisBackend(Backend):
         self.prefix = options.prefix
         self._client: aioredis.Redis | None = None
         self._sentinel: Sentinel | None = None
+        #: The sorted set of every key name (score 0), and the key saying it is complete.
+        self.index_key = f"{options.prefix}index"
+        self.index_built_key = f"{options.prefix}index:built"
+        self._index_ready = False
+        self._index_lock = asyncio.Lock()
 
     # Connection lifetime
 
@@ -167,6 +184,11 @@ class RedisBackend(Backend):
         else:
             pool = aioredis.ConnectionPool.from_url(o.url, **kwargs, **o.tls)
             self._client = aioredis.Redis.from_pool(pool)
+        if self.indexed:
+            try:
+                await self._ensure_index()
+            except BackendUnavailable:
+                pass  # Redis is down: the first scan builds it (a down Redis is no error)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -278,7 +300,11 @@ class RedisBackend(Backend):
         rkey = self.redis_key(key)
         version = secrets.token_hex(12)
         args: list[bytes | str] = ["" if expected is None else str(expected), value, version]
-        result = await self._call(lambda c: self._run_script(c, CAS, [rkey], args))
+        keys = [rkey]
+        if self.indexed:
+            keys.append(self.index_key)
+            args.append(key)
+        result = await self._call(lambda c: self._run_script(c, CAS, keys, args))
         if int(result[0]) == 1:
             return CasResult(True, value, version)
         if len(result) < 3:
@@ -290,8 +316,11 @@ class RedisBackend(Backend):
         # state when the version moved on (see cad.lua).
         if expected is None:
             raise ValueError("compare_and_delete needs the version of the value to delete")
-        rkey = self.redis_key(key)
-        result = await self._call(lambda c: self._run_script(c, CAD, [rkey], [str(expected)]))
+        keys, args = [self.redis_key(key)], [str(expected)]
+        if self.indexed:
+            keys.append(self.index_key)
+            args.append(key)
+        result = await self._call(lambda c: self._run_script(c, CAD, keys, args))
         if int(result[0]) == 1:
             return CasResult(True, None, None)
         if len(result) < 3:
@@ -299,10 +328,56 @@ class RedisBackend(Backend):
         return CasResult(False, bytes(result[1]), _text(result[2]))
 
     async def scan(self, prefix: str) -> list[str]:
+        if self.indexed:
+            # A range read of the index the scripts keep: the cost grows with the keys
+            # under the prefix, not with everything else in Redis.
+            await self._ensure_index()
+            low = b"[" + prefix.encode()
+            end = _prefix_end(prefix.encode())
+            high = b"+" if end is None else b"(" + end
+            names = await self._call(
+                lambda c: self._command(c, "ZRANGEBYLEX", self.index_key, low, high)
+            )
+            return sorted(_text(n) for n in names)
         # The closing brace in the pattern leaves out the ":gen" counters.
         pattern = f"{_glob_escape(self.prefix)}{{{_glob_escape(prefix)}*}}"
         keys = await self._call(lambda c: self._scan_keys(c, pattern))
         return sorted({k for k in map(self._layout_key, keys) if k and k.startswith(prefix)})
+
+    async def _ensure_index(self) -> None:
+        """Build the index once for a store written before lockd kept one.
+
+        A marker key says the index is complete. Without it, every value hash under the
+        prefix is found with SCAN (once) and added by a script that checks each still
+        exists; keys written meanwhile are added by the scripts themselves. Several
+        replicas building at once do the same idempotent work.
+        """
+        if self._index_ready:
+            return
+        async with self._index_lock:
+            if self._index_ready:
+                return
+            built = await self._call(lambda c: self._command(c, "GET", self.index_built_key))
+            if built is None:
+                await self._build_index()
+                await self._call(lambda c: self._command(c, "SET", self.index_built_key, "1"))
+            self._index_ready = True
+
+    async def _build_index(self) -> None:
+        pattern = f"{_glob_escape(self.prefix)}{{*}}"
+        cursor = 0
+        while True:
+            cursor, batch = await self._call(
+                lambda c, at=cursor: c.scan(at, match=pattern, count=SCAN_COUNT)
+            )
+            found = [(k, name) for k in batch if (name := self._layout_key(k))]
+            for i in range(0, len(found), INDEX_BATCH):
+                part = found[i : i + INDEX_BATCH]
+                keys = [self.index_key, *(k for k, _ in part)]
+                names: list[bytes | str] = [name for _, name in part]
+                await self._call(lambda c, k=keys, n=names: self._run_script(c, INDEX, k, n))
+            if int(cursor) == 0:
+                return
 
     async def _scan_keys(self, client: aioredis.Redis, pattern: str) -> list[bytes]:
         found: list[bytes] = []
@@ -323,6 +398,17 @@ class RedisBackend(Backend):
             f"{o.scheme}://{o.where} ({kind}, prefix {o.prefix!r}, "
             f"timeout {o.timeout:g}s; durability is Redis's own: see docs/redis.md)"
         )
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The least name after every name that starts with ``prefix``; None if there is none."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return None
 
 
 def _text(reply: bytes | str) -> str:

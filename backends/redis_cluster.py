@@ -50,6 +50,11 @@ NO_CAP = 2**31 - 1
 class RedisClusterBackend(RedisBackend):
     scheme = "redis+cluster"
     label = "redis cluster"
+    # No sorted-set index for scan: a script may only touch keys of one slot, and each
+    # group is its own slot (its hash tag), so an index beside it could not change in the
+    # same step as the key. Listing SCANs every master instead (docs/redis.md says what
+    # that costs); every single-group operation stays one slot, one script.
+    indexed = False
     # Any exception at all: redis-py 8.1's cluster client, when it learns the topology
     # again (a first use, a failover, CLUSTERDOWN), disconnects connections that other
     # calls are still using, and those calls fail with whatever the transport raises

@@ -127,8 +127,10 @@ async def test_keys_carry_the_group_as_hash_tag(
     assert await service.pre_reboot("workers", "a") is Outcome.GRANTED
     keys = sorted(k.decode() for k in await raw.keys(f"{rbackend.prefix}*"))
     data = f"{rbackend.prefix}{{lockd/v1/groups/workers}}"
-    # One hash per group, holding the value and its version: no counter key beside it.
-    assert keys == [data]
+    # One hash per group, holding the value and its version: no counter key beside it;
+    # beside all groups, the index of key names and the marker that it is complete.
+    assert keys == [rbackend.index_key, rbackend.index_built_key, data]
+    keys = [data]
     assert sorted(await raw.hkeys(data)) == [b"value", b"ver"]
     other = rbackend.redis_key(LAYOUT.key("db"))
     assert key_slot(other.encode()) != key_slot(keys[0].encode())
@@ -228,6 +230,70 @@ async def test_scan_ignores_foreign_keys(rbackend: RedisBackend, raw: aioredis.R
     service = _service(rbackend, GroupSettings(default_slots=1))
     await service.pre_reboot("a.b-c", "n1")
     assert await service.list_groups() == ["a.b-c"]
+
+
+async def test_scan_is_a_range_read_of_the_index(
+    rbackend: RedisBackend, raw: aioredis.Redis
+) -> None:
+    """The scripts add a key's name to the index when they write it and remove it when
+    they delete it; scan answers from the index alone, never from a SCAN of the keyspace."""
+    names = ["lockd/v1/tenants/a.1", "lockd/v1/tenants/a.2", "lockd/v1/tenants/b.1",
+             "lockd/v1/tenant-names/a.1"]
+    for name in names:
+        assert (await rbackend.compare_and_set(name, b"{}", None)).stored
+    assert await raw.zrange(rbackend.index_key, 0, -1) == sorted(n.encode() for n in names)
+    assert await rbackend.scan("lockd/v1/tenants/a.") == names[:2]
+    assert await rbackend.scan("lockd/v1/tenants/") == names[:3]
+    _, version = await rbackend.get(names[0])
+    assert (await rbackend.compare_and_delete(names[0], version)).stored
+    assert await rbackend.scan("lockd/v1/tenants/a.") == names[1:2]
+    # A hash written behind lockd's back is not in the index, so scan does not see it.
+    await raw.hset(rbackend.redis_key("lockd/v1/tenants/a.9"), mapping={"value": b"{}",
+                                                                       "ver": b"x"})
+    assert await rbackend.scan("lockd/v1/tenants/a.") == names[1:2]
+    # A write by lockd adds a key that an older lockd created.
+    assert (await rbackend.compare_and_set("lockd/v1/tenants/a.9", b"{}", "x")).stored
+    assert await rbackend.scan("lockd/v1/tenants/a.") == [names[1], "lockd/v1/tenants/a.9"]
+
+
+async def test_a_store_without_index_gets_one_built_once(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """Keys written before lockd kept an index (hashes, no index, no marker) are all listed
+    after the next open, which builds the index; later opens leave it as it is."""
+    prefix = redis_url.partition("prefix=")[2]
+    old = [f"lockd/v1/groups/g{i:04d}" for i in range(1200)]  # over one script's batch
+    async with raw.pipeline(transaction=False) as pipe:
+        for name in old:
+            pipe.hset(f"{prefix}{{{name}}}", mapping={"value": b"{}", "ver": b"v1"})
+        await pipe.execute()
+    backend = open_backend(redis_url)
+    assert isinstance(backend, RedisBackend)
+    await backend.open()
+    try:
+        assert await raw.get(backend.index_built_key) == b"1"
+        assert await raw.zcard(backend.index_key) == len(old)
+        assert await backend.scan("lockd/v1/groups/") == old
+        groups = await _service(backend, GroupSettings(default_slots=1)).list_groups()
+        assert groups == [n.rpartition("/")[2] for n in old]
+    finally:
+        await backend.close()
+    # Built once: a key added behind lockd's back now is not picked up by the next open.
+    await raw.hset(f"{prefix}{{lockd/v1/groups/late}}", mapping={"value": b"{}", "ver": b"x"})
+    again = open_backend(redis_url)
+    await again.open()
+    try:
+        assert await again.scan("lockd/v1/groups/") == old
+    finally:
+        await again.close()
+    # Deleting the marker has the next open build it again (docs/redis.md).
+    await raw.delete(f"{prefix}index:built")
+    third = open_backend(redis_url)
+    await third.open()
+    try:
+        assert "lockd/v1/groups/late" in await third.scan("lockd/v1/groups/")
+    finally:
+        await third.close()
 
 
 async def test_unix_socket(tmp_path: Path) -> None:

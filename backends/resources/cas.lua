@@ -4,6 +4,8 @@
 -- ARGV[1]  the expected version, or "" to create only if absent
 -- ARGV[2]  the new value (bytes)
 -- ARGV[3]  the new version: a random token the client made for this write
+-- KEYS[2]  optional: the sorted set indexing the store's keys (score 0, by name), with
+-- ARGV[4]  this key's name in it; a write adds it, so prefix listing is a ZRANGEBYLEX
 --
 -- Returns {1} when it stored the value; when the version did not match, {0, current value,
 -- current version}, or {0} if the key is absent. Reporting the current state spares the
@@ -31,4 +33,9 @@ if ARGV[1] ~= '' and not version then
 end
 redis.call('HSET', KEYS[1], 'value', ARGV[2], 'ver', ARGV[3])
 redis.call('HDEL', KEYS[1], 'gen', 'rev')
+if KEYS[2] then
+    -- On every write, not only a create: a key an older lockd created joins the index at
+    -- its next write (ZADD of a member already there changes nothing).
+    redis.call('ZADD', KEYS[2], 0, ARGV[4])
+end
 return {1}
