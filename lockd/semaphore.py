@@ -36,6 +36,8 @@ class Semaphore:
     ``free_counter`` is locksmith's stored count of free slots, kept exactly as locksmith
     would keep it; it is ``None`` in lockd's own layouts. ``policy`` is what the reboot
     policy shares between replicas (:mod:`lockd.policy`); only the native layout stores it.
+    ``touched`` is the group's idle clock (epoch seconds), kept only where a service is
+    given one (public mode's tenant groups, :func:`touch`); ``None`` elsewhere.
     """
 
     slots: int
@@ -45,6 +47,7 @@ class Semaphore:
     paused: bool = False
     free_counter: int | None = None
     policy: PolicyState = field(default_factory=PolicyState)
+    touched: float | None = None
 
     @classmethod
     def new(cls, slots: int) -> Semaphore:
@@ -156,6 +159,22 @@ def set_paused(sem: Semaphore, paused: bool) -> tuple[Semaphore, Outcome]:
     if sem.paused == paused:
         return sem, Outcome.UNCHANGED
     return replace(sem, paused=paused), Outcome.CHANGED
+
+
+def touch(sem: Semaphore, now: float, every: float, *, writes: bool, exists: bool) -> Semaphore:
+    """The idle clock, written coarsely: ``touched`` is set to ``now`` in every write a
+    decision makes anyway, and otherwise only in a stored group without holders whose clock
+    is ``every`` seconds old or more (or missing). So a poll writes at most once per
+    ``every``, a refusal (which means holders) never, and nothing absent is created.
+
+    A group with holders needs no fresh clock: it is never idle, and the release of its
+    last holder is a write, which sets it.
+    """
+    if writes:
+        return replace(sem, touched=now)
+    if exists and not sem.holders and (sem.touched is None or now - sem.touched >= every):
+        return replace(sem, touched=now)
+    return sem
 
 
 def force_unlock(sem: Semaphore, id: str) -> tuple[Semaphore, Outcome]:

@@ -155,6 +155,7 @@ class LockService:
         backoff_cap: float = 0.1,
         remember: int = 4096,
         gates: Gates | None = None,
+        touch_every: float | None = None,
     ) -> None:
         self.store = store
         self.backend = store.backend
@@ -186,6 +187,11 @@ class LockService:
         #: Seconds between two sweeps (lockd.policyrun starts them).
         self.sweep_interval = 30.0
         self._policies: dict[str, GroupPolicy] = {}
+        #: Keep each group's idle clock (:func:`lockd.semaphore.touch`), refreshed by a
+        #: decision that writes nothing only when this many seconds old. Public mode's
+        #: tenant service only (its GC reads it); such a service has no sweeps and no
+        #: configured groups, so every decision here is a client's request.
+        self.touch_every = touch_every
 
     def reconfigure(self, groups: GroupSettings) -> None:
         """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
@@ -424,6 +430,10 @@ class LockService:
                 current = self.configured_state(group, stored, slots)
             current, results = apply_in_order(current, batch, attempt)
             writes = current != stored
+            if self.touch_every is not None:
+                current = semaphore.touch(current, self.clock(), self.touch_every,
+                                          writes=writes, exists=raw is not None)
+                writes = current != stored
             if must_read_first(writes, fresh):
                 raw, version = await self.backend.get(key)
                 self._remember(key, raw, version)

@@ -404,3 +404,60 @@ async def test_a_sweep_with_nothing_to_do_writes_nothing() -> None:
     for _ in range(3):
         await service.sweep()
     assert backend.writes == writes and seen == []  # and no decision line either
+
+
+# The idle clock (public mode's tenant groups; lockd.semaphore.touch)
+
+
+def test_touch_sets_the_clock_in_writes_and_refreshes_it_only_when_old() -> None:
+    from lockd.semaphore import Holder, touch
+
+    empty = Semaphore.new(1)
+    assert touch(empty, 50.0, 10.0, writes=True, exists=False).touched == 50.0
+    # Absent and not written: nothing to create.
+    assert touch(empty, 50.0, 10.0, writes=False, exists=False) == empty
+    stamped = touch(empty, 50.0, 10.0, writes=False, exists=True)
+    assert stamped.touched == 50.0  # a stored group without a clock gets one
+    assert touch(stamped, 59.0, 10.0, writes=False, exists=True) == stamped
+    assert touch(stamped, 60.0, 10.0, writes=False, exists=True).touched == 60.0
+    held = Semaphore(slots=1, holders=(Holder("a", 1.0, 1),), touched=1.0)
+    assert touch(held, 1e9, 10.0, writes=False, exists=True) == held
+
+
+async def test_the_idle_clock_is_written_coarsely() -> None:
+    backend = MemoryBackend()
+    service = LockService(on(backend), GroupSettings(default_slots=1), touch_every=100.0)
+    clock = [1000.0]
+    service.clock = lambda: clock[0]
+    key = NativeLayout().key("g")
+
+    def touched() -> float | None:
+        raw = backend._data[key][0]
+        return NativeLayout().decode(raw).touched
+
+    assert await service.steady_state("g", "nobody") is Outcome.NOT_HELD
+    assert await backend.get(key) == (None, None), "a poll of an absent group created it"
+    assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+    assert touched() == 1000.0
+    clock[0] = 5000.0
+    before = await backend.get(key)
+    assert await service.pre_reboot("g", "b") is Outcome.FULL  # refusals never write
+    assert await service.pre_reboot("g", "a") is Outcome.ALREADY_HELD
+    assert await backend.get(key) == before
+    assert await service.steady_state("g", "a") is Outcome.RELEASED
+    assert touched() == 5000.0  # in the write the release made anyway
+    clock[0] = 5099.0
+    before = await backend.get(key)
+    assert await service.steady_state("g", "nobody") is Outcome.NOT_HELD
+    assert await backend.get(key) == before  # younger than touch_every: no write
+    clock[0] = 5100.0
+    assert await service.steady_state("g", "nobody") is Outcome.NOT_HELD
+    assert touched() == 5100.0
+
+
+async def test_without_an_idle_clock_nothing_is_touched() -> None:
+    backend = MemoryBackend()
+    service = LockService(on(backend), GroupSettings(default_slots=1))
+    assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+    raw, _ = await backend.get(NativeLayout().key("g"))
+    assert raw is not None and b"touched" not in raw

@@ -47,6 +47,7 @@ class NativeLayout(Layout):
                 config_slots=None if config_slots is None else int(config_slots),
                 paused=bool(doc.get("paused", False)),
                 policy=_decode_policy(doc.get("policy")),
+                touched=None if doc.get("touched") is None else float(doc["touched"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise LayoutError(f"not a lockd semaphore document: {exc}") from exc
@@ -64,6 +65,8 @@ class NativeLayout(Layout):
         }
         if sem.policy != PolicyState():
             doc["policy"] = _encode_policy(sem.policy)
+        if sem.touched is not None:
+            doc["touched"] = sem.touched
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
