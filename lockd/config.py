@@ -108,6 +108,8 @@ class Settings:
     public_tenant_rate: str = "3000/minute"
     public_max_groups_per_tenant: int = 100
     public_max_tenants: int = 1_000_000
+    #: A tenant's group with no holder and no request for this long is deleted (None: never).
+    public_delete_idle_after: float | None = 30 * 86400.0
     # The reboot policy (lockd.policyconfig, docs/policy.md).
     group_policy: GroupPolicy = field(default_factory=GroupPolicy)
     group_policies: Mapping[str, GroupPolicy] = field(default_factory=dict)
@@ -216,6 +218,7 @@ KEYS: dict[str, str] = {
     "public.tenant_rate": "rate",
     "public.max_groups_per_tenant": "posint",
     "public.max_tenants": "posint",
+    "public.delete_idle_after": "duration_off",
 }
 # airlock keys that lockd accepts and ignores, so an airlock file loads unchanged (none
 # now: its client certificate paths map onto the etcd:// URL, see _etcd3_url).
@@ -538,6 +541,8 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         public_max_groups_per_tenant=v.get(
             "public.max_groups_per_tenant", d.public_max_groups_per_tenant),
         public_max_tenants=v.get("public.max_tenants", d.public_max_tenants),
+        public_delete_idle_after=v.get(
+            "public.delete_idle_after", d.public_delete_idle_after),
         source=source,
     )
     layout = _layout(settings.backend_url)

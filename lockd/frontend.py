@@ -9,6 +9,7 @@ is called; the service sees an ordinary (hashed) group name. Every non-200 answe
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -109,10 +110,13 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
         service.observers.append(log_decision)
         service.observers.append(app[METRICS].observe)
         app[SERVICE] = service
+        public = None
         if settings.public_enabled:
-            app[PUBLIC] = public_service(settings, timed.backend)
+            public = app[PUBLIC] = public_service(settings, timed.backend)
         try:
-            async with running_policy(settings, service, app[METRICS]):
+            async with running_policy(settings, service, app[METRICS]), (
+                public.collecting() if public else contextlib.nullcontext()
+            ):
                 yield
         finally:
             await store.backend.close()
@@ -139,6 +143,7 @@ def public_service(settings: Settings, backend: TimedBackend) -> Public:
         Keys(settings.public_pepper), service, limits,
         max_groups=settings.public_max_groups_per_tenant,
         max_tenants=settings.public_max_tenants,
+        idle_after=settings.public_delete_idle_after,
     )
 
 

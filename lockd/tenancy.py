@@ -19,6 +19,11 @@ Nothing here is stored or logged in clear. A group of a tenant is the service gr
 128 bits each), a valid ordinary group name: the service, the model and the layouts never
 learn that tenants exist. :class:`TenantLayout` keeps those groups under their own key
 prefix, apart from a self-hosted deployment's groups.
+
+Idle groups are garbage-collected (:meth:`Public.collect`): a group with no holder whose
+idle clock (the document's ``touched``, written coarsely by the tenant service) is older
+than ``[public] delete_idle_after`` is deleted with its sealed name, by a conditional delete
+on the very version that showed it idle, so a grant made meanwhile always survives.
 """
 
 from __future__ import annotations
@@ -26,14 +31,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import math
+import random
 import re
 import secrets
+import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -41,6 +50,7 @@ from aiohttp import web
 
 from lockd.backends import Backend, BackendUnavailable
 from lockd.errors import Kind, LockdError
+from lockd.layouts import LayoutError
 from lockd.layouts.native import NativeLayout
 from lockd.ratelimit import Limits
 from lockd.service import Decision, LockService
@@ -256,6 +266,14 @@ NAMES_PREFIX = "lockd/v1/tenant-names/"
 COUNT_KEY = "lockd/v1/tenant-count"
 #: The most groups one listing shows.
 MAX_LISTED = 1000
+#: The idle clock is refreshed by a request that writes nothing once per this fraction of
+#: the idle time (lockd.semaphore.touch): at most 4 writes per group per idle period.
+TOUCH_FRACTION = 4
+#: Idle-group GC: seconds between passes (jittered), groups read per pass, and hex digits
+#: of the tenant hash that pick the slice of the keyspace one pass lists (16**2 slices).
+GC_INTERVAL = 60.0
+GC_BATCH = 200
+GC_SLICE_HEX = 2
 
 
 class Public:
@@ -270,6 +288,9 @@ class Public:
         *,
         max_groups: int = 100,
         max_tenants: int = 1_000_000,
+        idle_after: float | None = None,
+        gc_batch: int = GC_BATCH,
+        gc_slice_hex: int = GC_SLICE_HEX,
     ) -> None:
         self.keys = keys
         self.service = service
@@ -277,20 +298,47 @@ class Public:
         self.max_groups = max_groups
         self.max_tenants = max_tenants
         self.backend: Backend = service.backend
-        # Service groups whose name record is known to exist; bounded, so a flood of
-        # tenants costs one store read per grant at worst.
-        self._named: set[str] = set()
-        # Service groups seen stored: a group never goes away (no GC yet), so a pre-reboot
-        # there needs no read to know it creates nothing.
-        self._exists: set[str] = set()
+        #: Seconds without a holder or a request after which a group is deleted; None: never.
+        self.idle_after = idle_after
+        if idle_after is not None:
+            service.touch_every = idle_after / TOUCH_FRACTION
+        self.gc_batch = gc_batch
+        self.gc_slice_hex = gc_slice_hex
+        # Where the GC goes on: the slice of tenant hashes, and the last key read in it.
+        self._slice = 0
+        self._after = ""
+        # Service group -> until when (by the service's clock) this process may trust
+        # that its name record exists / its document exists. A group can be collected no
+        # sooner than `idle_after` after the idle clock it showed (every write sets that
+        # clock), so half of that is trusted; then a group another replica collected
+        # counts as new again (create limit, quotas) and gets its name recorded again.
+        # Bounded, so a flood of tenants costs one store read per grant at worst.
+        self._named: dict[str, float] = {}
+        self._exists: dict[str, float] = {}
+
+    def _trusted(self, cache: dict[str, float], service_group: str) -> bool:
+        return cache.get(service_group, -math.inf) > self.service.clock()
+
+    def _trust_until(self, touched: float | None) -> float:
+        """How long a group seen with idle clock ``touched`` cannot have been collected."""
+        if self.idle_after is None:
+            return math.inf
+        # No clock yet: the GC stamps one before it may delete, so from now on.
+        start = self.service.clock() if touched is None else touched
+        return start + self.idle_after / 2
 
     async def exists(self, service_group: str) -> bool:
         """Whether the group has a stored document (a pre-reboot there creates nothing)."""
-        if service_group in self._named or service_group in self._exists:
+        if self._trusted(self._named, service_group) or self._trusted(self._exists,
+                                                                      service_group):
             return True
         raw, _ = await self._store(self.backend.get(self.service.layout.key(service_group)))
         if raw is not None:
-            _bounded_add(self._exists, service_group)
+            try:
+                touched = self.service.layout.decode(raw).touched
+            except LayoutError:
+                return True  # exists; the service reports the bad value
+            _bounded_put(self._exists, service_group, self._trust_until(touched))
         return raw is not None
 
     async def check_quota(self, tenant: Tenant) -> bool:
@@ -313,11 +361,13 @@ class Public:
         raw, _ = await self._store(self.backend.get(COUNT_KEY))
         return 0 if raw is None else int(json.loads(raw)["tenants"])
 
-    async def _count_new_tenant(self) -> None:
+    async def _count_tenants(self, change: int) -> None:
+        """Add ``change`` to the tenants counter, never below zero (bounded retries: the
+        counter is approximate anyway)."""
         for _ in range(10):
             raw, version = await self.backend.get(COUNT_KEY)
             count = 0 if raw is None else int(json.loads(raw)["tenants"])
-            value = json.dumps({"tenants": count + 1}).encode()
+            value = json.dumps({"tenants": max(0, count + change)}).encode()
             if (await self.backend.compare_and_set(COUNT_KEY, value, version)).stored:
                 return
 
@@ -340,7 +390,7 @@ class Public:
         """Keep ``tenant.group``'s sealed name (once per group, after its first grant).
         A failure here costs the listing a name, never the grant: it is retried at the
         group's next grant."""
-        if service_group in self._named:
+        if self._trusted(self._named, service_group):
             return
         key = NAMES_PREFIX + service_group
         try:
@@ -351,12 +401,13 @@ class Public:
                         key, self.keys.seal(tenant.secret, tenant.group), None
                     )
                     if created.stored and new_tenant:
-                        await self._count_new_tenant()
+                        await self._count_tenants(+1)
         except (BackendUnavailable, OSError, TimeoutError) as exc:
             log.warning("tenant %s: group name not recorded yet: %s", short(service_group),
                         exc or "timed out")
             return
-        _bounded_add(self._named, service_group)
+        # The grant just before this set the group's idle clock.
+        _bounded_put(self._named, service_group, self._trust_until(self.service.clock()))
 
     async def group_names(self, secret: str) -> list[str]:
         """The tenant's groups that have had a grant, by name, sorted (at most
@@ -370,6 +421,125 @@ class Public:
             if name and NAMES_PREFIX + self.keys.group(secret, name) == key:
                 names.append(name)
         return sorted(names)[:MAX_LISTED]
+
+    # Idle-group GC
+
+    async def collect(self) -> int:
+        """One bounded pass of the idle-group GC: list one slice of the tenants' groups
+        (those whose tenant hash starts with the slice's hex digits), read at most
+        :attr:`gc_batch` of them, delete the idle ones. Returns how many it deleted.
+
+        Safe on any number of replicas at once: each deletion is conditional on the
+        version read, so only one replica deletes a group, and a grant (or any write)
+        between the read and the delete makes the delete fail. Passes go on where the
+        last one stopped; every slice is visited in turn.
+        """
+        if self.idle_after is None:
+            return 0
+        layout = self.service.layout
+        width = self.gc_slice_hex
+        piece = format(self._slice, f"0{width}x") if width else ""
+        keys = await self._store(self.backend.scan(layout.group_prefix() + piece))
+        todo = [k for k in keys if k > self._after][: self.gc_batch]
+        deleted = 0
+        for key in todo:
+            if await self._collect_one(key):
+                deleted += 1
+            self._after = key
+        if len(todo) < self.gc_batch:  # this slice is done: the next pass takes the next
+            await self._forget_orphans(piece, keys)
+            self._slice = (self._slice + 1) % (16**width)
+            self._after = ""
+        return deleted
+
+    async def _forget_orphans(self, piece: str, keys: list[str]) -> None:
+        """Names in the slice whose group is gone: what a collection stopped between the
+        group's delete and its name's (a restart, a store error) left behind. A name is
+        only written after its group's grant, so a name without a group is an orphan."""
+        layout = self.service.layout
+        groups = {layout.group_of(k) for k in keys}
+        names = await self._store(self.backend.scan(NAMES_PREFIX + piece))
+        orphans = [n[len(NAMES_PREFIX):] for n in names if n[len(NAMES_PREFIX):] not in groups]
+        for service_group in orphans[: self.gc_batch]:
+            if (await self._store(self.backend.get(layout.key(service_group))))[0] is None:
+                await self._forget_name(service_group)
+
+    async def _collect_one(self, key: str) -> bool:
+        layout = self.service.layout
+        raw, version = await self._store(self.backend.get(key))
+        if raw is None:
+            return False
+        try:
+            sem = layout.decode(raw)
+        except LayoutError:
+            return False  # never delete what cannot be read; the service reports it
+        now = self.service.clock()
+        if sem.holders:
+            return False
+        if sem.touched is None:
+            # Written before the idle clock existed: start it now (on the version read; a
+            # lost race means someone wrote, which set it).
+            stamped = replace(sem, touched=now)
+            await self._store(
+                self.backend.compare_and_set(key, layout.encode(stamped, raw), version))
+            return False
+        if now - sem.touched < self.idle_after:  # type: ignore[operator]
+            return False
+        if not (await self._store(self.backend.compare_and_delete(key, version))).stored:
+            return False  # it changed since the read: in use again
+        service_group = layout.group_of(key)
+        assert service_group is not None
+        self._named.pop(service_group, None)
+        self._exists.pop(service_group, None)
+        log.info("tenant %s: deleted a group idle since %s", short(service_group),
+                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sem.touched)),
+                 extra={"event": "group_collected", "group": short(service_group)})
+        await self._forget_name(service_group)
+        return True
+
+    async def _forget_name(self, service_group: str) -> None:
+        """Delete a collected group's sealed name, and count its tenant gone if that was
+        its last group."""
+        name_key = NAMES_PREFIX + service_group
+        sealed, version = await self._store(self.backend.get(name_key))
+        if sealed is None:
+            return
+        deleted = (await self._store(self.backend.compare_and_delete(name_key, version))).stored
+        # A request may have created the group again since its delete and, finding the
+        # name still recorded, not recorded it: put the same sealed bytes back then.
+        group_key = self.service.layout.key(service_group)
+        if (await self._store(self.backend.get(group_key)))[0] is not None:
+            await self._store(self.backend.compare_and_set(name_key, sealed, None))
+            return
+        tenant = service_group.partition(".")[0]
+        if deleted and not await self._store(self.backend.scan(f"{NAMES_PREFIX}{tenant}.")):
+            await self._store(self._count_tenants(-1))
+
+    async def run_collector(self, interval: float = GC_INTERVAL) -> None:
+        """Collect every ``interval`` seconds (jittered, so replicas drift apart) until
+        cancelled. A failed pass is logged and the next one goes on."""
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.5))
+            try:
+                await self.collect()
+            except LockdError as exc:
+                log.warning("idle-group GC pass failed: %s", exc.value)
+            except Exception:  # the collector must outlive a bug in one pass
+                log.exception("idle-group GC pass failed")
+
+    @contextlib.asynccontextmanager
+    async def collecting(self) -> AsyncIterator[None]:
+        """Run the idle-group GC (if ``idle_after`` is set) while the app runs."""
+        if self.idle_after is None:
+            yield
+            return
+        task = asyncio.create_task(self.run_collector())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def admit(
         self, request: web.Request, prefix: str, group: str, *, creates: bool = False
@@ -398,11 +568,12 @@ class Public:
         return tenant, service_group
 
 
-def _bounded_add(seen: set[str], item: str, most: int = 100_000) -> None:
-    """Remember ``item``; past ``most``, forget everything (a cache, not a record)."""
+def _bounded_put(seen: dict[str, float], item: str, until: float, most: int = 100_000) -> None:
+    """Remember ``item`` until ``until``; past ``most``, forget everything (a cache, not a
+    record)."""
     if len(seen) >= most:
         seen.clear()
-    seen.add(item)
+    seen[item] = until
 
 
 #: Set by :meth:`Public.admit` on a request that creates a tenant's first group.
