@@ -262,7 +262,8 @@ class TenantLayout(NativeLayout):
 
 #: Where a tenant group's sealed name is kept: this prefix + ``<tenant>.<group>`` hashes.
 NAMES_PREFIX = "lockd/v1/tenant-names/"
-#: How many tenants ever had a grant, for the tenants quota.
+#: How many tenants have a group (counted up at a first grant, down when the GC deletes a
+#: tenant's last group; approximate under races, never below zero), for the tenants quota.
 COUNT_KEY = "lockd/v1/tenant-count"
 #: The most groups one listing shows.
 MAX_LISTED = 1000
@@ -357,7 +358,7 @@ class Public:
         return True
 
     async def tenant_count(self) -> int:
-        """Tenants that ever had a grant (a counter kept beside the groups)."""
+        """Tenants with a group (a counter kept beside the groups; see COUNT_KEY)."""
         raw, _ = await self._store(self.backend.get(COUNT_KEY))
         return 0 if raw is None else int(json.loads(raw)["tenants"])
 

@@ -187,6 +187,19 @@ async def test_a_collected_group_comes_back_as_new(start: Start) -> None:
     assert (status, doc["kind"]) == (429, "rate_limited")
 
 
+async def test_a_collected_group_leaves_room_in_the_groups_quota(start: Start) -> None:
+    serving, collector = await start(public_max_groups_per_tenant=1), await start()
+    token = new_token()
+    assert (await serving.lock(token, "old", "n1"))[0] == 200
+    assert (await serving.release(token, "old", "n1"))[0] == 200
+    status, doc = await serving.lock(token, "new", "n1")
+    assert (status, doc["kind"]) == (403, "quota_exceeded")
+    advance(start, IDLE + 1)
+    assert await collector.collect_all() == 1
+    assert (await serving.lock(token, "new", "n1"))[0] == 200
+    assert await serving.listed(token) == ["new"]
+
+
 async def test_a_returning_group_is_listed_and_counted_again(start: Start) -> None:
     serving, collector = await start(), await start()
     token = new_token()
