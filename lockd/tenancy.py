@@ -336,10 +336,13 @@ class Public:
         raw, _ = await self._store(self.backend.get(self.service.layout.key(service_group)))
         if raw is not None:
             try:
-                touched = self.service.layout.decode(raw).touched
+                sem = self.service.layout.decode(raw)
             except LayoutError:
                 return True  # exists; the service reports the bad value
-            _bounded_put(self._exists, service_group, self._trust_until(touched))
+            # With holders it cannot go before their release (a write, which sets the
+            # clock) plus the idle time: trust it from now, however old its clock.
+            start = self.service.clock() if sem.holders else sem.touched
+            _bounded_put(self._exists, service_group, self._trust_until(start))
         return raw is not None
 
     async def check_quota(self, tenant: Tenant) -> bool:

@@ -427,3 +427,35 @@ async def test_count_key_never_goes_below_zero(start: Start) -> None:
     assert await one.tenants() == 0
     raw, _ = await one.public.backend.get(COUNT_KEY)
     assert raw is not None and json.loads(raw) == {"tenants": 0}
+
+
+class CountReads(Meanwhile):
+    def __init__(self, inner: Backend) -> None:
+        async def nothing() -> None:
+            return None
+
+        super().__init__(inner, nothing, "never")
+        self.reads = 0
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        self.reads += 1
+        return await super().get(key)
+
+
+async def test_a_long_held_slot_costs_no_extra_read_per_poll(start: Start) -> None:
+    """A holder re-locking a group whose idle clock is old (granted weeks ago): the group
+    cannot be collected while it holds, so the existence check is remembered, not read
+    again at every poll."""
+    one = await start()
+    token = new_token()
+    assert (await one.lock(token, "g", "n1"))[0] == 200
+    advance(start, IDLE * 0.9)
+    assert (await one.lock(token, "g", "n1"))[0] == 200  # read once, remembered
+    counting = CountReads(one.public.backend)
+    real, one.public.backend = one.public.backend, counting
+    try:
+        for _ in range(3):
+            assert (await one.lock(token, "g", "n1"))[0] == 200
+    finally:
+        one.public.backend = real
+    assert counting.reads == 0
