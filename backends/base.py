@@ -31,6 +31,18 @@ Version = Any
 PING_KEY = "lockd/ping"
 
 
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The least key after every key that starts with ``prefix`` (for a range read);
+    None when there is none (``prefix`` is empty or all ``0xFF``)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return None
+
+
 class BackendError(Exception):
     """Base class for errors a backend raises."""
 

@@ -75,6 +75,7 @@ from .base import (
     ValueTooLarge,
     Version,
 )
+from .base import prefix_end as range_end
 from .etcdhttp import MemberFailed, Members, TlsFiles, netloc
 from .urls import Options
 
@@ -114,13 +115,8 @@ def _unb64(text: str | None) -> bytes:
 
 def prefix_end(prefix: bytes) -> bytes:
     """The ``range_end`` that makes a range cover every key starting with ``prefix``."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"  # every key (etcd's convention for "no upper bound")
+    # b"\0": every key (etcd's convention for "no upper bound").
+    return range_end(prefix) or b"\0"
 
 
 class _TokenRefused(Exception):

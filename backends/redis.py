@@ -65,7 +65,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .base import (
+    Backend,
+    BackendUnavailable,
+    CasResult,
+    InvalidBackendURL,
+    Version,
+    prefix_end,
+)
 from .urls import Options
 
 T = TypeVar("T")
@@ -305,11 +312,7 @@ class RedisBackend(Backend):
             keys.append(self.index_key)
             args.append(key)
         result = await self._call(lambda c: self._run_script(c, CAS, keys, args))
-        if int(result[0]) == 1:
-            return CasResult(True, value, version)
-        if len(result) < 3:
-            return CasResult(False, None, None)
-        return CasResult(False, bytes(result[1]), _text(result[2]))
+        return _answer(result, CasResult(True, value, version))
 
     async def compare_and_delete(self, key: str, expected: Version) -> CasResult:
         # The same shape as compare_and_set: one script call that answers the current
@@ -321,11 +324,7 @@ class RedisBackend(Backend):
             keys.append(self.index_key)
             args.append(key)
         result = await self._call(lambda c: self._run_script(c, CAD, keys, args))
-        if int(result[0]) == 1:
-            return CasResult(True, None, None)
-        if len(result) < 3:
-            return CasResult(False, None, None)
-        return CasResult(False, bytes(result[1]), _text(result[2]))
+        return _answer(result, CasResult(True, None, None))
 
     async def scan(self, prefix: str) -> list[str]:
         if self.indexed:
@@ -333,7 +332,7 @@ class RedisBackend(Backend):
             # under the prefix, not with everything else in Redis.
             await self._ensure_index()
             low = b"[" + prefix.encode()
-            end = _prefix_end(prefix.encode())
+            end = prefix_end(prefix.encode())
             high = b"+" if end is None else b"(" + end
             names = await self._call(
                 lambda c: self._command(c, "ZRANGEBYLEX", self.index_key, low, high)
@@ -400,15 +399,13 @@ class RedisBackend(Backend):
         )
 
 
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """The least name after every name that starts with ``prefix``; None if there is none."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return None
+def _answer(reply: list[Any], done: CasResult) -> CasResult:
+    """A script's reply (cas.lua, cad.lua): ``done`` for {1}; else the state it lost to."""
+    if int(reply[0]) == 1:
+        return done
+    if len(reply) < 3:
+        return CasResult(False, None, None)
+    return CasResult(False, bytes(reply[1]), _text(reply[2]))
 
 
 def _text(reply: bytes | str) -> str:

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,14 +289,7 @@ class LockService:
 
     async def run_sweeps(self) -> None:
         """Sweep every :attr:`sweep_interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            try:
-                await self.sweep()
-            except LockdError as exc:
-                log.warning("sweep failed: %s", exc.value)
-            except Exception:  # the sweeper must outlive a bug in one pass
-                log.exception("sweep failed")
+        await every(lambda: self.sweep_interval, self.sweep, "sweep")
 
     # Operator actions
 
@@ -592,6 +585,21 @@ class LockService:
             raise LockdError(
                 Kind.backend_invalid_data, f"the stored semaphore of group {group!r} is unreadable"
             ) from exc
+
+
+async def every(
+    interval: Callable[[], float], step: Callable[[], Awaitable[object]], what: str
+) -> None:
+    """Run ``step`` after each ``interval()`` seconds until cancelled. A failed pass is
+    logged and the next one goes on: a periodic task must outlive a bug in one pass."""
+    while True:
+        await asyncio.sleep(interval())
+        try:
+            await step()
+        except LockdError as exc:
+            log.warning("%s failed: %s", what, exc.value)
+        except Exception:
+            log.exception("%s failed", what)
 
 
 def _log_events(events: tuple[Event, ...]) -> None:

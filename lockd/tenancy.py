@@ -53,7 +53,7 @@ from lockd.errors import Kind, LockdError
 from lockd.layouts import LayoutError
 from lockd.layouts.native import NativeLayout
 from lockd.ratelimit import Limits
-from lockd.service import Decision, LockService
+from lockd.service import Decision, LockService, every
 
 log = logging.getLogger("lockd.tenancy")
 T = TypeVar("T")
@@ -522,14 +522,8 @@ class Public:
     async def run_collector(self, interval: float = GC_INTERVAL) -> None:
         """Collect every ``interval`` seconds (jittered, so replicas drift apart) until
         cancelled. A failed pass is logged and the next one goes on."""
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.5, 1.5))
-            try:
-                await self.collect()
-            except LockdError as exc:
-                log.warning("idle-group GC pass failed: %s", exc.value)
-            except Exception:  # the collector must outlive a bug in one pass
-                log.exception("idle-group GC pass failed")
+        await every(lambda: interval * random.uniform(0.5, 1.5), self.collect,
+                    "idle-group GC pass")
 
     @contextlib.asynccontextmanager
     async def collecting(self) -> AsyncIterator[None]:

@@ -6,9 +6,10 @@ as a new one; several replicas collect at once. Time is the service's injectable
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
@@ -55,6 +56,11 @@ class Replica:
     async def release(self, token: str, group: str, id_: str) -> tuple[int, Any]:
         body = {"client_params": {"id": id_, "group": group}}
         return await self.call("POST", f"/t/{token}/v1/steady-state", body)
+
+    async def use(self, token: str, group: str = "workers") -> None:
+        """A node takes the group's slot and gives it back: the group exists, idle."""
+        assert (await self.lock(token, group, "n1"))[0] == 200
+        assert (await self.release(token, group, "n1"))[0] == 200
 
     async def listed(self, token: str) -> list[str]:
         status, doc = await self.call("GET", f"/t/{token}/v1/groups")
@@ -119,8 +125,7 @@ async def test_idle_groups_go_with_their_names_and_the_tenant_count(start: Start
     for group in ("idle", "held"):
         assert (await serving.lock(a, group, "n1"))[0] == 200
     assert (await serving.release(a, "idle", "n1"))[0] == 200
-    assert (await serving.lock(b, "only", "n1"))[0] == 200
-    assert (await serving.release(b, "only", "n1"))[0] == 200
+    await serving.use(b, "only")
     assert await serving.tenants() == 2
     # Not idle long enough yet: nothing goes.
     advance(start, IDLE - 60)
@@ -142,8 +147,7 @@ async def test_idle_groups_go_with_their_names_and_the_tenant_count(start: Start
 async def test_a_poll_keeps_an_empty_group_alive(start: Start) -> None:
     one = await start()
     token = new_token()
-    assert (await one.lock(token, "workers", "n1"))[0] == 200
-    assert (await one.release(token, "workers", "n1"))[0] == 200
+    await one.use(token)
     advance(start, IDLE * 0.9)
     # zincati's steady-state at boot writes nothing but the (old) idle clock.
     assert (await one.release(token, "workers", "n2"))[0] == 200
@@ -163,8 +167,7 @@ async def test_a_collected_group_comes_back_as_new(start: Start) -> None:
     serving, collector = await start(**settings), await start(**settings)
     a, b, c = new_token(), new_token(), new_token()
     for token in (a, b):  # creates 1 and 2
-        assert (await serving.lock(token, "workers", "n1"))[0] == 200
-        assert (await serving.release(token, "workers", "n1"))[0] == 200
+        await serving.use(token)
     status, doc = await serving.lock(c, "workers", "n1")
     assert (status, doc["kind"]) == (403, "quota_exceeded")
     advance(start, IDLE + 1)
@@ -190,8 +193,7 @@ async def test_a_collected_group_comes_back_as_new(start: Start) -> None:
 async def test_a_collected_group_leaves_room_in_the_groups_quota(start: Start) -> None:
     serving, collector = await start(public_max_groups_per_tenant=1), await start()
     token = new_token()
-    assert (await serving.lock(token, "old", "n1"))[0] == 200
-    assert (await serving.release(token, "old", "n1"))[0] == 200
+    await serving.use(token, "old")
     status, doc = await serving.lock(token, "new", "n1")
     assert (status, doc["kind"]) == (403, "quota_exceeded")
     advance(start, IDLE + 1)
@@ -203,8 +205,7 @@ async def test_a_collected_group_leaves_room_in_the_groups_quota(start: Start) -
 async def test_a_returning_group_is_listed_and_counted_again(start: Start) -> None:
     serving, collector = await start(), await start()
     token = new_token()
-    assert (await serving.lock(token, "workers", "n1"))[0] == 200
-    assert (await serving.release(token, "workers", "n1"))[0] == 200
+    await serving.use(token)
     assert await serving.listed(token) == ["workers"]
     advance(start, IDLE + 1)
     assert await collector.collect_all() == 1
@@ -252,25 +253,50 @@ class Meanwhile(Backend):
         return await self.inner.scan(prefix)
 
 
+M = TypeVar("M", bound=Backend)
+
+
+@contextlib.asynccontextmanager
+async def interleaved(replica: Replica, backend: M) -> AsyncIterator[M]:
+    """``replica``'s GC (and admission) on ``backend`` for a while."""
+    real = replica.public.backend
+    replica.public.backend = backend
+    try:
+        yield backend
+    finally:
+        replica.public.backend = real
+
+
+async def idle_group_on_two_replicas(start: Start) -> tuple[Replica, Replica, str]:
+    """A serving replica, a collecting one, and a tenant whose group has been idle long
+    enough to go."""
+    serving, collector = await start(), await start()
+    token = new_token()
+    await serving.use(token)
+    advance(start, IDLE + 1)
+    return serving, collector, token
+
+
+async def collect_while(collector: Replica, when: str, call: Awaitable[tuple[int, Any]],
+                        deleted: int) -> Meanwhile:
+    """Collect everything, with another replica's request (granted) at ``when``."""
+
+    async def request() -> None:
+        assert (await call)[0] == 200
+
+    async with interleaved(collector, Meanwhile(collector.public.backend, request,
+                                                when)) as meanwhile:
+        assert await collector.collect_all() == deleted
+    assert meanwhile.done
+    return meanwhile
+
+
 async def test_a_holder_granted_between_read_and_delete_is_never_deleted(
     start: Start,
 ) -> None:
-    serving, collector = await start(), await start()
-    token = new_token()
-    assert (await serving.lock(token, "workers", "n1"))[0] == 200
-    assert (await serving.release(token, "workers", "n1"))[0] == 200
-    advance(start, IDLE + 1)
-
-    async def grant() -> None:
-        assert (await serving.lock(token, "workers", "late"))[0] == 200
-
-    real = collector.public.backend
-    meanwhile = Meanwhile(real, grant, "after_read")
-    collector.public.backend = meanwhile
-    try:
-        assert await collector.collect_all() == 0
-    finally:
-        collector.public.backend = real
+    serving, collector, token = await idle_group_on_two_replicas(start)
+    meanwhile = await collect_while(collector, "after_read",
+                                    serving.lock(token, "workers", "late"), 0)
     # The GC read the group idle, tried to delete that version, and the store refused.
     assert meanwhile.done and meanwhile.deletes == [("tenants", False)]
     assert await collector.doc(token, "workers") is not None
@@ -287,22 +313,9 @@ async def test_a_holder_granted_between_read_and_delete_is_never_deleted(
 async def test_a_group_created_again_mid_collection_keeps_its_name(start: Start) -> None:
     """The group is deleted; before its name is, a node creates the group again, and that
     replica finds the name still recorded (so records nothing). The GC puts it back."""
-    serving, collector = await start(), await start()
-    token = new_token()
-    assert (await serving.lock(token, "workers", "n1"))[0] == 200
-    assert (await serving.release(token, "workers", "n1"))[0] == 200
-    advance(start, IDLE + 1)
-
-    async def recreate() -> None:
-        assert (await serving.lock(token, "workers", "again"))[0] == 200
-
-    real = collector.public.backend
-    meanwhile = Meanwhile(real, recreate, "before_name_delete")
-    collector.public.backend = meanwhile
-    try:
-        assert await collector.collect_all() == 1
-    finally:
-        collector.public.backend = real
+    serving, collector, token = await idle_group_on_two_replicas(start)
+    meanwhile = await collect_while(collector, "before_name_delete",
+                                    serving.lock(token, "workers", "again"), 1)
     assert meanwhile.deletes == [("tenants", True), ("tenant-names", True)]
     assert await collector.name(token, "workers") is not None
     assert await serving.listed(token) == ["workers"]
@@ -315,8 +328,7 @@ async def test_replicas_collecting_at_once_delete_each_group_once(start: Start) 
     tokens = [new_token() for _ in range(4)]
     for token in tokens:
         for group in ("a", "b", "c"):
-            assert (await serving.lock(token, group, "n1"))[0] == 200
-            assert (await serving.release(token, group, "n1"))[0] == 200
+            await serving.use(token, group)
     keep = tokens[0]
     assert (await serving.lock(keep, "a", "n1"))[0] == 200
     advance(start, IDLE + 1)
@@ -354,8 +366,7 @@ async def test_a_pass_reads_a_bounded_slice(start: Start) -> None:
     one.public.gc_slice_hex, one.public.gc_batch = 1, 3
     tokens = [new_token() for _ in range(10)]
     for token in tokens:
-        assert (await one.lock(token, "g", "n1"))[0] == 200
-        assert (await one.release(token, "g", "n1"))[0] == 200
+        await one.use(token, "g")
     advance(start, IDLE + 1)
     passes = []
     for _ in range(16 + 10):
@@ -367,8 +378,7 @@ async def test_a_pass_reads_a_bounded_slice(start: Start) -> None:
 async def test_the_collector_runs_passes_until_cancelled(start: Start) -> None:
     one = await start()
     token = new_token()
-    assert (await one.lock(token, "g", "n1"))[0] == 200
-    assert (await one.release(token, "g", "n1"))[0] == 200
+    await one.use(token, "g")
     advance(start, IDLE + 1)
     one.public.gc_slice_hex = 0  # one slice: the first pass sees every group
     task = asyncio.create_task(one.public.run_collector(interval=0.01))
@@ -388,8 +398,7 @@ async def test_a_name_left_by_an_interrupted_collection_goes_too(start: Start) -
     a later pass finds the name without a group and finishes the job."""
     one = await start()
     token = new_token()
-    assert (await one.lock(token, "g", "n1"))[0] == 200
-    assert (await one.release(token, "g", "n1"))[0] == 200
+    await one.use(token, "g")
     key = one.public.service.layout.key(one.public.keys.group(token, "g"))
     _, version = await one.public.backend.get(key)
     assert (await one.public.backend.compare_and_delete(key, version)).stored
@@ -402,8 +411,7 @@ async def test_a_name_left_by_an_interrupted_collection_goes_too(start: Start) -
 async def test_gc_off_keeps_everything_and_writes_no_idle_clock(start: Start) -> None:
     one = await start(public_delete_idle_after=None)
     token = new_token()
-    assert (await one.lock(token, "g", "n1"))[0] == 200
-    assert (await one.release(token, "g", "n1"))[0] == 200
+    await one.use(token, "g")
     advance(start, 100 * IDLE)
     assert await one.collect_all() == 0
     raw = await one.doc(token, "g")
@@ -451,11 +459,7 @@ async def test_a_long_held_slot_costs_no_extra_read_per_poll(start: Start) -> No
     assert (await one.lock(token, "g", "n1"))[0] == 200
     advance(start, IDLE * 0.9)
     assert (await one.lock(token, "g", "n1"))[0] == 200  # read once, remembered
-    counting = CountReads(one.public.backend)
-    real, one.public.backend = one.public.backend, counting
-    try:
+    async with interleaved(one, CountReads(one.public.backend)) as counting:
         for _ in range(3):
             assert (await one.lock(token, "g", "n1"))[0] == 200
-    finally:
-        one.public.backend = real
     assert counting.reads == 0
