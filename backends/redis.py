@@ -80,6 +80,9 @@ T = TypeVar("T")
 DEFAULT_PREFIX = "lockd:"
 DEFAULT_TIMEOUT = 2.0
 SCAN_COUNT = 1000
+#: redis-py 8 caps a pool at 100 connections when max_connections is None, and then fails
+#: calls with "Too many connections"; lockd's pool has no cap unless the URL sets one.
+NO_CAP = 2**31 - 1
 _GLOB_SPECIAL = "\\*?[]"
 _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname"}
@@ -164,7 +167,7 @@ class RedisBackend(Backend):
             # Retry a broken connection once, at once (a pooled socket Redis closed when it
             # restarted); never retry a timeout: a hung Redis must cost one timeout only.
             "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            "max_connections": o.max_connections,
+            "max_connections": o.max_connections or NO_CAP,
         }
         if o.db is not None:
             kwargs["db"] = o.db

@@ -39,12 +39,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import BackendUnavailable
-from .redis import RedisBackend, RedisOptions, _invalid, common_options, credentials, hosts
+from .redis import NO_CAP, RedisBackend, RedisOptions, _invalid, common_options, credentials, hosts
 from .urls import Options
-
-#: redis-py caps each node's pool at 100 by default and then fails calls; lockd's pool
-#: for a single Redis has no cap unless max_connections sets one, and neither has this.
-NO_CAP = 2**31 - 1
 
 
 class RedisClusterBackend(RedisBackend):

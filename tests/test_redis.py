@@ -21,7 +21,7 @@ from redis.crc import key_slot
 
 from bench.procs import Lockd, Proc, find_binary, wait_for_port
 from bench.servers import RedisServer
-from lockd.backends import InvalidBackendURL, open_backend
+from lockd.backends import BackendUnavailable, InvalidBackendURL, open_backend
 from lockd.backends.redis import CAS, RedisBackend
 from lockd.groups import GroupSettings
 from lockd.layouts.native import NativeLayout
@@ -116,6 +116,23 @@ async def rbackend(redis_url: str) -> AsyncIterator[RedisBackend]:
     await backend.open()
     try:
         yield backend
+    finally:
+        await backend.close()
+
+
+async def test_the_pool_has_no_cap_unless_the_url_sets_one(rbackend: RedisBackend) -> None:
+    # redis-py 8 caps a pool at 100 when max_connections is None and fails the 101st
+    # concurrent call with "Too many connections"; lockd's pool must take a burst.
+    results = await asyncio.gather(*(rbackend.get(f"burst/{i}") for i in range(250)))
+    assert results == [(None, None)] * 250
+
+
+async def test_max_connections_caps_the_pool(redis_url: str) -> None:
+    backend = open_backend(redis_url + ("&" if "?" in redis_url else "?") + "max_connections=5")
+    await backend.open()
+    try:
+        with pytest.raises(BackendUnavailable):
+            await asyncio.gather(*(backend.get(f"burst/{i}") for i in range(50)))
     finally:
         await backend.close()
 
