@@ -495,3 +495,46 @@ def test_sighup_changes_the_slots_of_tenant_groups(tmp_path: Path) -> None:
         assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "b", "g")[0] == 200
     finally:
         server.stop()
+
+
+def test_sighup_reloads_the_abuse_limits_but_not_the_pepper(tmp_path: Path) -> None:
+    import signal
+
+    pepper = tmp_path / "pepper"
+    pepper.write_text(PEPPER)
+    config = tmp_path / "lockd.toml"
+
+    def configure(public: str) -> None:
+        config.write_text(f'[public]\nenabled = true\npepper_file = "{pepper}"\n{public}')
+
+    configure('ip_rate = "5/hour"\n')
+    server = Lockd(tmp_path, "--config", str(config), "--backend", "memory://").start()
+    assert server.proc is not None
+    try:
+        token = new_token()
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "a", "g")[0] == 200
+        assert [poll_fresh_tenant(server)[0] for _ in range(5)] == [200] * 4 + [429]
+        # A new rate and quota, and a new pepper, which must not be taken.
+        configure('ip_rate = "100/hour"\nmax_groups_per_tenant = 1\n')
+        pepper.write_text("another-pepper-" + "y" * 32)
+        server.proc.signal(signal.SIGHUP)
+        server.wait_for_output("configuration reloaded")
+        assert "ip_rate=100/hour" in server.proc.output()
+        assert "not applied until a restart: public_pepper" in server.proc.output()
+        assert poll_fresh_tenant(server)[0] == 200
+        # The running pepper stays: the tenant's group still has its holder.
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "b", "g")[0] == 423
+        status, doc = fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "a", "g2")
+        assert (status, doc["kind"]) == (403, "quota_exceeded")
+        # A configuration that cannot work is refused whole; the limits in force stay.
+        configure('ip_rate = "lots"\nmax_groups_per_tenant = 5\n')
+        server.proc.signal(signal.SIGHUP)
+        server.wait_for_output("reload refused")
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "a", "g2")[0] == 403
+        # And back down: the lower rate is in force at once.
+        configure('ip_rate = "2/hour"\n')
+        server.proc.signal(signal.SIGHUP)
+        server.wait_for_output("ip_rate=2/hour")
+        assert [poll_fresh_tenant(server)[0] for _ in range(3)] == [200, 200, 429]
+    finally:
+        server.stop()
