@@ -177,3 +177,13 @@ async def test_configure_replaces_every_rate_or_none(clock: FakeClock) -> None:
     with pytest.raises(LockdError):
         await lim.check_ip("203.0.113.5")
     assert lim.client("10.1.1.1", "203.0.113.9") == "203.0.113.9"
+    # The same rates again (a reload that changed something else): the count goes on.
+    lim.configure(**{**rates, "ip": "2/minute"})
+    with pytest.raises(LockdError):
+        await lim.check_ip("203.0.113.5")
+    # A changed rate counts afresh.
+    lim.configure(**{**rates, "ip": "3/minute"})
+    for _ in range(3):
+        await lim.check_ip("203.0.113.5")
+    with pytest.raises(LockdError):
+        await lim.check_ip("203.0.113.5")
