@@ -140,12 +140,15 @@ class Lockd:
         env: dict[str, str] | None = None,
         name: str = "lockd",
         wrapper: Sequence[str] = (),
+        module: str = "lockd",
     ) -> None:
-        """``wrapper``: a command prefix lockd runs under (``prlimit --nofile=256 --``)."""
+        """``wrapper``: a command prefix lockd runs under (``prlimit --nofile=256 --``);
+        ``module``: what ``python -m`` runs (a benchmark's variant of lockd's command)."""
         self.tmp = tmp
         self.args = list(args)
         self.extra_env = env or {}
         self.wrapper = list(wrapper)
+        self.module = module
         self.name = name
         self.urls: dict[str, str] = {}
         self.proc: Proc | None = None
@@ -156,7 +159,7 @@ class Lockd:
             *self.wrapper,
             sys.executable,
             "-m",
-            "lockd",
+            self.module,
             "serve",
             "--listen",
             "127.0.0.1:0",

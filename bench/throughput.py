@@ -230,10 +230,12 @@ def parse_wrk(out: str) -> Sample:
 
 
 def wrk(url: str, mode: str, prefix: str, seconds: float, conns: int,
-        cpus: str | None) -> Sample:
+        cpus: str | None, script: Path = LUA, extra: tuple[str, ...] = ()) -> Sample:
+    """One wrk run of ``script`` (default bench/throughput.lua) with the arguments
+    ``mode prefix *extra``."""
     # wrk takes whole seconds only.
     argv = ["wrk", "-t", str(conns), "-c", str(conns), "-d", f"{max(1, round(seconds))}s",
-            "--latency", "-s", str(LUA), url, "--", mode, prefix]
+            "--latency", "-s", str(script), url, "--", mode, prefix, *extra]
     if cpus and shutil.which("taskset"):
         argv = ["taskset", "-c", cpus, *argv]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)

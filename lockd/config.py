@@ -101,11 +101,13 @@ class Settings:
     public_pepper: bytes = field(default=b"", repr=False)
     #: Peers whose X-Forwarded-For is believed (addresses or networks).
     public_trusted_proxies: tuple[str, ...] = ()
-    #: Abuse limits (lockd.ratelimit): per client network on new groups and on refused
-    #: secrets, per tenant on everything else. Sized in docs/public.md.
+    #: Abuse limits (lockd.ratelimit): per client network on new groups, on refused
+    #: secrets and on every request, per tenant on everything else. Sized in
+    #: docs/public.md; reloaded on SIGHUP (the pepper is not).
     public_ip_create_rate: str = "20/minute"
     public_ip_miss_rate: str = "30/minute"
     public_tenant_rate: str = "3000/minute"
+    public_ip_rate: str = "6000/minute"
     public_max_groups_per_tenant: int = 100
     public_max_tenants: int = 1_000_000
     #: A tenant's group with no holder and no request for this long is deleted (None: never).
@@ -216,6 +218,7 @@ KEYS: dict[str, str] = {
     "public.ip_create_rate": "rate",
     "public.ip_miss_rate": "rate",
     "public.tenant_rate": "rate",
+    "public.ip_rate": "rate",
     "public.max_groups_per_tenant": "posint",
     "public.max_tenants": "posint",
     "public.delete_idle_after": "duration_off",
@@ -538,6 +541,7 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         public_ip_create_rate=v.get("public.ip_create_rate", d.public_ip_create_rate),
         public_ip_miss_rate=v.get("public.ip_miss_rate", d.public_ip_miss_rate),
         public_tenant_rate=v.get("public.tenant_rate", d.public_tenant_rate),
+        public_ip_rate=v.get("public.ip_rate", d.public_ip_rate),
         public_max_groups_per_tenant=v.get(
             "public.max_groups_per_tenant", d.public_max_groups_per_tenant),
         public_max_tenants=v.get("public.max_tenants", d.public_max_tenants),

@@ -20,8 +20,7 @@ from lockd import admin, sdnotify, tlsfiles
 from lockd.config import ConfigError, Settings
 from lockd.connections import ADMIN_MAX_CONNECTIONS, Listener, default_max_connections
 from lockd.errors import LockdError
-from lockd.frontend import create_app
-from lockd.groups import GroupSettings
+from lockd.frontend import configure_public, create_app
 from lockd.http import SERVICE
 from lockd.service import LockService
 from lockd.tenancy import PUBLIC
@@ -128,9 +127,13 @@ async def _listen(
 
 
 #: Keys a reload applies; every other key needs a restart, and a reload says which changed.
+#: The public mode's abuse limits reload; its pepper does not (frontend.configure_public).
 RELOADABLE = (
     "default_slots", "groups", "strict_groups", "default_group_name", "tls_cert", "tls_key",
     "group_policy", "group_policies", "gates", "gate_cache_s", "sweep_interval",
+    "public_trusted_proxies", "public_ip_create_rate", "public_ip_miss_rate",
+    "public_tenant_rate", "public_ip_rate", "public_max_groups_per_tenant",
+    "public_max_tenants",
 )
 
 
@@ -169,18 +172,26 @@ def _reloader(
         service.gates.reconfigure(settings.gates, settings.gate_cache_s)
         service.sweep_interval = settings.sweep_interval
         public = app.get(PUBLIC)
-        if public is not None:  # every tenant group has default_slots
-            public.service.reconfigure(GroupSettings(default_slots=settings.default_slots))
+        if public is not None:  # limits, quotas, and default_slots for every tenant group
+            configure_public(public, settings)
         task = asyncio.get_running_loop().create_task(_apply(service))
         _background.add(task)
         task.add_done_callback(_background.discard)
         log.info(
             "configuration reloaded from %s: applied default_slots=%d groups=%s "
-            "strict_groups=%s%s",
+            "strict_groups=%s%s%s",
             settings.source,
             settings.default_slots,
             dict(settings.groups),
             settings.strict_groups,
+            "" if public is None else (
+                f" public ip_rate={settings.public_ip_rate} "
+                f"ip_create_rate={settings.public_ip_create_rate} "
+                f"ip_miss_rate={settings.public_ip_miss_rate} "
+                f"tenant_rate={settings.public_tenant_rate} "
+                f"max_groups_per_tenant={settings.public_max_groups_per_tenant} "
+                f"max_tenants={settings.public_max_tenants} "
+                f"trusted_proxies={list(settings.public_trusted_proxies)}"),
             f"; changed but not applied until a restart: {', '.join(restart)}"
             if restart else "",
         )

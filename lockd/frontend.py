@@ -13,6 +13,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
 
@@ -132,19 +133,34 @@ def public_service(settings: Settings, backend: TimedBackend) -> Public:
     groups = GroupSettings(default_slots=settings.default_slots)
     service = LockService(store, groups, timeout=settings.timeout)
     service.observers.append(logging_observer(log_decision))
-    limits = Limits(
-        settings.backend_url,
-        create=settings.public_ip_create_rate,
-        miss=settings.public_ip_miss_rate,
-        tenant=settings.public_tenant_rate,
-        trusted_proxies=parse_networks(settings.public_trusted_proxies),
-    )
-    return Public(
+    limits = Limits(settings.backend_url, **limit_options(settings))
+    public = Public(
         Keys(settings.public_pepper), service, limits,
-        max_groups=settings.public_max_groups_per_tenant,
-        max_tenants=settings.public_max_tenants,
         idle_after=settings.public_delete_idle_after,
     )
+    configure_public(public, settings)
+    return public
+
+
+def limit_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of :class:`Limits` and :meth:`Limits.configure`."""
+    return {
+        "create": settings.public_ip_create_rate,
+        "miss": settings.public_ip_miss_rate,
+        "tenant": settings.public_tenant_rate,
+        "ip": settings.public_ip_rate,
+        "trusted_proxies": parse_networks(settings.public_trusted_proxies),
+    }
+
+
+def configure_public(public: Public, settings: Settings) -> None:
+    """Apply the abuse limits and quotas (start-up and SIGHUP). Not the pepper: every
+    stored key is derived from it, so a new pepper would orphan every tenant's state
+    (and forget its holders); it is read once, at start-up."""
+    public.limits.configure(**limit_options(settings))
+    public.max_groups = settings.public_max_groups_per_tenant
+    public.max_tenants = settings.public_max_tenants
+    public.service.reconfigure(GroupSettings(default_slots=settings.default_slots))
 
 
 def create_app(settings: Settings, service: LockService | None = None) -> web.Application:

@@ -1,7 +1,9 @@
 """Public mode's abuse limits, with the ``limits`` package (docs/public.md, "Abuse limits").
 
-Three limits, each a sliding window counter (constant memory per key):
+Four limits, each a sliding window counter (constant memory per key):
 
+- per client network on **every request**, whatever its tenant: one address cannot spray
+  many tenants (each fresh tenant has a fresh per-tenant counter) faster than this;
 - per client network (IPv4 /32, IPv6 /64) on requests that **create state** (a tenant's
   first grant in a group, which writes a new group): a client making tenants is stopped
   after a handful, within seconds;
@@ -104,7 +106,7 @@ def storage_uri(backend_url: str) -> tuple[str, str]:
 
 
 class Limits:
-    """The three limits; each ``check_*`` raises 429 ``rate_limited`` with Retry-After."""
+    """The four limits; each ``check_*`` raises 429 ``rate_limited`` with Retry-After."""
 
     def __init__(
         self,
@@ -113,6 +115,7 @@ class Limits:
         create: str,
         miss: str,
         tenant: str,
+        ip: str,
         trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
         uri, prefix = storage_uri(backend_url)
@@ -120,9 +123,24 @@ class Limits:
             "implementation": "redispy", "key_prefix": prefix}
         self.storage: Storage = storage_from_string(uri, **options)
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
-        self.create = check_rate(create)
-        self.miss = check_rate(miss)
-        self.tenant = check_rate(tenant)
+        self.configure(create=create, miss=miss, tenant=tenant, ip=ip,
+                       trusted_proxies=trusted_proxies)
+
+    def configure(
+        self,
+        *,
+        create: str,
+        miss: str,
+        tenant: str,
+        ip: str,
+        trusted_proxies: tuple[Network, ...] = (),
+    ) -> None:
+        """Set the rates and trusted proxies (at start-up and on SIGHUP). Every rate is
+        parsed before any is replaced, so a bad one changes nothing. The ``limits``
+        package keys a counter by its rate too: a changed rate starts counting afresh,
+        an unchanged one keeps its count."""
+        items = check_rate(create), check_rate(miss), check_rate(tenant), check_rate(ip)
+        self.create, self.miss, self.tenant, self.ip = items
         self.trusted_proxies = trusted_proxies
 
     def client(self, peer: str | None, forwarded_for: str | None) -> str:
@@ -147,6 +165,9 @@ class Limits:
             headers={"Retry-After": str(retry)},
         )
 
+    async def check_ip(self, client: str) -> None:
+        await self._hit(self.ip, "ip", client)
+
     async def check_create(self, client: str) -> None:
         await self._hit(self.create, "create", client)
 
@@ -158,6 +179,7 @@ class Limits:
 
 
 _WHAT = {
+    "ip": "requests from this address",
     "create": "new groups from this address",
     "miss": "refused requests from this address",
     "tenant": "requests for this tenant",

@@ -544,13 +544,17 @@ class Public:
     ) -> tuple[Tenant, str]:
         """Resolve and rate-limit one request: ``(tenant, service group)``.
 
-        A refused secret counts against its client's misses; every other request against
-        its tenant; ``creates`` (a pre-reboot) also against its client's new groups when
-        the group does not exist yet, and is held to the quotas."""
+        Every request counts against its client's address; a refused secret also against
+        its client's misses; every other request against its tenant; ``creates`` (a
+        pre-reboot) also against its client's new groups when the group does not exist
+        yet, and is held to the quotas."""
         # Every X-Forwarded-For line, in order: haproxy adds a line of its own rather than
         # appending to one the client sent, and the first line is the client's to forge.
         forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
         client = self.limits.client(request.remote, forwarded or None)
+        # Before anything else, so that no tenant (each a fresh per-tenant counter) and no
+        # miss escapes it.
+        await self.limits.check_ip(client)
         try:
             tenant = resolve(prefix, request.headers.get("Authorization"), group)
         except LockdError as exc:

@@ -332,7 +332,8 @@ def test_a_tenant_is_limited_apart_from_others(tmp_path: Path, store_url: str) -
 
 def test_zincati_rate_of_5000_nodes_is_not_limited(tmp_path: Path, store_url: str) -> None:
     """5,000 nodes polling every 300 s send 16.7 requests a second: sent for 4 s over real
-    HTTP from one address (lockd/ratelimit.py's fake-clock test runs the full 30 minutes)."""
+    HTTP from one address, every limit (per address, per tenant, new groups) at its default
+    (tests/test_ratelimit.py's fake-clock test runs the full 30 minutes)."""
     import time
 
     server = start(tmp_path, store_url)
@@ -393,6 +394,72 @@ def test_replicas_on_one_redis_share_the_limits(tmp_path: Path, redis_url: str) 
         b.stop()
 
 
+# Counted per hour, not per minute: the sliding window lets one more request through just
+# after a window boundary (the previous window's count is weighted down), and a test
+# crossing an hour's boundary is 60 times less likely than a minute's.
+HOURLY = "20/hour"
+
+
+def poll_fresh_tenant(server: Lockd, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """What a spray across tenants sends: a steady-state for a tenant never seen, which
+    creates nothing and counts 1 against that tenant's own limit."""
+    return fleetlock(server.url, f"/t/{new_token()}/v1/steady-state", "n", "g", headers)
+
+
+def test_one_address_polling_many_tenants_is_stopped(tmp_path: Path, store_url: str) -> None:
+    server = start(tmp_path, store_url, LOCKD_PUBLIC__IP_RATE=HOURLY)
+    try:
+        answers = [poll_fresh_tenant(server) for _ in range(25)]
+        assert [a[0] for a in answers] == [200] * 20 + [429] * 5
+        assert answers[-1][1]["kind"] == "rate_limited"
+        assert "from this address" in answers[-1][1]["value"]
+        # Misses and the tenant API count too: the address is held back whatever it sends.
+        assert fleetlock(server.url, "/t/short/v1/steady-state", "n", "g")[0] == 429
+        assert call(server.url, "GET", f"/t/{new_token()}/v1/groups")[0] == 429
+        status, headers, _ = raw(
+            server.url, "POST", f"/t/{new_token()}/v1/steady-state",
+            json.dumps({"client_params": {"id": "a", "group": "g"}}).encode(), H)
+        assert status == 429 and int(dict(headers)["Retry-After"]) >= 1
+    finally:
+        server.stop()
+
+
+def test_replicas_on_one_redis_share_the_address_limit(tmp_path: Path, redis_url: str) -> None:
+    a = start(tmp_path, redis_url, name="a", LOCKD_PUBLIC__IP_RATE=HOURLY)
+    b = start(tmp_path, redis_url, name="b", LOCKD_PUBLIC__IP_RATE=HOURLY)
+    try:
+        assert [poll_fresh_tenant(server)[0] for server in (a, b) * 10] == [200] * 20
+        assert poll_fresh_tenant(a)[0] == 429
+        assert poll_fresh_tenant(b)[0] == 429
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_address_limit_honours_only_a_trusted_proxy(tmp_path: Path, store_url: str) -> None:
+    proxied = start(tmp_path, store_url, name="proxied", LOCKD_PUBLIC__IP_RATE=HOURLY,
+                    LOCKD_PUBLIC__TRUSTED_PROXIES="127.0.0.1")
+    try:
+        # Many clients behind the trusted proxy: each its own budget.
+        answers = [poll_fresh_tenant(proxied, {"X-Forwarded-For": f"203.0.113.{i}"})[0]
+                   for i in range(25)]
+        assert set(answers) == {200}
+        # One client behind it, forging varied entries on the left: stopped.
+        answers = [poll_fresh_tenant(proxied, {"X-Forwarded-For": f"10.9.9.{i}, 192.0.2.1"})[0]
+                   for i in range(25)]
+        assert answers == [200] * 20 + [429] * 5
+    finally:
+        proxied.stop()
+    direct = start(tmp_path, "memory://", name="direct", LOCKD_PUBLIC__IP_RATE=HOURLY)
+    try:
+        # Not a trusted proxy: its X-Forwarded-For buys nothing.
+        answers = [poll_fresh_tenant(direct, {"X-Forwarded-For": f"203.0.113.{i}"})[0]
+                   for i in range(25)]
+        assert answers == [200] * 20 + [429] * 5
+    finally:
+        direct.stop()
+
+
 def test_quotas(tmp_path: Path, store_url: str) -> None:
     server = start(tmp_path, store_url, LOCKD_PUBLIC__MAX_GROUPS_PER_TENANT="2",
                    LOCKD_PUBLIC__MAX_TENANTS="2")
@@ -426,5 +493,48 @@ def test_sighup_changes_the_slots_of_tenant_groups(tmp_path: Path) -> None:
         server.proc.signal(signal.SIGHUP)  # type: ignore[union-attr]
         server.wait_for_output("configuration reloaded")
         assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "b", "g")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_sighup_reloads_the_abuse_limits_but_not_the_pepper(tmp_path: Path) -> None:
+    import signal
+
+    pepper = tmp_path / "pepper"
+    pepper.write_text(PEPPER)
+    config = tmp_path / "lockd.toml"
+
+    def configure(public: str) -> None:
+        config.write_text(f'[public]\nenabled = true\npepper_file = "{pepper}"\n{public}')
+
+    configure('ip_rate = "5/hour"\n')
+    server = Lockd(tmp_path, "--config", str(config), "--backend", "memory://").start()
+    assert server.proc is not None
+    try:
+        token = new_token()
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "a", "g")[0] == 200
+        assert [poll_fresh_tenant(server)[0] for _ in range(5)] == [200] * 4 + [429]
+        # A new rate and quota, and a new pepper, which must not be taken.
+        configure('ip_rate = "100/hour"\nmax_groups_per_tenant = 1\n')
+        pepper.write_text("another-pepper-" + "y" * 32)
+        server.proc.signal(signal.SIGHUP)
+        server.wait_for_output("configuration reloaded")
+        assert "ip_rate=100/hour" in server.proc.output()
+        assert "not applied until a restart: public_pepper" in server.proc.output()
+        assert poll_fresh_tenant(server)[0] == 200
+        # The running pepper stays: the tenant's group still has its holder.
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "b", "g")[0] == 423
+        status, doc = fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "a", "g2")
+        assert (status, doc["kind"]) == (403, "quota_exceeded")
+        # A configuration that cannot work is refused whole; the limits in force stay.
+        configure('ip_rate = "lots"\nmax_groups_per_tenant = 5\n')
+        server.proc.signal(signal.SIGHUP)
+        server.wait_for_output("reload refused")
+        assert fleetlock(server.url, f"/t/{token}/v1/pre-reboot", "a", "g2")[0] == 403
+        # And back down: the lower rate is in force at once.
+        configure('ip_rate = "2/hour"\n')
+        server.proc.signal(signal.SIGHUP)
+        server.wait_for_output("ip_rate=2/hour")
+        assert [poll_fresh_tenant(server)[0] for _ in range(3)] == [200, 200, 429]
     finally:
         server.stop()

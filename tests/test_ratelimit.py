@@ -1,6 +1,7 @@
 """lockd.ratelimit alone: who a client is, and the sizing of the default limits, driven
 with a fake clock: 5,000 nodes of one tenant behind one NAT at zincati's poll rate are
-never throttled, while one address creating tenants is stopped within a second."""
+never throttled, while one address creating tenants is stopped within a second and one
+address polling many tenants within seconds."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 def default_limits() -> Limits:
     d = Settings()
     return Limits("memory://", create=d.public_ip_create_rate, miss=d.public_ip_miss_rate,
-                  tenant=d.public_tenant_rate)
+                  tenant=d.public_tenant_rate, ip=d.public_ip_rate)
 
 
 async def test_5000_nodes_behind_one_nat_at_zincatis_rate_are_never_throttled(
@@ -84,7 +85,9 @@ async def test_5000_nodes_behind_one_nat_at_zincatis_rate_are_never_throttled(
         if clock.now > end:
             break
         client = lim.client("198.51.100.1", None)
-        await lim.check_tenant("tenant-hash")  # raises on a 429
+        # What Public.admit asks of every request of a tenant (each raises on a 429).
+        await lim.check_ip(client)
+        await lim.check_tenant("tenant-hash")
         hits += 1
         if relocks.get(n):
             relocks[n] -= 1
@@ -125,3 +128,62 @@ async def test_misses_are_limited_per_address(clock: FakeClock) -> None:
     # A minute on, the address may miss again (a misconfigured node retries every 300 s).
     clock.now += 120
     await lim.check_miss("203.0.113.5")
+
+
+async def test_one_address_polling_many_tenants_is_stopped_within_seconds(
+    clock: FakeClock,
+) -> None:
+    """A spray that creates nothing: every request a fresh tenant (so no tenant limit ever
+    counts past 1), 1,000 a second from one address, all limits at their defaults."""
+    lim = default_limits()
+    start = clock.now
+    sent = 0
+    with pytest.raises(LockdError) as info:
+        while sent < 100_000:  # bounded: without the limit the test fails, not hangs
+            clock.now += 0.001
+            await lim.check_ip("203.0.113.5")
+            await lim.check_tenant(f"tenant-{sent}")
+            sent += 1
+    assert info.value.kind is Kind.rate_limited
+    assert "from this address" in info.value.value
+    assert clock.now - start < 10.0 and sent == 6000
+    assert int(info.value.headers["Retry-After"]) >= 1
+    # The address stays held to the rate: a minute later it has a minute's worth again,
+    # not more.
+    clock.now += 60
+    allowed = 0
+    with pytest.raises(LockdError):
+        while allowed < 100_000:
+            clock.now += 0.001
+            await lim.check_ip("203.0.113.5")
+            allowed += 1
+    assert allowed <= 6000
+    # Another address, and the same tenants from it, are not held back.
+    await lim.check_ip("203.0.113.6")
+
+
+async def test_configure_replaces_every_rate_or_none(clock: FakeClock) -> None:
+    lim = default_limits()
+    d = Settings()
+    rates = {"create": d.public_ip_create_rate, "miss": d.public_ip_miss_rate,
+             "tenant": d.public_tenant_rate, "ip": d.public_ip_rate}
+    with pytest.raises(ValueError):
+        lim.configure(**{**rates, "ip": "2/minute", "tenant": "lots"})
+    assert lim.ip.amount == 6000 and lim.tenant.amount == 3000
+    lim.configure(**{**rates, "ip": "2/minute"},
+                  trusted_proxies=parse_networks(["10.0.0.0/8"]))
+    await lim.check_ip("203.0.113.5")
+    await lim.check_ip("203.0.113.5")
+    with pytest.raises(LockdError):
+        await lim.check_ip("203.0.113.5")
+    assert lim.client("10.1.1.1", "203.0.113.9") == "203.0.113.9"
+    # The same rates again (a reload that changed something else): the count goes on.
+    lim.configure(**{**rates, "ip": "2/minute"})
+    with pytest.raises(LockdError):
+        await lim.check_ip("203.0.113.5")
+    # A changed rate counts afresh.
+    lim.configure(**{**rates, "ip": "3/minute"})
+    for _ in range(3):
+        await lim.check_ip("203.0.113.5")
+    with pytest.raises(LockdError):
+        await lim.check_ip("203.0.113.5")
