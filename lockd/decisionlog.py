@@ -34,15 +34,15 @@ UNCHANGED = frozenset({
 })
 #: The FleetLock actions whose unchanged answers are summarised (operator actions never).
 POLLS = frozenset({"pre-reboot", "steady-state"})
-#: Nodes remembered (per process) with the unchanged answer they last got: about 300 bytes
+#: Nodes remembered (per process) with the unchanged answer they last got: about 600 bytes
 #: each. Past this, the least recently heard from is forgotten, and its next answer is
 #: logged again as a first one: more lines, never a lost one.
-REMEMBER = 65536
+REMEMBER = 16384
 #: A node's grant line says how long it had been refused before (``waited_s``).
 _REFUSED = UNCHANGED - {Outcome.ALREADY_HELD, Outcome.NOT_HELD}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Seen:
     """The unchanged answer a node last got in a group, since when, and the summary period
     in which it was last counted."""

@@ -180,6 +180,18 @@ def test_summary_in_text(capsys: pytest.CaptureFixture[str]) -> None:
             "seconds=60.0 count=3 nodes=1 logged=1 full=3") in out[1]
 
 
+def test_close_summarises_the_period_so_far(capsys: pytest.CaptureFixture[str]) -> None:
+    clock = Clock()
+    log = json_log(clock)
+    for _ in range(4):
+        log(decide("pre-reboot", "g", "a", Outcome.FULL))
+    clock.now += 5
+    log.close()  # at exit
+    got = lines(capsys)
+    assert [(d.get("event"), d.get("count"), d.get("seconds")) for d in got] == [
+        (None, None, None), ("decision_summary", 4, 5.0)]
+
+
 # Against a real lockd process: what it writes on stderr.
 
 
