@@ -140,13 +140,16 @@ class Lockd:
         env: dict[str, str] | None = None,
         name: str = "lockd",
         wrapper: Sequence[str] = (),
+        tree: Path | None = None,
     ) -> None:
-        """``wrapper``: a command prefix lockd runs under (``prlimit --nofile=256 --``)."""
+        """``wrapper``: a command prefix lockd runs under (``prlimit --nofile=256 --``);
+        ``tree``: another checkout whose ``lockd`` package to run (this one by default)."""
         self.tmp = tmp
         self.args = list(args)
         self.extra_env = env or {}
         self.wrapper = list(wrapper)
         self.name = name
+        self.tree = tree or REPO
         self.urls: dict[str, str] = {}
         self.proc: Proc | None = None
 
@@ -166,7 +169,7 @@ class Lockd:
         ]
         log = self.tmp / f"{self.name}.log"
         log.unlink(missing_ok=True)
-        self.proc = Proc(argv, log, env=env, cwd=REPO).start()
+        self.proc = Proc(argv, log, env=env, cwd=self.tree).start()
         self.urls = wait_until_serving(self.proc, timeout)
         return self
 
