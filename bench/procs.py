@@ -141,15 +141,18 @@ class Lockd:
         name: str = "lockd",
         wrapper: Sequence[str] = (),
         module: str = "lockd",
+        tree: Path | None = None,
     ) -> None:
         """``wrapper``: a command prefix lockd runs under (``prlimit --nofile=256 --``);
-        ``module``: what ``python -m`` runs (a benchmark's variant of lockd's command)."""
+        ``module``: what ``python -m`` runs (a benchmark's variant of lockd's command);
+        ``tree``: another checkout whose ``lockd`` package to run (this one by default)."""
         self.tmp = tmp
         self.args = list(args)
         self.extra_env = env or {}
         self.wrapper = list(wrapper)
         self.module = module
         self.name = name
+        self.tree = tree or REPO
         self.urls: dict[str, str] = {}
         self.proc: Proc | None = None
 
@@ -169,7 +172,7 @@ class Lockd:
         ]
         log = self.tmp / f"{self.name}.log"
         log.unlink(missing_ok=True)
-        self.proc = Proc(argv, log, env=env, cwd=REPO).start()
+        self.proc = Proc(argv, log, env=env, cwd=self.tree).start()
         self.urls = wait_until_serving(self.proc, timeout)
         return self
 

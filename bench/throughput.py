@@ -16,6 +16,12 @@ The bare handler parses the same request (header check, JSON body) and answers 2
 what aiohttp alone can do on this machine, measured seconds before so that the ratio
 lockd/bare is meaningful even on a noisy machine.
 
+lockd runs as a user runs it: default settings (the log at ``info``), apart from one slot
+per group and no admin listener. ``--extra-row "memory --log-level warning"`` adds a row of
+lockd on that backend with those flags too (repeatable), measured in the same pairs;
+``--extra-row "memory@../main"`` one of the ``lockd`` package of another checkout (say, a
+branch's base), for a before/after taken in one run.
+
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
 """
@@ -140,41 +146,45 @@ class Bare(Target):
 
 
 class LockdTarget(Target):
-    """lockd on one backend; redis-server or etcd started beside it when needed."""
+    """lockd on one backend, with its default settings plus ``extra`` flags; redis-server
+    or etcd started beside it when needed."""
 
-    def __init__(self, name: str, tmp: Path, cpus: str | None) -> None:
-        self.name, self.tmp, self.cpus = name, tmp / name, cpus
+    def __init__(self, name: str, tmp: Path, cpus: str | None,
+                 extra: tuple[str, ...] = (), tree: Path | None = None) -> None:
+        self.backend, self.extra, self.tree = name, extra, tree
+        self.name = " ".join((f"{name}@{tree}" if tree else name, *extra))
+        self.tmp, self.cpus = tmp / name, cpus
         self.store: Any = None
 
     def start(self) -> str:
         from bench.procs import Lockd
 
-        args = ["--no-admin", "--default-slots", "1", "--log-level", "warning"]
-        if self.name == "memory":
+        args = ["--no-admin", "--default-slots", "1", *self.extra]
+        if self.backend == "memory":
             args += ["--backend", "memory://"]
-        elif self.name == "sqlite":
+        elif self.backend == "sqlite":
             args += ["--state-dir", str(self.tmp / "state")]  # the default backend
-        elif self.name == "redis":
+        elif self.backend == "redis":
             from bench.servers import RedisServer
 
             self.store = RedisServer(self.tmp / "redis").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.name == "redis-cluster":
+        elif self.backend == "redis-cluster":
             from bench.servers import RedisClusterServer
 
             self.store = RedisClusterServer(self.tmp / "cluster").start()
             for node in self.store.nodes:
                 pin(node.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.name == "etcd":
+        elif self.backend == "etcd":
             from bench.servers import EtcdServer
 
             self.store = EtcdServer(self.tmp / "etcd").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", f"etcd://{self.store.endpoint}"]
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.lockd = Lockd(self.tmp, *args).start()
+        self.lockd = Lockd(self.tmp, *args, tree=self.tree).start()
         pin(self.lockd.proc.pid, self.cpus)
         return self.lockd.url.rstrip("/")
 
@@ -309,22 +319,23 @@ def measure(a: argparse.Namespace) -> Results:
                 prefix = f"b{run}x{int(time.time()) % 100000}-"
                 _prepare(bare_url, prefix, "bare")
                 wrk(bare_url, "relock", prefix, a.warmup, a.connections, a.load_cpus)
-                for name in a.targets:
-                    if name == "bare":
-                        continue
+                rows = [(name, None, ()) for name in a.targets if name != "bare"]
+                for name, tree, extra in rows + a.extra_rows:
                     if name in OPTIONAL and not available(name):
                         print(f"{name}: backend not available", flush=True)
                         continue
-                    _measure_backend(a, res, run, name, bare_url, prefix)
+                    _measure_backend(a, res, run, name, bare_url, prefix, extra, tree)
             finally:
                 bare.stop()
     return res
 
 
-def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
-                     bare_url: str, prefix: str) -> None:
-    with tempfile.TemporaryDirectory(prefix=f"lockd-bench-{name}-") as tmp:
-        target = LockdTarget(name, Path(tmp), a.server_cpus)
+def _measure_backend(a: argparse.Namespace, res: Results, run: int, backend: str,
+                     bare_url: str, prefix: str, extra: tuple[str, ...] = (),
+                     tree: Path | None = None) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"lockd-bench-{backend}-") as tmp:
+        target = LockdTarget(backend, Path(tmp), a.server_cpus, extra, tree)
+        name = target.name
         try:
             url = target.start()
         except Exception as exc:  # a store that cannot start is reported, not fatal
@@ -364,10 +375,11 @@ def raw_etcd(endpoint: str, seconds: float, conns: int, cpus: str | None) -> Sam
 
 
 def table(res: Results) -> str:
-    head = f"{'target':<14}" + "".join(f"{m + ' req/s':>15}{'x bare':>8}" for m in SCENARIOS)
+    width = max([14, *(len(n) + 1 for n in res.samples)])
+    head = f"{'target':<{width}}" + "".join(f"{m + ' req/s':>15}{'x bare':>8}" for m in SCENARIOS)
     lines = [head, "-" * len(head)]
     for name, by_mode in res.samples.items():
-        row = f"{name:<14}"
+        row = f"{name:<{width}}"
         for mode in SCENARIOS:
             samples = by_mode.get(mode, [])
             rps = statistics.median(s.rps for s in samples) if samples else None
@@ -395,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="wrk threads = connections (one connection per thread)")
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
                    help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd")
+    p.add_argument("--extra-row", action="append", default=[],
+                   metavar='"BACKEND[@CHECKOUT] FLAGS..."',
+                   help="also measure lockd on BACKEND with these serve flags, e.g. "
+                        '"memory --log-level warning", or the lockd of another checkout, '
+                        '"memory@../main" (repeatable)')
     p.add_argument("--server-cpus", default="0", help="taskset CPUs for the server side")
     p.add_argument("--load-cpus", default="1", help="taskset CPUs for wrk")
     p.add_argument("--json", type=Path, default=Path("bench/out/throughput.json"))
@@ -408,6 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         a.server_cpus = a.load_cpus = None
     a.targets = [b.strip() for b in a.backends.split(",") if b.strip()]
+    a.extra_rows = []
+    for row in a.extra_row:
+        name, _, tree = row.split()[0].partition("@")
+        if name not in TARGETS[1:]:
+            p.error(f"--extra-row: unknown backend {name}")
+        if tree and not (Path(tree) / "lockd" / "__main__.py").is_file():
+            p.error(f"--extra-row: {tree} has no lockd package")
+        a.extra_rows.append((name, Path(tree) if tree else None, tuple(row.split()[1:])))
     print(f"throughput: {a.runs} run(s) x {a.duration:g}s per measurement, wrk "
           f"-t{a.connections} -c{a.connections}; server on CPU {a.server_cpus}, "
           f"wrk on CPU {a.load_cpus}", flush=True)

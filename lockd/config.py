@@ -83,6 +83,11 @@ class Settings:
     body_timeout: float = 15.0
     log_format: str = "text"
     log_level: str = "info"
+    #: False: an answer that changes nothing (refusal, re-lock, steady-state of a
+    #: non-holder) is a line the first time a node gets it in a group, then summarised per
+    #: group every ``log_summary_interval`` seconds (lockd.decisionlog).
+    log_every_decision: bool = False
+    log_summary_interval: float = 60.0
     admin_listen: Listener | None = Listener("127.0.0.1", 8081)
     admin_token_file: str = ""
     #: Host names (with or without :port) and origins the admin listener also serves,
@@ -209,6 +214,8 @@ KEYS: dict[str, str] = {
     "etcd3.client_cert_key_path": "str",
     "log.format": "logformat",
     "log.level": "loglevel",
+    "log.every_decision": "bool",
+    "log.summary_interval_s": "posfloat",
     "shutdown.timeout_s": "posfloat",
     "public.enabled": "bool",
     "public.pepper_file": "str",
@@ -526,6 +533,8 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         body_timeout=v.get("service.body_timeout_s", d.body_timeout),
         log_format=v.get("log.format", d.log_format),
         log_level=v.get("log.level", d.log_level),
+        log_every_decision=v.get("log.every_decision", d.log_every_decision),
+        log_summary_interval=v.get("log.summary_interval_s", d.log_summary_interval),
         admin_listen=admin,
         admin_token_file=v.get("admin.token_file", ""),
         admin_allowed_hosts=tuple(v.get("admin.allowed_hosts", ())),

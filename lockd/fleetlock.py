@@ -39,7 +39,12 @@ def check_protocol_header(headers: Mapping[str, str]) -> None:
 def parse_body(body: bytes) -> ClientParams:
     """``{"client_params": {"id": ..., "group": ...}}`` -> ClientParams, or a 400."""
     try:
-        doc = json.loads(body)
+        if body[:1] == b"{" and body[1:2] not in (b"", b"\x00"):
+            # What json.loads(bytes) would decode it as (UTF-8: no BOM, no NUL in the first
+            # two bytes), minus its pure-Python encoding detection, on every request.
+            doc = json.loads(body.decode("utf-8", "surrogatepass"))
+        else:
+            doc = json.loads(body)
     except (ValueError, RecursionError):
         # ValueError covers bad JSON, bad encodings and over-long integers.
         raise LockdError(Kind.invalid_body, "request body is not valid JSON") from None

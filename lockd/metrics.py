@@ -21,6 +21,7 @@ under ``_other``. No label ever carries a node id.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -348,6 +349,7 @@ class Metrics:
 METRICS = web.AppKey("metrics", Metrics)
 
 
+@functools.lru_cache(maxsize=256)  # bounded: paths are the client's; a storm sends two
 def endpoint_of(path: str) -> str:
     """A bounded endpoint label for a FleetLock listener path."""
     match = PATH_RE.match(path)

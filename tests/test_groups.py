@@ -42,3 +42,19 @@ def test_every_valid_name_round_trips_through_every_layout(name: str) -> None:
     for layout_class in LAYOUTS.values():
         layout = layout_class()
         assert layout.group_of(layout.key(name)) == name, layout.name
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32-be"])
+def test_a_body_reads_in_every_encoding_json_reads(encoding: str) -> None:
+    """parse_body skips json's encoding detection for plain UTF-8 only; every other encoding
+    json.loads(bytes) accepts still parses the same."""
+    text = '{"client_params": {"id": "n\u00e9ud-1", "group": "workers"}}'
+    params = parse_body(text.encode(encoding))
+    assert (params.id, params.group) == ("n\u00e9ud-1", "workers")
+
+
+@pytest.mark.parametrize("body", [b"{", b"{\x00", b'{"client_params": "\xff"}', b""])
+def test_a_body_that_is_not_json_is_invalid(body: bytes) -> None:
+    with pytest.raises(LockdError) as err:
+        parse_body(body)
+    assert err.value.kind is Kind.invalid_body

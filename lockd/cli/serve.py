@@ -142,5 +142,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lockd: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_format, settings.log_level)
-    log_decision.configure(settings.log_format)
+    log_decision.configure(
+        settings.log_format, settings.log_every_decision, settings.log_summary_interval
+    )
     return daemon.run(settings, reload)
