@@ -112,3 +112,58 @@ def test_the_report_of_an_empty_record_says_so_and_draws_an_empty_timeline(
     assert "NO DATA: no holds recorded" in run.stdout, run.stdout
     assert "Traceback" not in run.stderr, run.stderr
     assert png.stat().st_size > 0
+
+
+def test_mid_run_commands_run_at_their_moment_and_a_failed_one_fails_the_storm(
+        tmp_path: Path) -> None:
+    marker, never = tmp_path / "marker", tmp_path / "never"
+    run, out, report = storm(
+        tmp_path, ["--default-slots", "1"], "--nodes", "20", "--groups", "2", "--slots", "1",
+        "--at", "0.3", "--run", f'echo "$STORM_URLS" > {marker}',
+        "--at", "0.1", "--run", "echo broken; exit 3",
+        "--at", "9999", "--run", f"touch {never}")
+    # The storm itself was fine; the failed command makes the run fail all the same.
+    assert run.returncode == 5, report
+    result = json.loads((out / "result.json").read_text())
+    assert result["safety"]["verdict"] == "SAFE" and result["all_rebooted"], report
+    hooks = result["hooks"]
+    assert [h["at_s"] for h in hooks] == [0.1, 0.3, 9999.0], report  # in moment order
+    broken, echo, late = hooks
+    assert broken["ran"] and broken["rc"] == 3 and broken["started_s"] >= 0.1, report
+    assert Path(broken["log"]).read_text() == "broken\n"
+    assert echo["ran"] and echo["rc"] == 0 and echo["started_s"] >= 0.3, report
+    assert marker.read_text().strip().startswith("http://127.0.0.1:"), report
+    assert not late["ran"] and not never.exists(), report
+    assert "not run (the storm ended first)" in run.stdout, report
+
+
+def test_mid_run_commands_come_in_pairs(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [bench_python(), "-m", "bench.storm.run", "--url", "http://127.0.0.1:9/",
+         "--at", "1", "--run", "true", "--at", "2", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--at given 2 times but --run 1 times" in run.stderr, (
+        run.stderr)
+
+
+def test_a_storm_on_redis_cluster_survives_a_master_killed_mid_way(tmp_path: Path) -> None:
+    # Three lockd replicas on one cluster; a master is SIGKILLed while nodes are waiting and
+    # its replica takes over. No group may ever have more holders than slots.
+    out = tmp_path / "storm"
+    run = subprocess.run(
+        [bench_python(), "-m", "bench.storm.failover", "--kill-at", "2",
+         "--lockd", f"{REPO / '.venv' / 'bin' / 'lockd'} serve", "--replicas", "3",
+         "--nodes", "150", "--groups", "6", "--slots", "2", "--period", "300",
+         "--reboot", "60", "--time-scale", "1/100", "--max-time", "60", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=180)
+    report = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert run.returncode == 0, report
+    assert "failed over" in run.stdout and "NOT failed over" not in run.stdout, report
+    result = json.loads((out / "result.json").read_text())
+    assert result["safety"]["verdict"] == "SAFE", report
+    assert result["safety"]["with_uncertain"]["verdict"] == "SAFE", report
+    assert result["all_rebooted"], report
+    [kill] = result["hooks"]
+    assert kill["ran"] and kill["rc"] == 0 and kill["cmd"].startswith("kill -9 "), report
+    # The kill landed while the storm was still running: nodes were still to reboot.
+    assert kill["started_s"] < result["wall_s"], report

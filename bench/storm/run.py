@@ -9,7 +9,13 @@ benchmark's own record and prints drain, rates, latency, statuses and the SAFETY
 writes ``result.json`` and ``timeline.png`` in ``--out``. ``--lockd "CMD"`` starts a lockd
 for the run (its slots set to ``--slots``), e.g. ``--lockd ".venv/bin/lockd serve --backend
 memory://"``. Exit status: 0 safe and every live node rebooted, 1 violation, 3 incomplete,
-4 the server refused the storm's groups (configure them there, see ``--group-names``).
+4 the server refused the storm's groups (configure them there, see ``--group-names``),
+5 otherwise fine but a mid-run command failed or never ran.
+
+Faults at a known moment: ``--at SECONDS --run CMD`` (in pairs, repeatable) runs ``sh -c
+CMD`` that many seconds after locust starts (bench/storm/hooks.py), e.g. ``--at 60 --run
+"kill -9 4242"`` to kill a Redis master mid-way (bench/storm/failover.py does exactly that
+on a Redis Cluster it starts). The command sees ``STORM_URLS`` and ``STORM_OUT``.
 
 Against a server that only serves the groups it is configured with (airlock), name them:
 ``--group-names a,b,c`` (node i is in group i mod 3) or ``--group-prefix air-`` with
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import free_port
+from bench.storm.hooks import HookRunner, failed, pair
 from bench.storm.report import exit_status, render, summarise
 from bench.storm.safety import DEFAULT_UNDECIDED, parse_undecided
 
@@ -119,7 +126,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--locust-cpus", help="taskset CPU list for locust, e.g. 1")
     p.add_argument("--server-cpus", help="taskset CPU list for --lockd, e.g. 0")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--at", type=float, action="append", default=[], metavar="SECONDS",
+                   help="run the next --run CMD this many seconds after locust starts")
+    p.add_argument("--run", action="append", default=[], metavar="CMD",
+                   help="a shell command for the --at before it (in pairs, repeatable)")
     a = p.parse_args(argv)
+    try:
+        a.hooks = pair(a.at, a.run)
+    except ValueError as exc:
+        p.error(str(exc))
     if not a.url and not a.lockd:
         p.error("give --url or --lockd")
     names = [n.strip() for n in a.group_names.split(",")] if a.group_names else []
@@ -175,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": a.workers, "max_time_s": bound, "group_names": names,
         "seed": a.seed, "spawn_rate": spawn_rate, "undecided_kinds": sorted(undecided),
         "refused_after": a.refused_after,
+        "hooks": [{"at_s": h.at, "cmd": h.cmd} for h in a.hooks],
     }
     (out / "params.json").write_text(json.dumps(params, indent=2))
     # The storm's groups as a config fragment airlock and lockd both read, for a server
@@ -198,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr, flush=True)
     procs: list[subprocess.Popen] = []
     log = open(out / "locust.log", "wb")
+    hooks = HookRunner(a.hooks, out, env={**os.environ, "STORM_URLS": url,
+                                          "STORM_OUT": str(out)})
     try:
         if a.workers:
             port = free_port()
@@ -214,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             master = subprocess.Popen(pinned(head, a.locust_cpus), env=env, stdout=log,
                                       start_new_session=True)
         procs.insert(0, master)
+        hooks.start()
         try:
             master.wait(bound + 60)
         except subprocess.TimeoutExpired:
@@ -224,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 pass
     finally:
+        hook_records = hooks.stop()
         for p in procs:
             stop(p)
         log.close()
@@ -231,10 +251,16 @@ def main(argv: list[str] | None = None) -> int:
             stop(server)
     result = summarise(out, slots=a.slots, reboot=reboot, params=params,
                        png=out / "timeline.png", undecided=undecided)
+    result["hooks"] = hook_records
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(render(result))
+    for r in hook_records:
+        done = (f"started {r['started_s']}s, exit {r['rc']}, {r['duration_s']}s"
+                if r["ran"] else "not run (the storm ended first)")
+        print(f"  at {r['at_s']:g}s     {r['cmd']!r}: {done}; output {r['log']}")
     print(f"  result       {out / 'result.json'}, {out / 'timeline.png'}")
-    return exit_status(result)
+    status = exit_status(result)
+    return 5 if status == 0 and failed(hook_records) else status
 
 
 if __name__ == "__main__":
