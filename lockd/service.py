@@ -28,6 +28,7 @@ from lockd.layouts import LayoutError
 from lockd.policy import Event, GateVerdict, GroupPolicy
 from lockd.semaphore import Outcome, Semaphore
 from lockd.store import Store
+from lockd.view import Token, View
 
 log = logging.getLogger("lockd.service")
 
@@ -126,6 +127,14 @@ def must_read_first(writes: bool, fresh: bool) -> bool:
     return not writes and not fresh
 
 
+def view_may_refuse(outcome: Outcome) -> bool:
+    """Whether a decision made on the view (lockd.view) may be the answer: only a refusal.
+    Anything that may answer 200 decides on the store's current value (a stale "you still
+    hold it" would let a force-unlocked node reboot without a slot), and so does
+    GATE_PENDING, which would go on to a grant."""
+    return not outcome.ok and outcome is not Outcome.GATE_PENDING
+
+
 def settle(batch: list[Pending], results: list[Result | LockdError]) -> None:
     for pending, result in zip(batch, results, strict=True):
         if pending.future.done():
@@ -155,6 +164,7 @@ class LockService:
         backoff_cap: float = 0.1,
         remember: int = 4096,
         gates: Gates | None = None,
+        view: View | None = None,
     ) -> None:
         self.store = store
         self.backend = store.backend
@@ -186,6 +196,9 @@ class LockService:
         #: Seconds between two sweeps (lockd.policyrun starts them).
         self.sweep_interval = 30.0
         self._policies: dict[str, GroupPolicy] = {}
+        #: The groups as the store's change feed says they are, for refusals without a
+        #: round trip (lockd.view); None: every decision reads the store.
+        self.view = view
 
     def reconfigure(self, groups: GroupSettings) -> None:
         """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
@@ -230,9 +243,13 @@ class LockService:
         loop, and only when the model says the request would otherwise be granted
         (GATE_PENDING); the model then decides again with their verdict.
         """
-        self._configured_slots(group)
+        slots = self._configured_slots(group)
         policy = self.policy_for(group)
         now = self.clock()
+        if self.view is not None:
+            refused = self._refuse_from_view(group, id, slots, now, policy)
+            if refused is not None:
+                return refused
         sem, outcome = await self._decide(
             "pre-reboot", group, id, lambda s: policies.lock(s, id, now, policy), now=now
         )
@@ -245,6 +262,38 @@ class LockService:
                 lambda s: policies.lock(s, id, now, policy, verdict), now=now,
             )
         return Answer(outcome, sem, now, policy, verdict)
+
+    def _refuse_from_view(
+        self, group: str, id: str, slots: int, now: float, policy: GroupPolicy
+    ) -> Answer | None:
+        """The answer to a pre-reboot from the view, if the view may give it: a trusted
+        entry (lockd.view) on which the decision writes nothing and refuses
+        (:func:`view_may_refuse`). Before the group's queue: a refusal costs no wait."""
+        assert self.view is not None
+        started = time.perf_counter()
+        entry = self.view.lookup(self.layout.key(group))
+        if entry is None:
+            return None
+        stored = entry.decoded
+        if stored is None:
+            try:
+                stored = Semaphore.new(slots) if entry.raw is None else \
+                    self._decode(group, entry.raw)
+            except LockdError:
+                self.view.misses += 1
+                return None  # the store path says so, with its own error
+            entry.decoded = stored
+        current = self.configured_state(group, stored, slots)
+        after, outcome = policies.lock(current, id, now, policy)
+        # "is": a transition that changes nothing returns the very state it was given.
+        if after is not stored or not view_may_refuse(outcome):
+            self.view.misses += 1
+            return None
+        self.view.hits += 1
+        # attempts=0: no store attempt, the view answered.
+        self._emit(Decision("pre-reboot", group, id, outcome, None, 0,
+                            time.perf_counter() - started, after))
+        return Answer(outcome, after, now, policy)
 
     def refusal(self, group: str, answer: Answer) -> LockdError:
         """The ``{kind, value}`` for a refused pre-reboot."""
@@ -410,8 +459,11 @@ class LockService:
         layout = self.layout
         key = layout.key(group)
         remembered = self._seen.get(key)
+        view = self.view
         if remembered is None:
+            token = view.token() if view is not None else None
             raw, version = await self.backend.get(key)
+            self._fill(key, raw, version, token)
             fresh = True
         else:
             (raw, version), fresh = remembered, False
@@ -425,18 +477,25 @@ class LockService:
             current, results = apply_in_order(current, batch, attempt)
             writes = current != stored
             if must_read_first(writes, fresh):
+                token = view.token() if view is not None else None
                 raw, version = await self.backend.get(key)
                 self._remember(key, raw, version)
+                self._fill(key, raw, version, token)
                 fresh = True
                 continue
             if not writes:
                 self._applied_to_store(group, current, slots)
                 settle(batch, results)
                 return
+            token = view.token() if view is not None else None
             result = await self.backend.compare_and_set(
                 key, layout.encode(current, raw), version
             )
             self._remember(key, result.value, result.version)
+            if result.stored and result.version is None:  # written, version not known
+                self._fill(key, None, None, None)
+            else:
+                self._fill(key, result.value, result.version, token)
             if result.stored:
                 self._applied_to_store(group, current, slots)
                 settle(batch, results)
@@ -452,6 +511,15 @@ class LockService:
             delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
             await asyncio.sleep(random.uniform(0, delay))
             attempt += 1
+
+    def _fill(self, key: str, raw: bytes | None, version: Version, token: Token | None) -> None:
+        """Tell the view what a read or write that started at ``token`` found (None:
+        nothing it may keep)."""
+        if self.view is not None:
+            if token is None:
+                self.view.forget(key)
+            else:
+                self.view.fill(key, raw, version, token)
 
     def _remember(self, key: str, raw: bytes | None, version: Version) -> None:
         if raw is None or version is None:
