@@ -16,6 +16,7 @@ import pytest
 
 from bench.procs import Lockd
 from bench.servers import EtcdServer, RedisServer
+from tests.history import storm, violations
 from tests.replicas import post, replica
 
 #: Far longer than the test waits for a fresh answer: a 200 within it comes from the
@@ -137,3 +138,29 @@ async def test_etcd_feed_resyncs_after_a_restart(tmp_path: Path, scheme: str,
         await outage_and_back(tmp_path, url, kill, server.start, replicas)
     finally:
         server.stop()
+
+
+# The history-checked replica storm with the view on (the default), on every store with a
+# feed, showing the view answered.
+
+STORM_SLOTS = {"g0": 1, "g1": 2, "g2": 1}
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis", "etcd_native", "etcd2"])
+async def test_replicas_with_views_never_exceed_slots(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest, replicas: list[Lockd]
+) -> None:
+    url = f"sqlite://{tmp_path / 'shared.db'}" if store == "sqlite" else \
+        request.getfixturevalue(f"{store}_url")
+    for i in range(3):
+        lockd = replica(tmp_path, url, STORM_SLOTS, f"lockd{i}")
+        lockd.args = [a for a in lockd.args if a != "--no-admin"]
+        replicas.append(lockd.start())
+    report = await storm([r.url for r in replicas], STORM_SLOTS, clients=60, rounds=2,
+                         hold=(0.0, 0.02), seed=11)
+    assert report.grants == 120 and len(report.holds) == 120
+    assert violations(report.holds, STORM_SLOTS) == []
+    assert report.statuses.get(500, 0) == 0
+    assert report.kinds["failed_lock_semaphore_full"] > 0
+    hits = sum(view_metrics(r)['lockd_view_lookups_total{result="hit"}'] for r in replicas)
+    assert hits > 0, "no refusal came from a view: the storm did not test it"
