@@ -16,6 +16,10 @@ The bare handler parses the same request (header check, JSON body) and answers 2
 what aiohttp alone can do on this machine, measured seconds before so that the ratio
 lockd/bare is meaningful even on a noisy machine.
 
+A backend named with ``-noview`` (``--backends sqlite,sqlite-noview``) runs lockd with
+``storage.view = false``: every refusal reads the store, as before lockd.view existed.
+``--scenarios refuse`` measures that scenario only.
+
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
 """
@@ -150,24 +154,27 @@ class LockdTarget(Target):
         from bench.procs import Lockd
 
         args = ["--no-admin", "--default-slots", "1", "--log-level", "warning"]
-        if self.name == "memory":
+        store = self.name.removesuffix("-noview")
+        if store != self.name:
+            args += ["--set", "storage.view=false"]
+        if store == "memory":
             args += ["--backend", "memory://"]
-        elif self.name == "sqlite":
+        elif store == "sqlite":
             args += ["--state-dir", str(self.tmp / "state")]  # the default backend
-        elif self.name == "redis":
+        elif store == "redis":
             from bench.servers import RedisServer
 
             self.store = RedisServer(self.tmp / "redis").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.name == "redis-cluster":
+        elif store == "redis-cluster":
             from bench.servers import RedisClusterServer
 
             self.store = RedisClusterServer(self.tmp / "cluster").start()
             for node in self.store.nodes:
                 pin(node.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.name == "etcd":
+        elif store == "etcd":
             from bench.servers import EtcdServer
 
             self.store = EtcdServer(self.tmp / "etcd").start()
@@ -186,7 +193,7 @@ class LockdTarget(Target):
 
 def available(name: str) -> bool:
     """Whether lockd can use this backend now (redis/etcd modules may still be missing)."""
-    module = OPTIONAL.get(name)
+    module = OPTIONAL.get(name.removesuffix("-noview"))
     if module is None:
         return True
     try:
@@ -310,7 +317,7 @@ def measure(a: argparse.Namespace) -> Results:
                 for name in a.targets:
                     if name == "bare":
                         continue
-                    if name in OPTIONAL and not available(name):
+                    if not available(name):
                         print(f"{name}: backend not available", flush=True)
                         continue
                     _measure_backend(a, res, run, name, bare_url, prefix)
@@ -331,7 +338,7 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
         try:
             _prepare(url, prefix, name)
             wrk(url, "relock", prefix, a.warmup, a.connections, a.load_cpus)
-            for mode in SCENARIOS:
+            for mode in a.scenarios:
                 b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus)
                 _report(res, run, a.runs, "bare", mode, b)
                 s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
@@ -393,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="wrk threads = connections (one connection per thread)")
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
                    help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated subset of " + ",".join(SCENARIOS))
     p.add_argument("--server-cpus", default="0", help="taskset CPUs for the server side")
     p.add_argument("--load-cpus", default="1", help="taskset CPUs for wrk")
     p.add_argument("--json", type=Path, default=Path("bench/out/throughput.json"))
@@ -406,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         a.server_cpus = a.load_cpus = None
     a.targets = [b.strip() for b in a.backends.split(",") if b.strip()]
+    a.scenarios = [m.strip() for m in a.scenarios.split(",") if m.strip()]
     print(f"throughput: {a.runs} run(s) x {a.duration:g}s per measurement, wrk "
           f"-t{a.connections} -c{a.connections}; server on CPU {a.server_cpus}, "
           f"wrk on CPU {a.load_cpus}", flush=True)

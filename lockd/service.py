@@ -246,14 +246,33 @@ class LockService:
         slots = self._configured_slots(group)
         policy = self.policy_for(group)
         now = self.clock()
+        verdict = None
         if self.view is not None:
-            refused = self._refuse_from_view(group, id, slots, now, policy)
-            if refused is not None:
-                return refused
+            started = time.perf_counter()
+            decided = self._decide_on_view(group, id, slots, now, policy, None)
+            if decided is not None and decided[1] is Outcome.GATE_PENDING:
+                # The view says it would grant: the gates decide (their answer is cached),
+                # and a closed gate is a refusal the view may give too.
+                verdict = await self.gates.check(policy.gates, group, id)
+                now = self.clock()
+                decided = self._decide_on_view(group, id, slots, now, policy, verdict)
+            if decided is not None and view_may_refuse(decided[1]):
+                self.view.hits += 1
+                sem, outcome = decided
+                # attempts=0: no store attempt, the view answered.
+                self._emit(Decision("pre-reboot", group, id, outcome, None, 0,
+                                    time.perf_counter() - started, sem))
+                return Answer(outcome, sem, now, policy, verdict)
+            self.view.misses += 1
+        if verdict is not None:  # asked already: the store's decision is final
+            sem, outcome = await self._decide(
+                "pre-reboot", group, id,
+                lambda s: policies.lock(s, id, now, policy, verdict), now=now,
+            )
+            return Answer(outcome, sem, now, policy, verdict)
         sem, outcome = await self._decide(
             "pre-reboot", group, id, lambda s: policies.lock(s, id, now, policy), now=now
         )
-        verdict = None
         if outcome is Outcome.GATE_PENDING:
             verdict = await self.gates.check(policy.gates, group, id)
             now = self.clock()
@@ -263,14 +282,14 @@ class LockService:
             )
         return Answer(outcome, sem, now, policy, verdict)
 
-    def _refuse_from_view(
-        self, group: str, id: str, slots: int, now: float, policy: GroupPolicy
-    ) -> Answer | None:
-        """The answer to a pre-reboot from the view, if the view may give it: a trusted
-        entry (lockd.view) on which the decision writes nothing and refuses
-        (:func:`view_may_refuse`). Before the group's queue: a refusal costs no wait."""
+    def _decide_on_view(
+        self, group: str, id: str, slots: int, now: float, policy: GroupPolicy,
+        verdict: GateVerdict | None,
+    ) -> tuple[Semaphore, Outcome] | None:
+        """A pre-reboot decided on the group's view entry, if one is trusted (lockd.view)
+        and the decision writes nothing; else None. Whether it may be the answer is
+        :func:`view_may_refuse`'s to say. Before the group's queue: it waits for nothing."""
         assert self.view is not None
-        started = time.perf_counter()
         entry = self.view.lookup(self.layout.key(group))
         if entry is None:
             return None
@@ -280,20 +299,14 @@ class LockService:
                 stored = Semaphore.new(slots) if entry.raw is None else \
                     self._decode(group, entry.raw)
             except LockdError:
-                self.view.misses += 1
                 return None  # the store path says so, with its own error
             entry.decoded = stored
         current = self.configured_state(group, stored, slots)
-        after, outcome = policies.lock(current, id, now, policy)
+        after, outcome = policies.lock(current, id, now, policy, verdict)
         # "is": a transition that changes nothing returns the very state it was given.
-        if after is not stored or not view_may_refuse(outcome):
-            self.view.misses += 1
+        if after is not stored:
             return None
-        self.view.hits += 1
-        # attempts=0: no store attempt, the view answered.
-        self._emit(Decision("pre-reboot", group, id, outcome, None, 0,
-                            time.perf_counter() - started, after))
-        return Answer(outcome, after, now, policy)
+        return after, outcome
 
     def refusal(self, group: str, answer: Answer) -> LockdError:
         """The ``{kind, value}`` for a refused pre-reboot."""

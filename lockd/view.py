@@ -110,7 +110,8 @@ class View:
         # counts as changed at ``_floor`` (conservative: its reads may be refused).
         self._changes: OrderedDict[str, tuple[int, Version]] = OrderedDict()
         self._floor = 0
-        #: Counted for lockd_view_* metrics: answers given, lookups that could not.
+        #: Counted by the service for lockd_view_* metrics: refusals given from the view,
+        #: pre-reboots it could not answer.
         self.hits = 0
         self.misses = 0
         self.resyncs = 0
@@ -174,7 +175,7 @@ class View:
         self._entries.pop(key, None)
 
     def lookup(self, key: str) -> Entry | None:
-        """The key's entry if it may answer a refusal now, else None (counted a miss)."""
+        """The key's entry if it may answer a refusal now, else None."""
         entry = self._entries.get(key)
         if (
             entry is None
@@ -182,7 +183,6 @@ class View:
             or not filled_after_subscribe(entry.epoch, self.epoch)
             or not young_enough(entry.filled, self.clock(), self.max_age)
         ):
-            self.misses += 1
             return None
         return entry
 

@@ -219,23 +219,48 @@ async def test_a_stale_refusal_ends_at_max_age() -> None:
     assert await here.pre_reboot("g", "b") is Outcome.GRANTED
 
 
-async def test_gates_are_never_skipped_by_the_view() -> None:
-    """GATE_PENDING would go on to a grant: decided on the store, then the gates."""
+async def test_a_closed_gate_refuses_from_the_view_an_open_one_grants_on_the_store() -> None:
+    """GATE_PENDING on the view asks the gates; their "closed" is a refusal the view gives,
+    their "open" goes on to a grant decided on the store."""
+    from lockd.gates import Gates, WebhookGate
     from lockd.policy import GroupPolicy
+    from tests.receivers import Receiver
 
     backend = CountingBackend()
     view = View()
-    groups = GroupSettings(default_slots=1, policy=GroupPolicy(gates=("g1",)))
-    service = LockService(Store(backend, LAYOUT), groups, view=view)
+    groups = GroupSettings(default_slots=1, policy=GroupPolicy(gates=("hook",)))
+    with Receiver(answers=[423, 423, 200], body="busy") as hook:
+        gates = Gates([WebhookGate("hook", hook.url + "/may-reboot")], cache_s=0)
+        service = LockService(Store(backend, LAYOUT), groups, gates=gates, view=view)
+        try:
+            async with following(backend, view):
+                assert (await service.try_lock("g", "a")).outcome is Outcome.GATE_CLOSED
+                reads = backend.reads  # the first read filled the view
+                answer = await service.try_lock("g", "a")
+                assert answer.outcome is Outcome.GATE_CLOSED and answer.gate is not None
+                assert backend.reads == reads and view.hits == 1
+                assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+                assert len(hook.requests()) == 3
+                sem = await service.read("g")
+                assert sem is not None and [h.id for h in sem.holders] == ["a"]
+        finally:
+            await gates.close()
+
+
+async def test_refusals_from_the_view_are_decisions_like_any_other() -> None:
+    backend = MemoryBackend()
+    view = View()
+    service = LockService(Store(backend, LAYOUT), GroupSettings(default_slots=1), view=view)
+    seen: list[service_module.Decision] = []
+    service.observers.append(seen.append)
     async with following(backend, view):
-        await service.set_paused("g", True)
-        await service.pre_reboot("g", "a")  # paused: refused, and fills the view
-        reads = backend.reads
-        assert await service.pre_reboot("g", "a") is Outcome.PAUSED
-        assert backend.reads == reads
-        await service.set_paused("g", False)
-        answer = await service.try_lock("g", "a")  # the gate is not configured: unreachable
-        assert answer.outcome is Outcome.GATE_UNREACHABLE and answer.gate is not None
+        await service.pre_reboot("g", "a")
+        await service.pre_reboot("g", "b")
+        await service.pre_reboot("g", "b")
+    # The grant's own compare-and-set filled the view: both refusals come from it.
+    assert [(d.outcome, d.attempts) for d in seen] == [
+        (Outcome.GRANTED, 1), (Outcome.FULL, 0), (Outcome.FULL, 0)]
+    assert (view.hits, view.misses) == (2, 1)
 
 
 # The model: several processes, views that lag, drop and reorder notifications.
