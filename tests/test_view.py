@@ -331,6 +331,22 @@ class LaggingViews(RuleBasedStateMachine):
             assert outcome is expected, (outcome, expected)
             self.holders.add(node)
 
+    @rule(asks=st.lists(st.tuples(st.integers(0, PROCESSES - 1), st.sampled_from(NODES)),
+                        min_size=2, max_size=4))
+    def at_once(self, asks: list[tuple[int, str]]) -> None:
+        """Pre-reboots in flight together, on several processes (their round trips and
+        view answers interleave on the loop)."""
+        async def together() -> list[Outcome]:
+            return await asyncio.gather(
+                *(self.services[p].pre_reboot("g", node) for p, node in asks))
+
+        outcomes = self.run(together())
+        after = {h.id for h in self.stored().holders}
+        for (_, node), outcome in zip(asks, outcomes, strict=True):
+            if outcome.ok:
+                assert node in after, (node, outcome)
+                self.holders.add(node)
+
     @rule(p=st.integers(0, PROCESSES - 1), node=st.sampled_from(NODES))
     def steady_state(self, p: int, node: str) -> None:
         before = self.stored()
@@ -369,7 +385,9 @@ class LaggingViews(RuleBasedStateMachine):
     @invariant()
     def no_holder_is_lost(self) -> None:
         if self.services:
-            assert {h.id for h in self.stored().holders} == self.holders
+            stored = self.stored()
+            assert {h.id for h in stored.holders} == self.holders
+            assert len(stored.holders) <= self.slots
 
     def teardown(self) -> None:
         for task in self.tasks:
