@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.throughput [--runs 3] [--duration 5] [--backends memory,sqlite]
 
 For each run, and inside it for lockd on each backend (``memory://``, the default sqlite,
-``redis://``, ``etcd://`` and, when asked for, ``redis+cluster://`` (three masters with a
-replica each) on servers it starts in a temporary directory), it measures
+``redis://``, ``etcd://`` and, when asked for, ``etcd2://`` and ``redis+cluster://`` (three
+masters with a replica each) on servers it starts in a temporary directory), it measures
 with wrk (``bench/throughput.lua``), each lockd measurement right after the same one on
 the bare handler:
 
@@ -46,10 +46,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "throughput.lua"
 SCENARIOS = ("relock", "refuse", "cycle")
-TARGETS = ("bare", "memory", "sqlite", "redis", "redis-cluster", "etcd")
+TARGETS = ("bare", "memory", "sqlite", "redis", "redis-cluster", "etcd", "etcd2")
 #: Targets whose store needs a driver that may be missing.
 OPTIONAL = {"redis": "backends.redis", "redis-cluster": "backends.redis_cluster",
-            "etcd": "backends.etcd3"}
+            "etcd": "backends.etcd3", "etcd2": "backends.etcd2"}
 
 
 # --- the bare ceiling ---------------------------------------------------------------------
@@ -180,6 +180,12 @@ class LockdTarget(Target):
             self.store = EtcdServer(self.tmp / "etcd").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", f"etcd://{self.store.endpoint}"]
+        elif store == "etcd2":  # locksmith's layout on the v2 API
+            from bench.servers import EtcdServer
+
+            self.store = EtcdServer(self.tmp / "etcd").start()
+            pin(self.store.proc.pid, self.cpus)
+            args += ["--backend", f"etcd2://{self.store.endpoint}"]
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.lockd = Lockd(self.tmp, *args).start()
         pin(self.lockd.proc.pid, self.cpus)
@@ -399,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16,
                    help="wrk threads = connections (one connection per thread)")
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
-                   help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd")
+                   help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd,"
+                        "etcd2, each also as NAME-noview")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated subset of " + ",".join(SCENARIOS))
     p.add_argument("--server-cpus", default="0", help="taskset CPUs for the server side")
