@@ -84,8 +84,10 @@ def raced_a_change(
 
 
 def young_enough(filled: float, now: float, max_age: float) -> bool:
-    """Bounded staleness: a lost notification refuses for at most ``max_age`` seconds."""
-    return now - filled < max_age
+    """Bounded staleness: a lost notification refuses for at most ``max_age`` seconds. An
+    entry from the future (a clock stepped back) is not young: it could otherwise refuse
+    for as long as the step."""
+    return 0 <= now - filled < max_age
 
 
 class View:

@@ -62,6 +62,7 @@ def test_raced_a_change() -> None:
 def test_young_enough() -> None:
     assert young_enough(10.0, 10.9, 1.0)
     assert not young_enough(10.0, 11.0, 1.0)
+    assert not young_enough(10.0, 9.0, 1.0)  # the clock stepped back
 
 
 def test_view_may_refuse_only_refusals() -> None:
