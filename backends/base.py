@@ -17,13 +17,14 @@ not reset versions: a key created again never shows a version it had before the 
 
 The whole contract, each method with a caller in ``lockd`` and a test in
 ``tests/test_backend_contract.py``: ``get``, ``compare_and_set``, ``compare_and_delete``,
-``scan``, ``ping``, ``open``, ``close``, ``describe``.
+``scan``, ``ping``, ``open``, ``close``, ``describe``; and, optional, ``watch`` (a change
+feed, where ``has_feed`` is true).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 Version = Any
 
@@ -82,11 +83,25 @@ class CasResult(NamedTuple):
     version: Version
 
 
+class ChangeSink(Protocol):
+    """What :meth:`Backend.watch` reports to."""
+
+    def subscribed(self) -> None:
+        """The feed is in place: every change made from now on will be reported (or the
+        watch will raise)."""
+
+    def changed(self, key: str | None, version: Version = None) -> None:
+        """``key`` changed; ``version`` is its new version if the feed knows it (None if
+        not, or if the key was deleted). ``key`` None: anything may have changed."""
+
+
 class Backend(abc.ABC):
     """A store with atomic compare-and-set on one key."""
 
     #: URL scheme this backend serves, for messages.
     scheme: str = ""
+    #: Whether :meth:`watch` is implemented (the optional change feed).
+    has_feed: bool = False
 
     @abc.abstractmethod
     async def get(self, key: str) -> tuple[bytes | None, Version]:
@@ -123,6 +138,17 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the backend is not used afterwards."""
+
+    async def watch(self, prefix: str, sink: ChangeSink) -> None:
+        """Optional (where :attr:`has_feed`): follow the store's own change feed.
+
+        Calls ``sink.subscribed()`` once the feed is in place, then ``sink.changed(key,
+        version)`` for every change of a key starting with ``prefix`` made after that, in
+        the store's order, including this process's own writes. Runs until cancelled; when
+        the feed breaks (or may have missed a change) it raises
+        :class:`BackendUnavailable`, and the caller watches again after a pause.
+        """
+        raise NotImplementedError(f"{self.scheme}:// has no change feed")
 
     def describe(self) -> str:
         """A human-readable location without secrets, for logs and start-up messages."""

@@ -26,6 +26,13 @@ the same call. Every write and delete carries a precondition (prevExist or prevI
 re-sending one whose answer was lost can never apply it twice: at worst it reports a loss,
 and the service's next read shows the write it had made.
 
+Change feed (:meth:`Etcd2Backend.watch`): ``GET <dir>?wait=true&recursive=true&waitIndex=N``
+in a loop, from the ``X-Etcd-Index`` of a first read plus one, each answer's
+``modifiedIndex`` plus one after it: no event is skipped between two waits. A long poll
+that sees nothing for ``FEED_WAIT`` seconds is sent again with the same index. etcd keeps
+the last 1000 events; a waitIndex older than that (errorCode 401) raises, and the caller
+watches again from a fresh read.
+
 URL options: ``root=/path`` puts every key under that directory (tests use it to keep apart
 on one etcd; locksmith itself has no such option, so leave it unset to share with locksmith),
 ``timeout_s=3`` bounds each HTTP request to one endpoint.
@@ -37,10 +44,13 @@ import json
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import aiohttp
+
 from .base import (
     Backend,
     BackendUnavailable,
     CasResult,
+    ChangeSink,
     InvalidBackendURL,
     ValueTooLarge,
     Version,
@@ -54,10 +64,14 @@ KEY_NOT_FOUND = 100
 TEST_FAILED = 101
 NODE_EXIST = 105
 LOST = {KEY_NOT_FOUND, TEST_FAILED, NODE_EXIST}
+EVENT_INDEX_CLEARED = 401
+#: Seconds a watch's long poll waits before it is sent again (same index: nothing lost).
+FEED_WAIT = 30.0
 
 
 class Etcd2Backend(Backend):
     scheme = "etcd2"
+    has_feed = True
 
     def __init__(
         self,
@@ -211,6 +225,48 @@ class Etcd2Backend(Backend):
             if key is not None and key.startswith(prefix.lstrip("/")):
                 keys.append(key)
         return sorted(keys)
+
+    async def watch(self, prefix: str, sink: ChangeSink) -> None:
+        # v2 watches directories: the one holding the prefix, as scan lists it.
+        directory = prefix.lstrip("/").rpartition("/")[0]
+        path = self._path(directory)
+        members = self.members
+        member = members.current
+        try:
+            # Where to start: the store's index now (any read answers it in X-Etcd-Index).
+            async with members.stream(member, "GET", f"{path}?quorum=true") as resp:
+                await resp.read()
+                index = int(resp.headers["X-Etcd-Index"])
+            sink.subscribed()
+            while True:
+                query = urlencode({"wait": "true", "recursive": "true",
+                                   "waitIndex": str(index + 1)})
+                try:
+                    async with members.stream(member, "GET", f"{path}?{query}",
+                                              read_timeout=FEED_WAIT) as resp:
+                        body = await resp.read()
+                except TimeoutError:
+                    continue  # nothing happened: wait again from the same index
+                doc = json.loads(body) if body else {}
+                if not isinstance(doc, dict):
+                    raise BackendUnavailable(f"etcd v2 watch: unexpected {body[:120]!r}")
+                if doc.get("errorCode") == EVENT_INDEX_CLEARED:
+                    raise BackendUnavailable("etcd v2 watch: missed events (index cleared)")
+                node = doc.get("node")
+                if resp.status != 200 or not isinstance(node, dict):
+                    raise self._fail(resp.status, doc, f"watch {directory}")
+                index = int(node["modifiedIndex"])
+                key = self._strip_root(str(node.get("key", "")))
+                if key is None or not key.startswith(prefix.lstrip("/")):
+                    continue
+                if doc.get("action") in ("delete", "expire", "compareAndDelete") \
+                        or node.get("dir"):
+                    sink.changed(key)
+                else:
+                    sink.changed(key, (index, str(node.get("value", ""))))
+        except (OSError, TimeoutError, ValueError, KeyError, aiohttp.ClientError) as exc:
+            raise BackendUnavailable(f"etcd v2 change feed: {exc or type(exc).__name__}") \
+                from exc
 
 
 def _leaves(node: dict[str, Any]) -> list[str]:

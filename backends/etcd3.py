@@ -36,6 +36,12 @@ one round trip either way. Compare-and-delete is the same transaction with
 ``Then(DeleteRange)``; a key created again after a delete gets a new ``mod_revision``, so a
 version from before the delete matches neither a delete nor a swap.
 
+Change feed (:meth:`Etcd3Backend.watch`): the gateway's streaming ``POST /v3/watch`` on the
+prefix, one JSON message per line; the first (``created``) means the watch is in place.
+Each event carries the key's ``mod_revision`` and value, which is exactly its version. A
+stream that ends, an error, a cancelled watch (a compaction) or a member that cannot be
+reached raise; the caller watches again, from the current revision.
+
 Errors: a request etcd refuses as too large (``--max-request-bytes``, 1.5 MiB by default,
 and a compare-and-set carries both the expected and the new value: "etcdserver: request is
 too large", or gRPC's "received message larger than max") raises
@@ -67,10 +73,13 @@ import json
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
+
 from .base import (
     Backend,
     BackendUnavailable,
     CasResult,
+    ChangeSink,
     InvalidBackendURL,
     ValueTooLarge,
     Version,
@@ -125,6 +134,7 @@ class _TokenRefused(Exception):
 
 class Etcd3Backend(Backend):
     scheme = "etcd"
+    has_feed = True
 
     def __init__(
         self,
@@ -325,6 +335,65 @@ class Etcd3Backend(Backend):
         skip = len(self.namespace.encode())
         return sorted(_unb64(kv.get("key"))[skip:].decode() for kv in doc.get("kvs") or ())
 
+    async def watch(self, prefix: str, sink: ChangeSink) -> None:
+        start = self._key(prefix) or b"\0"
+        body = json.dumps({"create_request": {
+            "key": _b64(start), "range_end": _b64(prefix_end(start)),
+        }}).encode()
+        failures: list[str] = []
+        members = self.members
+        for step in range(len(members.members)):
+            member = (members.current + step) % len(members.members)
+            headers = {"Content-Type": "application/json"}
+            try:
+                if self.username is not None:
+                    token = await self._token(member)
+                    if token:
+                        headers["Authorization"] = token
+                async with members.stream(member, "POST", "/v3/watch", data=body,
+                                          headers=headers) as resp:
+                    if resp.status != 200:
+                        raise MemberFailed(f"HTTP {resp.status}: {(await resp.read())[:200]!r}")
+                    await self._follow(resp, sink)
+            except (OSError, TimeoutError, MemberFailed, aiohttp.ClientError) as exc:
+                failures.append(f"{members.members[member]}: {exc or type(exc).__name__}")
+                continue
+        raise BackendUnavailable("etcd change feed: " + "; ".join(failures))
+
+    async def _follow(self, resp: aiohttp.ClientResponse, sink: ChangeSink) -> None:
+        """Report a watch stream's events until it ends. Before the watch is in place a
+        failure raises MemberFailed (the next member is tried); after, BackendUnavailable
+        (the caller must learn that changes may have been missed)."""
+        skip = len(self.namespace.encode())
+        created = False
+        buffer = b""
+        try:
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    result = _watch_result(line)
+                    if result.get("created") and not created:
+                        created = True
+                        sink.subscribed()
+                    for event in result.get("events") or ():
+                        kv = event.get("kv") or {}
+                        key = _unb64(kv.get("key"))[skip:].decode()
+                        if event.get("type") == "DELETE":
+                            sink.changed(key)
+                        else:
+                            version = (int(kv["mod_revision"]), _unb64(kv.get("value")))
+                            sink.changed(key, version)
+            raise MemberFailed("watch stream ended")
+        except (MemberFailed, OSError, TimeoutError, aiohttp.ClientError) as exc:
+            if isinstance(exc, MemberFailed) and "auth" in str(exc):
+                self._tokens.clear()  # log in again next time
+            if created:
+                raise BackendUnavailable(f"etcd change feed: {exc}") from exc
+            raise
+
     def describe(self) -> str:
         hosts = ",".join(self.members.members)
         extras = [f"namespace={self.namespace!r}"] if self.namespace else []
@@ -333,6 +402,20 @@ class Etcd3Backend(Backend):
         if self.username:
             extras.append(f"user={self.username}")
         return f"etcd://{hosts} (v3{''.join(', ' + e for e in extras)})"
+
+
+def _watch_result(line: bytes) -> dict[str, Any]:
+    """One message of a watch stream; an error or a cancelled watch raises MemberFailed."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        raise MemberFailed(f"watch: not JSON: {line[:120]!r}") from None
+    result = doc.get("result") if isinstance(doc, dict) else None
+    if not isinstance(result, dict):
+        raise MemberFailed(f"watch: {str(doc)[:200]}")
+    if result.get("canceled"):
+        raise MemberFailed(f"watch cancelled: {result.get('cancel_reason', '')}")
+    return result
 
 
 def _first(kvs: list[dict[str, Any]] | None) -> tuple[bytes | None, Version]:

@@ -21,8 +21,9 @@ What a request means, and which answers are failures, is each backend's business
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -157,6 +158,32 @@ class Members:
         if status >= 500 and fail_5xx:
             raise MemberFailed(f"HTTP {status}: {body[:200]!r}")
         return status, body
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        member: int,
+        method: str,
+        path: str,
+        *,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One long-lived request to one member (a watch), without the session's deadline:
+        ``timeout`` bounds the connect, ``read_timeout`` (None: none) each wait for data."""
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        url = URL(self._base[member] + path, encoded=True)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.timeout, sock_read=read_timeout
+        )
+        async with self._session.request(
+            method, url, data=data, headers=headers, server_hostname=self._server_name,
+            timeout=timeout,
+        ) as resp:
+            yield resp
 
 
 def _reason(exc: BaseException) -> str:

@@ -28,6 +28,17 @@ until :meth:`RedisBackend.close`. A broken pooled connection (Redis restarted) i
 once at once on a fresh connection; a timeout is never retried, so a hung Redis costs one
 timeout, not several.
 
+Change feed (:meth:`RedisBackend.watch`): Redis' client-side caching in broadcast mode. One
+connection of its own sends ``CLIENT TRACKING ON REDIRECT <its own id> BCAST PREFIX
+<prefix>{<key prefix>`` and subscribes to ``__redis__:invalidate``; Redis then publishes
+the name of every key under the prefix that any client writes. Keyspace notifications
+would need ``notify-keyspace-events`` in the server's configuration, which managed Redis
+services often refuse to change; tracking needs only Redis >= 6 and the ``CLIENT`` and
+``SUBSCRIBE`` commands. RESP2 with the redirect to itself (rather than RESP3 push
+messages) keeps the one connection on redis-py's ordinary parser; a broken connection
+ends the tracking, and the feed with it, so nothing is missed unseen. A ``PING`` every
+``timeout`` seconds of silence finds a connection that hangs.
+
 URL options (query string)::
 
     prefix=lockd:          key prefix (no braces: the braces are the hash tag)
@@ -69,6 +80,7 @@ from .base import (
     Backend,
     BackendUnavailable,
     CasResult,
+    ChangeSink,
     InvalidBackendURL,
     Version,
     prefix_end,
@@ -83,6 +95,8 @@ SCAN_COUNT = 1000
 #: redis-py 8 caps a pool at 100 connections when max_connections is None, and then fails
 #: calls with "Too many connections"; lockd's pool has no cap unless the URL sets one.
 NO_CAP = 2**31 - 1
+#: The channel client-side caching publishes invalidations on.
+INVALIDATE = "__redis__:invalidate"
 _GLOB_SPECIAL = "\\*?[]"
 _TLS_OPTIONS = {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname"}
@@ -138,6 +152,7 @@ class RedisOptions:
 
 class RedisBackend(Backend):
     scheme = "redis"
+    has_feed = True
     #: How messages name this store.
     label = "redis"
     #: Whether the scripts keep the sorted-set index of keys that ``scan`` reads. Not on a
@@ -392,6 +407,61 @@ class RedisBackend(Backend):
 
     async def ping(self) -> None:
         await self._call(lambda c: c.ping())
+
+    async def watch(self, prefix: str, sink: ChangeSink) -> None:
+        client = await self._ready_client()
+        # A connection of its own, never returned to the pool: it ends up subscribed. RESP2
+        # (redis-py 8 speaks RESP3 by default), where invalidations are Pub/Sub messages.
+        pool = client.connection_pool
+        # Maintenance notifications need RESP3: left out on this connection.
+        kwargs = {k: v for k, v in pool.connection_kwargs.items()
+                  if not k.startswith("maint_notifications")}
+        conn = pool.connection_class(**kwargs, protocol=2)
+        where = f"{self.label} {self.options.where} change feed"
+        heartbeat = self.options.timeout
+        try:
+            async with asyncio.timeout(self.options.connect_timeout + 3 * self.options.timeout):
+                await conn.connect()
+                await conn.send_command("CLIENT", "ID")
+                own_id = await conn.read_response()
+                await conn.send_command(
+                    "CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST",
+                    "PREFIX", f"{self.prefix}{{{prefix}",
+                )
+                if _text(await conn.read_response()) != "OK":
+                    raise BackendUnavailable(f"{where}: CLIENT TRACKING refused")
+                await conn.send_command("SUBSCRIBE", INVALIDATE)
+                await conn.read_response()  # ["subscribe", channel, 1]
+            sink.subscribed()
+            waiting_for_pong = False
+            while True:
+                message = await conn.read_response(timeout=heartbeat)
+                if message is None:  # silence: is the connection still there?
+                    if waiting_for_pong:
+                        raise BackendUnavailable(f"{where}: no answer to PING in {heartbeat:g}s")
+                    await conn.send_command("PING")
+                    waiting_for_pong = True
+                    continue
+                kind = _text(message[0]).lower()
+                if kind == "pong":
+                    waiting_for_pong = False
+                elif kind == "message" and len(message) == 3:
+                    keys = message[2]
+                    if keys is None:  # FLUSHDB / FLUSHALL: everything changed
+                        sink.changed(None)
+                        continue
+                    for rkey in keys:
+                        key = self._layout_key(bytes(rkey))
+                        if key is not None:
+                            sink.changed(key)
+        except BackendUnavailable:
+            raise
+        except TimeoutError as exc:
+            raise BackendUnavailable(f"{where}: timed out") from exc
+        except self.errors as exc:
+            raise BackendUnavailable(f"{where}: {exc or type(exc).__name__}") from exc
+        finally:
+            await conn.disconnect()
 
     def describe(self) -> str:
         o = self.options

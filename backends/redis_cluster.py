@@ -38,19 +38,24 @@ from redis.exceptions import AskError, ClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import BackendUnavailable
+from .base import Backend, BackendUnavailable
 from .redis import NO_CAP, RedisBackend, RedisOptions, _invalid, common_options, credentials, hosts
 from .urls import Options
 
 
 class RedisClusterBackend(RedisBackend):
     scheme = "redis+cluster"
+    #: No change feed: tracking is per node, and a group's slot moves between masters on
+    #: a failover or a resharding, so a view could miss changes unseen. Every refusal
+    #: reads the store.
+    has_feed = False
     label = "redis cluster"
     # No sorted-set index for scan: a script may only touch keys of one slot, and each
     # group is its own slot (its hash tag), so an index beside it could not change in the
     # same step as the key. Listing SCANs every master instead (docs/redis.md says what
     # that costs); every single-group operation stays one slot, one script.
     indexed = False
+    watch = Backend.watch  # not RedisBackend's: NotImplementedError
     # Any exception at all: redis-py 8.1's cluster client, when it learns the topology
     # again (a first use, a failover, CLUSTERDOWN), disconnects connections that other
     # calls are still using, and those calls fail with whatever the transport raises

@@ -10,6 +10,11 @@ process's lock. The statements work on any SQLite 3 since 3.7 (WAL); none needs 
 Durability: WAL journal with ``synchronous=FULL`` by default, so an acknowledged grant
 survives a crash of lockd and of the machine. ``?synchronous=normal`` trades the latter for
 speed (a process crash still loses nothing).
+
+Change feed (:meth:`SqliteBackend.watch`): SQLite has no notifications, but ``PRAGMA
+data_version`` on a connection changes whenever another connection (this process's writer
+included) commits. The feed polls it every ``FEED_POLL`` seconds on a connection and thread
+of its own, and after a change reads the keys' versions to say which keys changed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from .base import Backend, BackendUnavailable, CasResult, InvalidBackendURL, Version
+from .base import (
+    Backend,
+    BackendUnavailable,
+    CasResult,
+    ChangeSink,
+    InvalidBackendURL,
+    Version,
+)
 from .urls import Options
 
 T = TypeVar("T")
@@ -38,10 +50,13 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 SYNCHRONOUS = ("off", "normal", "full", "extra")
+#: Seconds between two polls of ``PRAGMA data_version`` by the change feed.
+FEED_POLL = 0.05
 
 
 class SqliteBackend(Backend):
     scheme = "sqlite"
+    has_feed = True
 
     def __init__(self, path: Path, *, synchronous: str = "full", busy_timeout: float = 5.0):
         self.path = path
@@ -171,6 +186,51 @@ class SqliteBackend(Backend):
                 await loop.run_in_executor(executor, conn.close)
             executor.shutdown(wait=True)
         self._executor = self._reader = None
+
+    async def watch(self, prefix: str, sink: ChangeSink) -> None:
+        # Its own thread and connection: a poll never waits behind a read or a write.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockd-sqlite-w")
+        loop = asyncio.get_running_loop()
+        conn: sqlite3.Connection | None = None
+
+        async def run(fn: Callable[..., T], *args: object) -> T:
+            try:
+                return await loop.run_in_executor(executor, fn, *args)
+            except sqlite3.DatabaseError as exc:
+                raise BackendUnavailable(f"sqlite {self.path} change feed: {exc}") from exc
+
+        def versions() -> dict[str, object]:
+            assert conn is not None
+            rows = conn.execute(
+                "SELECT key, version FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+            return dict(rows)
+
+        def data_version() -> int:
+            assert conn is not None
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+        try:
+            conn = await run(self._open_connection)
+            # data_version first: a commit between the two is seen again at the next poll.
+            seen = await run(data_version)
+            known = await run(versions)
+            sink.subscribed()
+            while True:
+                await asyncio.sleep(FEED_POLL)
+                now = await run(data_version)
+                if now == seen:
+                    continue
+                seen = now
+                current = await run(versions)
+                for key in sorted(known.keys() | current.keys()):
+                    if known.get(key) != current.get(key):
+                        sink.changed(key, current.get(key))
+                known = current
+        finally:
+            if conn is not None:
+                await loop.run_in_executor(executor, conn.close)
+            executor.shutdown(wait=False)
 
     def describe(self) -> str:
         return f"sqlite://{self.path} (durable, synchronous={self.synchronous})"

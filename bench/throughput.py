@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.throughput [--runs 3] [--duration 5] [--backends memory,sqlite]
 
 For each run, and inside it for lockd on each backend (``memory://``, the default sqlite,
-``redis://``, ``etcd://`` and, when asked for, ``redis+cluster://`` (three masters with a
-replica each) on servers it starts in a temporary directory), it measures
+``redis://``, ``etcd://`` and, when asked for, ``etcd2://`` and ``redis+cluster://`` (three
+masters with a replica each) on servers it starts in a temporary directory), it measures
 with wrk (``bench/throughput.lua``), each lockd measurement right after the same one on
 the bare handler:
 
@@ -21,6 +21,10 @@ per group and no admin listener. ``--extra-row "memory --log-level warning"`` ad
 lockd on that backend with those flags too (repeatable), measured in the same pairs;
 ``--extra-row "memory@../main"`` one of the ``lockd`` package of another checkout (say, a
 branch's base), for a before/after taken in one run.
+
+A backend named with ``-noview`` (``--backends sqlite,sqlite-noview``) runs lockd with
+``storage.view = false``: every refusal reads the store, as before lockd.view existed.
+``--scenarios refuse`` measures that scenario only.
 
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
@@ -48,10 +52,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "throughput.lua"
 SCENARIOS = ("relock", "refuse", "cycle")
-TARGETS = ("bare", "memory", "sqlite", "redis", "redis-cluster", "etcd")
+TARGETS = ("bare", "memory", "sqlite", "redis", "redis-cluster", "etcd", "etcd2")
 #: Targets whose store needs a driver that may be missing.
 OPTIONAL = {"redis": "backends.redis", "redis-cluster": "backends.redis_cluster",
-            "etcd": "backends.etcd3"}
+            "etcd": "backends.etcd3", "etcd2": "backends.etcd2"}
 
 
 # --- the bare ceiling ---------------------------------------------------------------------
@@ -160,29 +164,38 @@ class LockdTarget(Target):
         from bench.procs import Lockd
 
         args = ["--no-admin", "--default-slots", "1", *self.extra]
-        if self.backend == "memory":
+        store = self.backend.removesuffix("-noview")
+        if store != self.backend:
+            args += ["--set", "storage.view=false"]
+        if store == "memory":
             args += ["--backend", "memory://"]
-        elif self.backend == "sqlite":
+        elif store == "sqlite":
             args += ["--state-dir", str(self.tmp / "state")]  # the default backend
-        elif self.backend == "redis":
+        elif store == "redis":
             from bench.servers import RedisServer
 
             self.store = RedisServer(self.tmp / "redis").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.backend == "redis-cluster":
+        elif store == "redis-cluster":
             from bench.servers import RedisClusterServer
 
             self.store = RedisClusterServer(self.tmp / "cluster").start()
             for node in self.store.nodes:
                 pin(node.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.backend == "etcd":
+        elif store == "etcd":
             from bench.servers import EtcdServer
 
             self.store = EtcdServer(self.tmp / "etcd").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", f"etcd://{self.store.endpoint}"]
+        elif store == "etcd2":  # locksmith's layout on the v2 API
+            from bench.servers import EtcdServer
+
+            self.store = EtcdServer(self.tmp / "etcd").start()
+            pin(self.store.proc.pid, self.cpus)
+            args += ["--backend", f"etcd2://{self.store.endpoint}"]
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.lockd = Lockd(self.tmp, *args, tree=self.tree).start()
         pin(self.lockd.proc.pid, self.cpus)
@@ -196,7 +209,7 @@ class LockdTarget(Target):
 
 def available(name: str) -> bool:
     """Whether lockd can use this backend now (redis/etcd modules may still be missing)."""
-    module = OPTIONAL.get(name)
+    module = OPTIONAL.get(name.removesuffix("-noview"))
     if module is None:
         return True
     try:
@@ -321,7 +334,7 @@ def measure(a: argparse.Namespace) -> Results:
                 wrk(bare_url, "relock", prefix, a.warmup, a.connections, a.load_cpus)
                 rows = [(name, None, ()) for name in a.targets if name != "bare"]
                 for name, tree, extra in rows + a.extra_rows:
-                    if name in OPTIONAL and not available(name):
+                    if not available(name):
                         print(f"{name}: backend not available", flush=True)
                         continue
                     _measure_backend(a, res, run, name, bare_url, prefix, extra, tree)
@@ -344,7 +357,7 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, backend: str
         try:
             _prepare(url, prefix, name)
             wrk(url, "relock", prefix, a.warmup, a.connections, a.load_cpus)
-            for mode in SCENARIOS:
+            for mode in a.scenarios:
                 b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus)
                 _report(res, run, a.runs, "bare", mode, b)
                 s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
@@ -406,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16,
                    help="wrk threads = connections (one connection per thread)")
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
-                   help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd")
+                   help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd,"
+                        "etcd2, each also as NAME-noview")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated subset of " + ",".join(SCENARIOS))
     p.add_argument("--extra-row", action="append", default=[],
                    metavar='"BACKEND[@CHECKOUT] FLAGS..."',
                    help="also measure lockd on BACKEND with these serve flags, e.g. "
@@ -428,11 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     a.extra_rows = []
     for row in a.extra_row:
         name, _, tree = row.split()[0].partition("@")
-        if name not in TARGETS[1:]:
+        if name.removesuffix("-noview") not in TARGETS[1:]:
             p.error(f"--extra-row: unknown backend {name}")
         if tree and not (Path(tree) / "lockd" / "__main__.py").is_file():
             p.error(f"--extra-row: {tree} has no lockd package")
         a.extra_rows.append((name, Path(tree) if tree else None, tuple(row.split()[1:])))
+    a.scenarios = [m.strip() for m in a.scenarios.split(",") if m.strip()]
     print(f"throughput: {a.runs} run(s) x {a.duration:g}s per measurement, wrk "
           f"-t{a.connections} -c{a.connections}; server on CPU {a.server_cpus}, "
           f"wrk on CPU {a.load_cpus}", flush=True)

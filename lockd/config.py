@@ -73,6 +73,9 @@ class Settings:
     groups: Mapping[str, int] = field(default_factory=dict)
     strict_groups: bool = False
     timeout: float = 10.0
+    #: Refusals from the store's change feed (lockd.view), trusted for at most view_max_age.
+    view: bool = True
+    view_max_age: float = 1.0
     max_body_bytes: int = 4096
     #: 0: from the descriptor limit (lockd.connections.default_max_connections).
     max_connections: int = 0
@@ -173,6 +176,8 @@ KEYS: dict[str, str] = {
     "storage.backend": "str",
     "storage.state_dir": "str",
     "storage.timeout_s": "posfloat",
+    "storage.view": "bool",
+    "storage.view_max_age_s": "posfloat",
     "lock.default_group_name": "group",
     "lock.default_slots": "posint",
     "lock.strict_groups": "bool",
@@ -527,6 +532,8 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         groups=groups,
         strict_groups=v.get("lock.strict_groups", False),
         timeout=timeout,
+        view=v.get("storage.view", d.view),
+        view_max_age=v.get("storage.view_max_age_s", d.view_max_age),
         max_body_bytes=v.get("service.max_body_bytes", d.max_body_bytes),
         max_connections=v.get("service.max_connections", d.max_connections),
         idle_timeout=v.get("service.idle_timeout_s", d.idle_timeout),

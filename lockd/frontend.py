@@ -9,6 +9,7 @@ is called; the service sees an ordinary (hashed) group name. Every non-200 answe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,7 @@ from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, TimedBackend, open_store
 from lockd.tenancy import NEW_TENANT, PUBLIC, Keys, Public, TenantLayout, logging_observer
+from lockd.view import View, follow
 
 # Encoded once: the 200 answers are a handful of constant bodies.
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
@@ -114,12 +116,23 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
         public = None
         if settings.public_enabled:
             public = app[PUBLIC] = public_service(settings, timed.backend)
+        feed = None
+        if settings.view and store.backend.has_feed:
+            service.view = View(settings.view_max_age, remember=service.remember)
+            app[METRICS].watch_view(service.view)
+            feed = asyncio.get_running_loop().create_task(
+                follow(store.backend, store.layout.group_prefix(), service.view)
+            )
         try:
             async with running_policy(settings, service, app[METRICS]), (
                 public.collecting() if public else contextlib.nullcontext()
             ):
                 yield
         finally:
+            if feed is not None:
+                feed.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feed
             await store.backend.close()
 
     return ctx

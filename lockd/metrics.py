@@ -29,12 +29,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from lockd import policy as policies
 from lockd.errors import LockdError
 from lockd.fleetlock import PATH_RE
 from lockd.semaphore import Outcome, Semaphore
 from lockd.service import Decision, LockService
+from lockd.view import View
 
 log = logging.getLogger("lockd.metrics")
 
@@ -339,6 +341,11 @@ class Metrics:
         for group in service.config_mismatches:
             self.config_mismatch.labels(self.group_label(group)).set(1)
 
+    def watch_view(self, view: View) -> None:
+        """Export the view's counters (lockd.view), read at each scrape: a hit costs the
+        request nothing more than an integer increment."""
+        self.registry.register(ViewCollector(view))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -347,6 +354,38 @@ class Metrics:
 
 
 METRICS = web.AppKey("metrics", Metrics)
+
+
+class ViewCollector:
+    """``lockd_view_*``: answers the view gave and could not give, and its feed's state."""
+
+    def __init__(self, view: View) -> None:
+        self.view = view
+
+    def describe(self) -> list[Any]:
+        return []  # not known before the first collect; prometheus_client then calls it
+
+    def collect(self) -> Iterable[Any]:
+        v = self.view
+        answers = CounterMetricFamily(
+            "lockd_view_lookups",
+            "Pre-reboots the view looked at, by result: hit (refused from the view, no store "
+            "round trip) or miss (decided on the store)",
+            labels=["result"],
+        )
+        answers.add_metric(["hit"], v.hits)
+        answers.add_metric(["miss"], v.misses)
+        yield answers
+        yield GaugeMetricFamily(
+            "lockd_view_feed_connected",
+            "1 while the store's change feed is connected (the view may answer), else 0",
+            value=1 if v.connected else 0,
+        )
+        yield CounterMetricFamily(
+            "lockd_view_resyncs",
+            "Times the change feed was (re)subscribed, each emptying the view",
+            value=v.resyncs,
+        )
 
 
 @functools.lru_cache(maxsize=256)  # bounded: paths are the client's; a storm sends two

@@ -28,6 +28,7 @@ from lockd.layouts import LayoutError
 from lockd.policy import Event, GateVerdict, GroupPolicy
 from lockd.semaphore import Outcome, Semaphore
 from lockd.store import Store
+from lockd.view import Token, View
 
 log = logging.getLogger("lockd.service")
 
@@ -126,6 +127,14 @@ def must_read_first(writes: bool, fresh: bool) -> bool:
     return not writes and not fresh
 
 
+def view_may_refuse(outcome: Outcome) -> bool:
+    """Whether a decision made on the view (lockd.view) may be the answer: only a refusal.
+    Anything that may answer 200 decides on the store's current value (a stale "you still
+    hold it" would let a force-unlocked node reboot without a slot), and so does
+    GATE_PENDING, which would go on to a grant."""
+    return not outcome.ok and outcome is not Outcome.GATE_PENDING
+
+
 def settle(batch: list[Pending], results: list[Result | LockdError]) -> None:
     for pending, result in zip(batch, results, strict=True):
         if pending.future.done():
@@ -156,6 +165,7 @@ class LockService:
         remember: int = 4096,
         gates: Gates | None = None,
         touch_every: float | None = None,
+        view: View | None = None,
     ) -> None:
         self.store = store
         self.backend = store.backend
@@ -192,6 +202,9 @@ class LockService:
         #: tenant service only (its GC reads it); such a service has no sweeps and no
         #: configured groups, so every decision here is a client's request.
         self.touch_every = touch_every
+        #: The groups as the store's change feed says they are, for refusals without a
+        #: round trip (lockd.view); None: every decision reads the store.
+        self.view = view
 
     def reconfigure(self, groups: GroupSettings) -> None:
         """Adopt new group settings (SIGHUP). See :meth:`apply_configuration`."""
@@ -236,13 +249,36 @@ class LockService:
         loop, and only when the model says the request would otherwise be granted
         (GATE_PENDING); the model then decides again with their verdict.
         """
-        self._configured_slots(group)
+        slots = self._configured_slots(group)
         policy = self.policy_for(group)
         now = self.clock()
+        verdict = None
+        if self.view is not None:
+            started = time.perf_counter()
+            decided = self._decide_on_view(group, id, slots, now, policy, None)
+            if decided is not None and decided[1] is Outcome.GATE_PENDING:
+                # The view says it would grant: the gates decide (their answer is cached),
+                # and a closed gate is a refusal the view may give too.
+                verdict = await self.gates.check(policy.gates, group, id)
+                now = self.clock()
+                decided = self._decide_on_view(group, id, slots, now, policy, verdict)
+            if decided is not None and view_may_refuse(decided[1]):
+                self.view.hits += 1
+                sem, outcome = decided
+                # attempts=0: no store attempt, the view answered.
+                self._emit(Decision("pre-reboot", group, id, outcome, None, 0,
+                                    time.perf_counter() - started, sem))
+                return Answer(outcome, sem, now, policy, verdict)
+            self.view.misses += 1
+        if verdict is not None:  # asked already: the store's decision is final
+            sem, outcome = await self._decide(
+                "pre-reboot", group, id,
+                lambda s: policies.lock(s, id, now, policy, verdict), now=now,
+            )
+            return Answer(outcome, sem, now, policy, verdict)
         sem, outcome = await self._decide(
             "pre-reboot", group, id, lambda s: policies.lock(s, id, now, policy), now=now
         )
-        verdict = None
         if outcome is Outcome.GATE_PENDING:
             verdict = await self.gates.check(policy.gates, group, id)
             now = self.clock()
@@ -251,6 +287,32 @@ class LockService:
                 lambda s: policies.lock(s, id, now, policy, verdict), now=now,
             )
         return Answer(outcome, sem, now, policy, verdict)
+
+    def _decide_on_view(
+        self, group: str, id: str, slots: int, now: float, policy: GroupPolicy,
+        verdict: GateVerdict | None,
+    ) -> tuple[Semaphore, Outcome] | None:
+        """A pre-reboot decided on the group's view entry, if one is trusted (lockd.view)
+        and the decision writes nothing; else None. Whether it may be the answer is
+        :func:`view_may_refuse`'s to say. Before the group's queue: it waits for nothing."""
+        assert self.view is not None
+        entry = self.view.lookup(self.layout.key(group))
+        if entry is None:
+            return None
+        stored = entry.decoded
+        if stored is None:
+            try:
+                stored = Semaphore.new(slots) if entry.raw is None else \
+                    self._decode(group, entry.raw)
+            except LockdError:
+                return None  # the store path says so, with its own error
+            entry.decoded = stored
+        current = self.configured_state(group, stored, slots)
+        after, outcome = policies.lock(current, id, now, policy, verdict)
+        # "is": a transition that changes nothing returns the very state it was given.
+        if after is not stored:
+            return None
+        return after, outcome
 
     def refusal(self, group: str, answer: Answer) -> LockdError:
         """The ``{kind, value}`` for a refused pre-reboot."""
@@ -409,8 +471,11 @@ class LockService:
         layout = self.layout
         key = layout.key(group)
         remembered = self._seen.get(key)
+        view = self.view
         if remembered is None:
+            token = view.token() if view is not None else None
             raw, version = await self.backend.get(key)
+            self._fill(key, raw, version, token)
             fresh = True
         else:
             (raw, version), fresh = remembered, False
@@ -428,18 +493,25 @@ class LockService:
                                           writes=writes, exists=raw is not None)
                 writes = current != stored
             if must_read_first(writes, fresh):
+                token = view.token() if view is not None else None
                 raw, version = await self.backend.get(key)
                 self._remember(key, raw, version)
+                self._fill(key, raw, version, token)
                 fresh = True
                 continue
             if not writes:
                 self._applied_to_store(group, current, slots)
                 settle(batch, results)
                 return
+            token = view.token() if view is not None else None
             result = await self.backend.compare_and_set(
                 key, layout.encode(current, raw), version
             )
             self._remember(key, result.value, result.version)
+            if result.stored and result.version is None:  # written, version not known
+                self._fill(key, None, None, None)
+            else:
+                self._fill(key, result.value, result.version, token)
             if result.stored:
                 self._applied_to_store(group, current, slots)
                 settle(batch, results)
@@ -455,6 +527,15 @@ class LockService:
             delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
             await asyncio.sleep(random.uniform(0, delay))
             attempt += 1
+
+    def _fill(self, key: str, raw: bytes | None, version: Version, token: Token | None) -> None:
+        """Tell the view what a read or write that started at ``token`` found (None:
+        nothing it may keep)."""
+        if self.view is not None:
+            if token is None:
+                self.view.forget(key)
+            else:
+                self.view.fill(key, raw, version, token)
 
     def _remember(self, key: str, raw: bytes | None, version: Version) -> None:
         if raw is None or version is None:

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from lockd.backends import Backend, CasResult, InvalidBackendURL, Version, open_backend
+from lockd.backends import (
+    Backend,
+    CasResult,
+    ChangeSink,
+    InvalidBackendURL,
+    Version,
+    open_backend,
+)
 from lockd.layouts import LAYOUTS, Layout
 
 T = TypeVar("T")
@@ -105,6 +112,14 @@ class TimedBackend(Backend):
 
     async def ping(self) -> None:
         await self._timed("ping", self.inner.ping())
+
+    @property  # type: ignore[override]
+    def has_feed(self) -> bool:
+        return self.inner.has_feed
+
+    async def watch(self, prefix: str, sink: ChangeSink) -> None:
+        # Not timed: a watch lasts as long as the process.
+        await self.inner.watch(prefix, sink)
 
     async def open(self) -> None:
         await self.inner.open()

@@ -8,6 +8,10 @@ layouts round-trip. The keys come from the store's layout (etcd2 accepts only it
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+
+import pytest
 
 from lockd.groups import GroupSettings
 from lockd.semaphore import Outcome
@@ -209,3 +213,83 @@ async def test_concurrent_grants_through_two_handles(shared_backend_url: str) ->
     finally:
         await other.backend.close()
         await one.backend.close()
+
+
+# The optional change feed (Backend.watch, where has_feed).
+
+
+class Recorder:
+    """A ChangeSink that keeps what the feed said."""
+
+    def __init__(self) -> None:
+        self.subscriptions = 0
+        self.changes: list[tuple[str | None, object]] = []
+        self.event = asyncio.Event()
+
+    def subscribed(self) -> None:
+        self.subscriptions += 1
+        self.event.set()
+
+    def changed(self, key: str | None, version: object = None) -> None:
+        self.changes.append((key, version))
+        self.event.set()
+
+    async def until(self, check: Callable[[], bool], seconds: float = 20.0) -> None:
+        async with asyncio.timeout(seconds):
+            while not check():
+                self.event.clear()
+                await self.event.wait()
+
+
+async def test_watch_reports_every_change_under_the_prefix(store: Store) -> None:
+    b = store.backend
+    if not b.has_feed:
+        with pytest.raises(NotImplementedError):
+            await b.watch(store.layout.group_prefix(), Recorder())
+        return
+    sink = Recorder()
+    feed = asyncio.create_task(b.watch(store.layout.group_prefix(), sink))
+    try:
+        await sink.until(lambda: sink.subscriptions == 1)
+        key = k(store, "watched")
+        first = await b.compare_and_set(key, b"one", None)
+        second = await b.compare_and_set(key, b"two", first.version)
+        assert second.stored
+        # Both writes are reported, in order; a version, where the feed gives one, is the
+        # write's own (the view keeps an entry whose version it already has).
+        await sink.until(lambda: len([c for c in sink.changes if c[0] == key]) >= 1
+                         and (sink.changes[-1][0] != key or sink.changes[-1][1]
+                              in (None, second.version)))
+        reported = [v for c, v in sink.changes if c == key]
+        assert reported[-1] in (None, second.version)
+        assert all(v in (None, first.version, second.version) for v in reported)
+        assert {c for c, _ in sink.changes} <= {key, None}
+        assert not feed.done()
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+
+
+async def test_watch_reports_a_conditional_delete(store: Store) -> None:
+    """Public mode's GC deletes keys: a view fed by this feed must hear of it, or it would
+    keep refusing from a group that no longer exists."""
+    b = store.backend
+    if not b.has_feed:  # then no view follows it, and watch says so
+        with pytest.raises(NotImplementedError):
+            await b.watch(store.layout.group_prefix(), Recorder())
+        return
+    key = k(store, "deleted")
+    created = await b.compare_and_set(key, b"one", None)
+    sink = Recorder()
+    feed = asyncio.create_task(b.watch(store.layout.group_prefix(), sink))
+    try:
+        await sink.until(lambda: sink.subscriptions == 1)
+        sink.changes.clear()
+        assert (await b.compare_and_delete(key, created.version)).stored
+        # Reported as the key without a version (deleted), or as "anything may have changed".
+        await sink.until(lambda: (key, None) in sink.changes or (None, None) in sink.changes)
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed

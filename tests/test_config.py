@@ -298,3 +298,14 @@ def test_public_mode_refuses_a_weak_or_misplaced_pepper(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="own layout"):
         load(environ={**env, "LOCKD_PUBLIC__PEPPER": "x" * 40,
                       "LOCKD_STORAGE__BACKEND": "etcd2://127.0.0.1:2379"})
+
+
+def test_the_view_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    s = load(environ={})
+    assert (s.view, s.view_max_age) == (True, 1.0)
+    s = load(write(tmp_path, "[storage]\nview = false\nview_max_age_s = 2.5\n"), environ={})
+    assert (s.view, s.view_max_age) == (False, 2.5)
+    s = load(environ={"LOCKD_STORAGE__VIEW": "false"})
+    assert s.view is False
+    with pytest.raises(ConfigError, match="view_max_age_s"):
+        load(environ={}, overrides={"storage.view_max_age_s": "0"})
