@@ -29,7 +29,11 @@ from lockd.tenancy import PUBLIC
 log = logging.getLogger("lockd.daemon")
 
 
-async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+async def serve(
+    settings: Settings, reload: Callable[[], Settings] | None = None, reuse_port: bool = False,
+) -> None:
+    """``reuse_port``: this process is one of several workers on the same ports
+    (lockd.workers)."""
     app = create_app(settings)
     runners: list[web.AppRunner] = []
     listeners: list[Listener] = []
@@ -45,12 +49,13 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
         tls = tlsfiles.server_context(settings.tls_cert, settings.tls_key) if settings.tls \
             else None
         listeners.append(await _listen(main, settings.listen.host, settings.listen.port,
-                                       "FleetLock", cap, tls))
+                                       "FleetLock", cap, tls, reuse_port))
         for name, extra, host, port in admin.listeners(settings, app):
             runner = _runner(extra, settings)
             await runner.setup()
             runners.append(runner)
-            listeners.append(await _listen(runner, host, port, name, ADMIN_MAX_CONNECTIONS))
+            listeners.append(await _listen(runner, host, port, name, ADMIN_MAX_CONNECTIONS,
+                                           reuse_port=reuse_port))
         print(f"lockd: serving (pid {os.getpid()}), backend {service.backend.describe()}",
               flush=True)
         try:
@@ -107,18 +112,23 @@ class ListenFailed(Exception):
     """A listener could not be opened; the message names its configuration keys."""
 
 
+def listen_failed(host: str, port: int, name: str, exc: OSError) -> ListenFailed:
+    return ListenFailed(
+        f"cannot listen on {host}:{port} for the {name} listener: {exc.strerror or exc} "
+        f"(check {LISTENER_KEYS.get(name, name)})"
+    )
+
+
 async def _listen(
     runner: web.AppRunner, host: str, port: int, name: str, cap: int,
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | None = None, reuse_port: bool = False,
 ) -> Listener:
-    listener = Listener(runner, host, port, name=name, max_connections=cap, ssl=tls)
+    listener = Listener(runner, host, port, name=name, max_connections=cap, ssl=tls,
+                        reuse_port=reuse_port)
     try:
         await listener.start()
     except OSError as exc:
-        raise ListenFailed(
-            f"cannot listen on {host}:{port} for the {name} listener: {exc.strerror or exc} "
-            f"(check {LISTENER_KEYS.get(name, name)})"
-        ) from None
+        raise listen_failed(host, port, name, exc) from None
     for addr in listener.addresses():
         shown = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
         # stdout, so `make run` and scripts see where it listens whatever the log format.
@@ -200,7 +210,9 @@ async def _apply(service: LockService) -> None:
                     exc.value)
 
 
-def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+def run(
+    settings: Settings, reload: Callable[[], Settings] | None = None, reuse_port: bool = False,
+) -> int:
     try:
         import uvloop  # optional speed-up
 
@@ -208,7 +220,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     except ImportError:
         runner = asyncio.run
     try:
-        runner(serve(settings, reload))
+        runner(serve(settings, reload, reuse_port))
     except ListenFailed as exc:
         print(f"lockd: {exc}", file=sys.stderr)
         return 1
