@@ -1,6 +1,7 @@
 """Raw requests/s of lockd's hot paths on every backend, against a bare aiohttp ceiling.
 
     .venv/bin/python -m bench.throughput [--runs 3] [--duration 5] [--backends memory,sqlite]
+        [--workers 2] [--scenarios refuse]
 
 For each run, and inside it for lockd on each backend (``memory://``, the default sqlite,
 ``redis://``, ``etcd://`` and, when asked for, ``redis+cluster://`` (three masters with a
@@ -15,6 +16,9 @@ the bare handler:
 The bare handler parses the same request (header check, JSON body) and answers 200 JSON:
 what aiohttp alone can do on this machine, measured seconds before so that the ratio
 lockd/bare is meaningful even on a noisy machine.
+
+``--workers N`` measures each backend but memory:// a second time, as ``<backend>-wN``
+(``lockd serve --workers N``), right after its one worker: the ratio of the two is printed.
 
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
@@ -140,41 +144,50 @@ class Bare(Target):
 
 
 class LockdTarget(Target):
-    """lockd on one backend; redis-server or etcd started beside it when needed."""
+    """lockd on one backend; redis-server or etcd started beside it when needed.
 
-    def __init__(self, name: str, tmp: Path, cpus: str | None) -> None:
-        self.name, self.tmp, self.cpus = name, tmp / name, cpus
+    ``workers`` > 1: ``lockd serve --workers N``, named ``<backend>-wN``; the supervisor is
+    started under ``taskset`` so that every worker it starts inherits the server CPUs.
+    """
+
+    def __init__(self, name: str, tmp: Path, cpus: str | None, workers: int = 1) -> None:
+        self.backend = name
+        self.workers = workers
+        self.name = name if workers == 1 else f"{name}-w{workers}"
+        self.tmp, self.cpus = tmp / self.name, cpus
         self.store: Any = None
 
     def start(self) -> str:
         from bench.procs import Lockd
 
-        args = ["--no-admin", "--default-slots", "1", "--log-level", "warning"]
-        if self.name == "memory":
+        args = ["--no-admin", "--default-slots", "1", "--log-level", "warning",
+                "--workers", str(self.workers)]
+        wrapper = ["taskset", "-c", self.cpus] if self.cpus and shutil.which("taskset") else []
+        if self.backend == "memory":
             args += ["--backend", "memory://"]
-        elif self.name == "sqlite":
+        elif self.backend == "sqlite":
             args += ["--state-dir", str(self.tmp / "state")]  # the default backend
-        elif self.name == "redis":
+        elif self.backend == "redis":
             from bench.servers import RedisServer
 
             self.store = RedisServer(self.tmp / "redis").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.name == "redis-cluster":
+        elif self.backend == "redis-cluster":
             from bench.servers import RedisClusterServer
 
             self.store = RedisClusterServer(self.tmp / "cluster").start()
             for node in self.store.nodes:
                 pin(node.proc.pid, self.cpus)
             args += ["--backend", self.store.url]
-        elif self.name == "etcd":
+        elif self.backend == "etcd":
             from bench.servers import EtcdServer
 
             self.store = EtcdServer(self.tmp / "etcd").start()
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", f"etcd://{self.store.endpoint}"]
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.lockd = Lockd(self.tmp, *args).start()
+        self.lockd = Lockd(self.tmp, *args, wrapper=wrapper).start()
         pin(self.lockd.proc.pid, self.cpus)
         return self.lockd.url.rstrip("/")
 
@@ -270,6 +283,8 @@ class Results:
     #: lockd-on-etcd cycle requests/s over the raw compare-and-set rate through etcd's JSON
     #: gateway (lockd's own path, bench/raw_etcd.py), per run
     raw_ratios: list[float] = field(default_factory=list)
+    #: ``<backend>-wN`` requests/s over the same backend's one worker, per mode, per run
+    worker_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 def _report(res: Results, run: int, runs: int, name: str, mode: str, s: Sample) -> None:
@@ -314,15 +329,18 @@ def measure(a: argparse.Namespace) -> Results:
                         print(f"{name}: backend not available", flush=True)
                         continue
                     _measure_backend(a, res, run, name, bare_url, prefix)
+                    if a.workers > 1 and name != "memory":  # memory:// takes one worker
+                        _measure_backend(a, res, run, name, bare_url, prefix, a.workers)
             finally:
                 bare.stop()
     return res
 
 
 def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
-                     bare_url: str, prefix: str) -> None:
+                     bare_url: str, prefix: str, workers: int = 1) -> None:
     with tempfile.TemporaryDirectory(prefix=f"lockd-bench-{name}-") as tmp:
-        target = LockdTarget(name, Path(tmp), a.server_cpus)
+        target = LockdTarget(name, Path(tmp), a.server_cpus, workers)
+        name = target.name
         try:
             url = target.start()
         except Exception as exc:  # a store that cannot start is reported, not fatal
@@ -331,12 +349,16 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
         try:
             _prepare(url, prefix, name)
             wrk(url, "relock", prefix, a.warmup, a.connections, a.load_cpus)
-            for mode in SCENARIOS:
+            for mode in a.scenarios:
                 b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus)
                 _report(res, run, a.runs, "bare", mode, b)
                 s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
                 _report(res, run, a.runs, name, mode, s)
                 res.ratios.setdefault(name, {}).setdefault(mode, []).append(s.rps / b.rps)
+                one = res.samples.get(target.backend, {}).get(mode, [])
+                if workers > 1 and len(one) == run:  # this run's one-worker sample
+                    res.worker_ratios.setdefault(name, {}).setdefault(mode, []).append(
+                        s.rps / one[-1].rps)
                 if name == "etcd" and mode == "cycle":
                     raw = raw_etcd(target.store.endpoint, a.duration, a.connections,
                                    a.server_cpus)
@@ -393,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="wrk threads = connections (one connection per thread)")
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
                    help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also measure each backend (but memory) with lockd serve --workers N, "
+                   "right after its one worker, and report the ratio")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--server-cpus", default="0", help="taskset CPUs for the server side")
     p.add_argument("--load-cpus", default="1", help="taskset CPUs for wrk")
     p.add_argument("--json", type=Path, default=Path("bench/out/throughput.json"))
@@ -406,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         a.server_cpus = a.load_cpus = None
     a.targets = [b.strip() for b in a.backends.split(",") if b.strip()]
+    a.scenarios = [m.strip() for m in a.scenarios.split(",") if m.strip() in SCENARIOS]
     print(f"throughput: {a.runs} run(s) x {a.duration:g}s per measurement, wrk "
           f"-t{a.connections} -c{a.connections}; server on CPU {a.server_cpus}, "
           f"wrk on CPU {a.load_cpus}", flush=True)
@@ -417,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     if res.raw_ratios:
         print(f"etcd: lockd's grant+release requests/s = {statistics.median(res.raw_ratios):.2f}"
               f" of the raw gateway compare-and-set rate (each such request is one transaction)")
+    for name, by_mode in res.worker_ratios.items():
+        for mode, ratios in by_mode.items():
+            print(f"{name} {mode}: {statistics.median(ratios):.2f}x one worker (median of "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
     for line in res.anomalies:
         print("ANOMALY " + line)
     a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -425,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpus": a.server_cpus, "load_cpus": a.load_cpus,
         "samples": {n: {m: [s.__dict__ for s in ss] for m, ss in bm.items()}
                     for n, bm in res.samples.items()},
-        "ratios": res.ratios, "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
+        "ratios": res.ratios, "worker_ratios": res.worker_ratios,
+        "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
     }, indent=2))
     return 1 if res.anomalies else 0
 

@@ -322,7 +322,7 @@ class Supervisor:
             return
         lived = time.monotonic() - w.started
         w.crashes = w.crashes + 1 if lived < STABLE_S else 1
-        delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (w.crashes - 1))
+        delay = backoff(w.crashes)
         log.error("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s "
                   "(%d time(s) in a row); the other workers keep serving",
                   w.index, proc.pid, _how(code), lived, delay, w.crashes)
@@ -370,6 +370,11 @@ class Supervisor:
         elif w.pid in self.reloading:
             self.reloading.discard(w.pid)
             self._reload_done()
+
+
+def backoff(crashes: int) -> float:
+    """Seconds before restarting a worker that died ``crashes`` times in a row."""
+    return min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (crashes - 1))
 
 
 def _how(code: int) -> str:

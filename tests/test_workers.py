@@ -120,6 +120,12 @@ def test_a_killed_worker_is_restarted_and_serves(tmp_path: Path) -> None:
         assert server.stop() == 0
 
 
+def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly() -> None:
+    from lockd.workers import backoff
+
+    assert [backoff(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
 def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
     config = tmp_path / "lockd.toml"
     config.write_text('[lock]\ngroups = [{ name = "g", slots = 1 }]\n')
