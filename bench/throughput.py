@@ -17,8 +17,9 @@ The bare handler parses the same request (header check, JSON body) and answers 2
 what aiohttp alone can do on this machine, measured seconds before so that the ratio
 lockd/bare is meaningful even on a noisy machine.
 
-``--workers N`` measures each backend but memory:// a second time, as ``<backend>-wN``
-(``lockd serve --workers N``), right after its one worker: the ratio of the two is printed.
+``--workers N`` runs each backend but memory:// twice side by side, one worker and
+``<backend>-wN`` (``lockd serve --workers N``), each on its own store server, and measures
+them back to back after the bare handler: the median ratio of the pairs is printed.
 
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
@@ -328,19 +329,53 @@ def measure(a: argparse.Namespace) -> Results:
                     if name in OPTIONAL and not available(name):
                         print(f"{name}: backend not available", flush=True)
                         continue
-                    _measure_backend(a, res, run, name, bare_url, prefix)
                     if a.workers > 1 and name != "memory":  # memory:// takes one worker
-                        _measure_backend(a, res, run, name, bare_url, prefix, a.workers)
+                        _measure_workers(a, res, run, name, bare_url, prefix)
+                    else:
+                        _measure_backend(a, res, run, name, bare_url, prefix)
             finally:
                 bare.stop()
     return res
 
 
-def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
-                     bare_url: str, prefix: str, workers: int = 1) -> None:
+def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
+                     bare_url: str, prefix: str) -> None:
+    """One worker and ``--workers N`` side by side (each on its own store server), measured
+    back to back after the bare handler: the ratio of a pair is seconds apart."""
     with tempfile.TemporaryDirectory(prefix=f"lockd-bench-{name}-") as tmp:
-        target = LockdTarget(name, Path(tmp), a.server_cpus, workers)
-        name = target.name
+        targets = [LockdTarget(name, Path(tmp), a.server_cpus),
+                   LockdTarget(name, Path(tmp), a.server_cpus, a.workers)]
+        started: list[LockdTarget] = []
+        try:
+            urls = []
+            for target in targets:
+                urls.append(target.start())
+                started.append(target)
+                _prepare(urls[-1], prefix, target.name)
+                wrk(urls[-1], "relock", prefix, a.warmup, a.connections, a.load_cpus)
+            for mode in a.scenarios:
+                b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus)
+                _report(res, run, a.runs, "bare", mode, b)
+                pair = []
+                for target, url in zip(targets, urls, strict=True):
+                    s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
+                    _report(res, run, a.runs, target.name, mode, s)
+                    res.ratios.setdefault(target.name, {}).setdefault(mode, []).append(
+                        s.rps / b.rps)
+                    pair.append(s.rps)
+                res.worker_ratios.setdefault(targets[1].name, {}).setdefault(mode, []).append(
+                    pair[1] / pair[0])
+        except Exception as exc:  # a store that cannot start is reported, not fatal
+            print(f"{name}: could not measure workers: {exc}", flush=True)
+        finally:
+            for target in started:
+                target.stop()
+
+
+def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
+                     bare_url: str, prefix: str) -> None:
+    with tempfile.TemporaryDirectory(prefix=f"lockd-bench-{name}-") as tmp:
+        target = LockdTarget(name, Path(tmp), a.server_cpus)
         try:
             url = target.start()
         except Exception as exc:  # a store that cannot start is reported, not fatal
@@ -355,10 +390,6 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
                 s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
                 _report(res, run, a.runs, name, mode, s)
                 res.ratios.setdefault(name, {}).setdefault(mode, []).append(s.rps / b.rps)
-                one = res.samples.get(target.backend, {}).get(mode, [])
-                if workers > 1 and len(one) == run:  # this run's one-worker sample
-                    res.worker_ratios.setdefault(name, {}).setdefault(mode, []).append(
-                        s.rps / one[-1].rps)
                 if name == "etcd" and mode == "cycle":
                     raw = raw_etcd(target.store.endpoint, a.duration, a.connections,
                                    a.server_cpus)

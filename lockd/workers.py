@@ -355,6 +355,8 @@ class Supervisor:
             for line in data.decode(errors="replace").splitlines():
                 if line == "READY=1":
                     self._ready(w)
+                elif line.startswith("STATUS=") and self.serving:  # e.g. a refused reload
+                    sdnotify.status(f"worker {w.index}: {line.removeprefix('STATUS=')}")
 
     def _ready(self, w: Worker, report: bool = False) -> None:
         """READY=1 from ``w``, or (``report``) its start-up report on stdout: it serves
