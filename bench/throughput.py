@@ -286,6 +286,8 @@ class Results:
     raw_ratios: list[float] = field(default_factory=list)
     #: ``<backend>-wN`` requests/s over the same backend's one worker, per mode, per run
     worker_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: with --workers on Redis: Redis commands per request, per mode, per run
+    store_commands: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
 
 
 def _report(res: Results, run: int, runs: int, name: str, mode: str, s: Sample) -> None:
@@ -358,8 +360,17 @@ def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
                 _report(res, run, a.runs, "bare", mode, b)
                 pair = []
                 for target, url in zip(targets, urls, strict=True):
+                    before = store_commands(target)
                     s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
                     _report(res, run, a.runs, target.name, mode, s)
+                    if before is not None:  # how many requests share one store command
+                        after = store_commands(target) or {}
+                        per = {k: round((after[k] - before.get(k, 0)) / s.requests, 3)
+                               for k in after if after[k] != before.get(k, 0) and k != "info"}
+                        print(f"           {target.name:<13} redis commands per request: {per}",
+                              flush=True)
+                        res.store_commands.setdefault(target.name, {}).setdefault(
+                            mode, []).append(per)
                     res.ratios.setdefault(target.name, {}).setdefault(mode, []).append(
                         s.rps / b.rps)
                     pair.append(s.rps)
@@ -370,6 +381,16 @@ def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
         finally:
             for target in started:
                 target.stop()
+
+
+def store_commands(target: LockdTarget) -> dict[str, int] | None:
+    """Redis' own count of each command it ran (INFO commandstats), or None off Redis."""
+    port = getattr(target.store, "port", None)
+    if target.backend != "redis" or port is None or not shutil.which("redis-cli"):
+        return None
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"cmdstat_(\w+):calls=(\d+)", out)}
 
 
 def _measure_backend(a: argparse.Namespace, res: Results, run: int, name: str,
@@ -489,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": {n: {m: [s.__dict__ for s in ss] for m, ss in bm.items()}
                     for n, bm in res.samples.items()},
         "ratios": res.ratios, "worker_ratios": res.worker_ratios,
+        "store_commands": res.store_commands,
         "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
     }, indent=2))
     return 1 if res.anomalies else 0

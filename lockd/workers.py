@@ -133,7 +133,7 @@ def hold_port(name: str, host: str, port: int) -> socket.socket:
 # --- the supervisor ---------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class Worker:
     index: int
     proc: asyncio.subprocess.Process | None = None
@@ -227,13 +227,13 @@ class Supervisor:
             handle.cancel()
         if self.serving:
             sdnotify.stopping()
-        for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
-                w.proc.send_signal(signal.SIGTERM)
+        signalled = [w for w in self.workers if w.proc is not None and w.proc.returncode is None]
+        for w in signalled:  # not one waiting to be restarted: its death was logged already
+            w.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         codes = []
         for w in self.workers:
-            if w.proc is not None:
-                code = await w.proc.wait()
+            if w in signalled:
+                code = await w.proc.wait()  # type: ignore[union-attr]
                 # A worker stopped while starting dies of the SIGTERM it had no handler for.
                 codes.append(0 if code == -signal.SIGTERM else code)
             for task in w.tasks:  # the relays end at the worker's EOF

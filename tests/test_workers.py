@@ -176,6 +176,28 @@ def test_systemd_hears_ready_once_every_worker_serves(tmp_path: Path) -> None:
         sock.close()
 
 
+def test_every_worker_shows_a_disagreeing_replica(tmp_path: Path) -> None:
+    """Another replica's configuration reached the store: whichever worker answers says so
+    (each finds it when it reads the group for the view or the scrape)."""
+    db = f"sqlite://{tmp_path / 'shared.db'}"
+    first = workers(tmp_path, db, "--group", "g=3").start()
+    other = None
+    try:
+        assert lock(first.url, "pre-reboot", "a", "g")[0] == 200  # created with 3
+        other = Lockd(tmp_path, "--backend", db, "--group", "g=2", name="other").start()
+        assert lock(other.url, "pre-reboot", "b", "g")[0] == 200  # applied its 2
+        for _ in range(20):  # fresh connections: both workers of first answer some
+            _, doc = call(first.admin_url, "GET", "/api/v1/groups/g")
+            assert doc["policy"]["config_mismatch"] == {"configured_here": 3, "in_store": 2}
+            assert samples(first.admin_url, "lockd_config_mismatch") == {(("group", "g"),): 1}
+        _, doc = call(other.admin_url, "GET", "/api/v1/groups/g")
+        assert doc["policy"]["config_mismatch"] is None
+    finally:
+        if other is not None:
+            other.stop()
+        assert first.stop() == 0
+
+
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lockd", "serve", *args],
                           capture_output=True, text=True, timeout=60)
