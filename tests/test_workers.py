@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -18,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.linearizability import HistoryRecorder, Kind, check
 from bench.procs import Lockd
 from tests.history import storm, violations
 from tests.httpcall import call, lock
+from tests.replicas import post
 
 SERVING = re.compile(r"lockd: serving \(pid (\d+)\) with (\d+) workers \(pids ([\d, ]+)\)")
 
@@ -118,6 +122,43 @@ def test_a_killed_worker_is_restarted_and_serves(tmp_path: Path) -> None:
         assert sum(samples(server.admin_url, "lockd_http_requests_total").values()) == 40
     finally:
         assert server.stop() == 0
+
+
+async def test_two_workers_give_a_linearizable_history(tmp_path: Path) -> None:
+    """Every request recorded (bench/linearizability.py) on a new connection each, so the
+    kernel spreads them over both workers; the history must be linearizable."""
+    slots = {"one": 1, "two": 2}
+    server = workers(tmp_path, f"sqlite://{tmp_path / 'l.db'}", "--group=one=1",
+                     "--group=two=2").start()
+    rec = HistoryRecorder()
+    rng = random.Random(11)
+    try:
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def call(op: str, kind: Kind, group: str, node: str) -> int | None:
+                with rec.recording(kind, group, node, process=node) as out:
+                    out.status = (await post(session, server.url, op, group, node))[0]
+                return out.status
+
+            async def node(i: int) -> None:
+                for _ in range(3):
+                    group = rng.choice(sorted(slots))
+                    while await call("pre-reboot", "lock", group, f"n{i}") != 200:
+                        await asyncio.sleep(rng.uniform(0.001, 0.01))
+                    await asyncio.sleep(rng.uniform(0.0, 0.005))
+                    while await call("steady-state", "unlock", group, f"n{i}") != 200:
+                        await asyncio.sleep(rng.uniform(0.001, 0.01))
+
+            await asyncio.gather(*(node(i) for i in range(20)))
+        per_worker = samples(server.admin_url, "lockd_worker_requests")
+    finally:
+        assert server.stop() == 0
+    history = rec.history()
+    assert sum(o.result == "refused" for o in history) > 0  # they contended
+    assert all(o.result != "unknown" for o in history)
+    result = check(history, slots)
+    assert result.ok, result
+    assert len(per_worker) == 2 and all(v > 0 for v in per_worker.values())
 
 
 def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly() -> None:
