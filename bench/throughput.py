@@ -19,7 +19,9 @@ lockd/bare is meaningful even on a noisy machine.
 
 ``--workers N`` runs each backend but memory:// twice side by side, one worker and
 ``<backend>-wN`` (``lockd serve --workers N``), each on its own store server, and measures
-them back to back after the bare handler: the median ratio of the pairs is printed.
+them back to back after the bare handler: the median ratio of the pairs is printed, with
+the CPU the lockd processes used (per request, and cores busy) and, on Redis, the Redis
+commands per request (INFO commandstats).
 
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
@@ -288,6 +290,8 @@ class Results:
     worker_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: with --workers on Redis: Redis commands per request, per mode, per run
     store_commands: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
+    #: with --workers: CPU the target's lockd processes used, per request and in cores
+    lockd_cpu: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
 
 
 def _report(res: Results, run: int, runs: int, name: str, mode: str, s: Sample) -> None:
@@ -361,8 +365,16 @@ def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
                 pair = []
                 for target, url in zip(targets, urls, strict=True):
                     before = store_commands(target)
+                    procs = process_tree(target.lockd.proc.pid)
+                    cpu0 = cpu_seconds(procs)
                     s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
                     _report(res, run, a.runs, target.name, mode, s)
+                    used = cpu_seconds(procs) - cpu0  # every lockd process of the target
+                    print(f"           {target.name:<13} lockd CPU {1e6 * used / s.requests:.0f} "
+                          f"us/request, {used / a.duration:.2f} cores busy", flush=True)
+                    res.lockd_cpu.setdefault(target.name, {}).setdefault(mode, []).append(
+                        {"us_per_request": 1e6 * used / s.requests,
+                         "cores": used / a.duration})
                     if before is not None:  # how many requests share one store command
                         after = store_commands(target) or {}
                         per = {k: round((after[k] - before.get(k, 0)) / s.requests, 3)
@@ -381,6 +393,26 @@ def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
         finally:
             for target in started:
                 target.stop()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor and its workers)."""
+    found = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            for child in fh.read().split():
+                found += process_tree(int(child))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def store_commands(target: LockdTarget) -> dict[str, int] | None:
@@ -510,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": {n: {m: [s.__dict__ for s in ss] for m, ss in bm.items()}
                     for n, bm in res.samples.items()},
         "ratios": res.ratios, "worker_ratios": res.worker_ratios,
-        "store_commands": res.store_commands,
+        "store_commands": res.store_commands, "lockd_cpu": res.lockd_cpu,
         "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
     }, indent=2))
     return 1 if res.anomalies else 0
