@@ -43,6 +43,12 @@ async def serve(
     main = _runner(app, settings, handler_cancellation=True)
     await main.setup()  # opens the backend (cleanup_ctx)
     runners.append(main)
+    # SIGTERM/SIGINT from here on: one sent as soon as "serving" is printed (a test, a
+    # supervisor, systemctl stop) drains instead of killing the process.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         service = app[SERVICE]
         cap = settings.max_connections or default_max_connections()
@@ -66,10 +72,6 @@ async def serve(
             log.warning("backend not reachable yet: %s", exc.value)
             sdnotify.status(f"serving, backend not reachable yet: {exc.value}")
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app, settings, tls))
         # Ready only now: a systemctl reload sent earlier would meet SIGHUP's default action.
