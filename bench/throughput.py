@@ -1,6 +1,7 @@
 """Raw requests/s of lockd's hot paths on every backend, against a bare aiohttp ceiling.
 
     .venv/bin/python -m bench.throughput [--runs 3] [--duration 5] [--backends memory,sqlite]
+        [--workers 2] [--scenarios refuse]
 
 For each run, and inside it for lockd on each backend (``memory://``, the default sqlite,
 ``redis://``, ``etcd://`` and, when asked for, ``etcd2://`` and ``redis+cluster://`` (three
@@ -25,6 +26,12 @@ branch's base), for a before/after taken in one run.
 A backend named with ``-noview`` (``--backends sqlite,sqlite-noview``) runs lockd with
 ``storage.view = false``: every refusal reads the store, as before lockd.view existed.
 ``--scenarios refuse`` measures that scenario only.
+
+``--workers N`` runs each backend but memory:// twice side by side, one worker and
+``<backend>-wN`` (``lockd serve --workers N``), each on its own store server, and measures
+them back to back after the bare handler: the median ratio of the pairs is printed, with
+the CPU the lockd processes used (per request, and cores busy) and, on Redis, the Redis
+commands per request (INFO commandstats).
 
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
@@ -151,19 +158,27 @@ class Bare(Target):
 
 class LockdTarget(Target):
     """lockd on one backend, with its default settings plus ``extra`` flags; redis-server
-    or etcd started beside it when needed."""
+    or etcd started beside it when needed.
 
-    def __init__(self, name: str, tmp: Path, cpus: str | None,
-                 extra: tuple[str, ...] = (), tree: Path | None = None) -> None:
-        self.backend, self.extra, self.tree = name, extra, tree
-        self.name = " ".join((f"{name}@{tree}" if tree else name, *extra))
-        self.tmp, self.cpus = tmp / name, cpus
+    ``workers`` > 1: ``lockd serve --workers N``, named ``<backend>-wN``; the supervisor is
+    started under ``taskset`` so that every worker it starts inherits the server CPUs.
+    """
+
+    def __init__(self, name: str, tmp: Path, cpus: str | None, extra: tuple[str, ...] = (),
+                 tree: Path | None = None, workers: int = 1) -> None:
+        self.backend, self.extra, self.tree, self.workers = name, extra, tree, workers
+        base = name if workers == 1 else f"{name}-w{workers}"
+        self.name = " ".join((f"{base}@{tree}" if tree else base, *extra))
+        self.tmp, self.cpus = tmp / base, cpus
         self.store: Any = None
 
     def start(self) -> str:
         from bench.procs import Lockd
 
         args = ["--no-admin", "--default-slots", "1", *self.extra]
+        if self.workers > 1:
+            args += ["--workers", str(self.workers)]
+        wrapper = ["taskset", "-c", self.cpus] if self.cpus and shutil.which("taskset") else []
         store = self.backend.removesuffix("-noview")
         if store != self.backend:
             args += ["--set", "storage.view=false"]
@@ -197,7 +212,7 @@ class LockdTarget(Target):
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", f"etcd2://{self.store.endpoint}"]
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.lockd = Lockd(self.tmp, *args, tree=self.tree).start()
+        self.lockd = Lockd(self.tmp, *args, tree=self.tree, wrapper=wrapper).start()
         pin(self.lockd.proc.pid, self.cpus)
         return self.lockd.url.rstrip("/")
 
@@ -295,6 +310,12 @@ class Results:
     #: lockd-on-etcd cycle requests/s over the raw compare-and-set rate through etcd's JSON
     #: gateway (lockd's own path, bench/raw_etcd.py), per run
     raw_ratios: list[float] = field(default_factory=list)
+    #: ``<backend>-wN`` requests/s over the same backend's one worker, per mode, per run
+    worker_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: with --workers on Redis: Redis commands per request, per mode, per run
+    store_commands: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
+    #: with --workers: CPU the target's lockd processes used, per request and in cores
+    lockd_cpu: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
 
 
 def _report(res: Results, run: int, runs: int, name: str, mode: str, s: Sample) -> None:
@@ -337,10 +358,95 @@ def measure(a: argparse.Namespace) -> Results:
                     if not available(name):
                         print(f"{name}: backend not available", flush=True)
                         continue
-                    _measure_backend(a, res, run, name, bare_url, prefix, extra, tree)
+                    if a.workers > 1 and name.removesuffix("-noview") != "memory" \
+                            and tree is None and not extra:  # memory:// takes one worker
+                        _measure_workers(a, res, run, name, bare_url, prefix)
+                    else:
+                        _measure_backend(a, res, run, name, bare_url, prefix, extra, tree)
             finally:
                 bare.stop()
     return res
+
+
+def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
+                     bare_url: str, prefix: str) -> None:
+    """One worker and ``--workers N`` side by side (each on its own store server), measured
+    back to back after the bare handler: the ratio of a pair is seconds apart."""
+    with tempfile.TemporaryDirectory(prefix=f"lockd-bench-{name}-") as tmp:
+        targets = [LockdTarget(name, Path(tmp), a.server_cpus),
+                   LockdTarget(name, Path(tmp), a.server_cpus, workers=a.workers)]
+        started: list[LockdTarget] = []
+        try:
+            urls = []
+            for target in targets:
+                urls.append(target.start())
+                started.append(target)
+                _prepare(urls[-1], prefix, target.name)
+                wrk(urls[-1], "relock", prefix, a.warmup, a.connections, a.load_cpus)
+            for mode in a.scenarios:
+                b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus)
+                _report(res, run, a.runs, "bare", mode, b)
+                pair = []
+                for target, url in zip(targets, urls, strict=True):
+                    before = store_commands(target)
+                    procs = process_tree(target.lockd.proc.pid)
+                    cpu0 = cpu_seconds(procs)
+                    s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
+                    _report(res, run, a.runs, target.name, mode, s)
+                    used = cpu_seconds(procs) - cpu0  # every lockd process of the target
+                    print(f"           {target.name:<13} lockd CPU {1e6 * used / s.requests:.0f} "
+                          f"us/request, {used / a.duration:.2f} cores busy", flush=True)
+                    res.lockd_cpu.setdefault(target.name, {}).setdefault(mode, []).append(
+                        {"us_per_request": 1e6 * used / s.requests,
+                         "cores": used / a.duration})
+                    if before is not None:  # how many requests share one store command
+                        after = store_commands(target) or {}
+                        per = {k: round((after[k] - before.get(k, 0)) / s.requests, 3)
+                               for k in after if after[k] != before.get(k, 0) and k != "info"}
+                        print(f"           {target.name:<13} redis commands per request: {per}",
+                              flush=True)
+                        res.store_commands.setdefault(target.name, {}).setdefault(
+                            mode, []).append(per)
+                    res.ratios.setdefault(target.name, {}).setdefault(mode, []).append(
+                        s.rps / b.rps)
+                    pair.append(s.rps)
+                res.worker_ratios.setdefault(targets[1].name, {}).setdefault(mode, []).append(
+                    pair[1] / pair[0])
+        except Exception as exc:  # a store that cannot start is reported, not fatal
+            print(f"{name}: could not measure workers: {exc}", flush=True)
+        finally:
+            for target in started:
+                target.stop()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor and its workers)."""
+    found = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as fh:
+            for child in fh.read().split():
+                found += process_tree(int(child))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def store_commands(target: LockdTarget) -> dict[str, int] | None:
+    """Redis' own count of each command it ran (INFO commandstats), or None off Redis."""
+    port = getattr(target.store, "port", None)
+    if target.backend != "redis" or port is None or not shutil.which("redis-cli"):
+        return None
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"cmdstat_(\w+):calls=(\d+)", out)}
 
 
 def _measure_backend(a: argparse.Namespace, res: Results, run: int, backend: str,
@@ -421,8 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
                    help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd,"
                         "etcd2, each also as NAME-noview")
+    p.add_argument("--workers", type=int, default=1,
+                   help="also measure each backend (but memory) with lockd serve --workers N, "
+                   "right after its one worker, and report the ratio")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
-                   help="comma-separated subset of " + ",".join(SCENARIOS))
+                   help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--extra-row", action="append", default=[],
                    metavar='"BACKEND[@CHECKOUT] FLAGS..."',
                    help="also measure lockd on BACKEND with these serve flags, e.g. "
@@ -449,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         if tree and not (Path(tree) / "lockd" / "__main__.py").is_file():
             p.error(f"--extra-row: {tree} has no lockd package")
         a.extra_rows.append((name, Path(tree) if tree else None, tuple(row.split()[1:])))
-    a.scenarios = [m.strip() for m in a.scenarios.split(",") if m.strip()]
+    a.scenarios = [m.strip() for m in a.scenarios.split(",") if m.strip() in SCENARIOS]
     print(f"throughput: {a.runs} run(s) x {a.duration:g}s per measurement, wrk "
           f"-t{a.connections} -c{a.connections}; server on CPU {a.server_cpus}, "
           f"wrk on CPU {a.load_cpus}", flush=True)
@@ -461,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     if res.raw_ratios:
         print(f"etcd: lockd's grant+release requests/s = {statistics.median(res.raw_ratios):.2f}"
               f" of the raw gateway compare-and-set rate (each such request is one transaction)")
+    for name, by_mode in res.worker_ratios.items():
+        for mode, ratios in by_mode.items():
+            print(f"{name} {mode}: {statistics.median(ratios):.2f}x one worker (median of "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
     for line in res.anomalies:
         print("ANOMALY " + line)
     a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -469,7 +582,9 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpus": a.server_cpus, "load_cpus": a.load_cpus,
         "samples": {n: {m: [s.__dict__ for s in ss] for m, ss in bm.items()}
                     for n, bm in res.samples.items()},
-        "ratios": res.ratios, "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
+        "ratios": res.ratios, "worker_ratios": res.worker_ratios,
+        "store_commands": res.store_commands, "lockd_cpu": res.lockd_cpu,
+        "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
     }, indent=2))
     return 1 if res.anomalies else 0
 

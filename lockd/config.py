@@ -49,6 +49,8 @@ class GroupError(ValueError):
 
 #: A configuration file is a few KiB; anything far larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
+#: More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 256
 #: The most slots a group may have, in configuration and in the admin API alike.
 MAX_SLOTS = 1_000_000
 
@@ -103,6 +105,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     shutdown_timeout: float = 10.0
+    #: Processes serving the listeners (lockd.workers); 1: this process serves, no supervisor.
+    workers: int = 1
     #: Public multi-tenant mode (docs/public.md): tenants are secrets, stored as HMACs
     #: under ``public_pepper``, which is never shown (repr=False) nor stored.
     public_enabled: bool = False
@@ -173,6 +177,7 @@ KEYS: dict[str, str] = {
     "service.max_connections": "posint",
     "service.idle_timeout_s": "posfloat",
     "service.body_timeout_s": "posfloat",
+    "service.workers": "workers",
     "storage.backend": "str",
     "storage.state_dir": "str",
     "storage.timeout_s": "posfloat",
@@ -261,6 +266,15 @@ def _convert(key: str, value: Any, origin: str) -> Any:
                 raise ValueError("must be at least 1")
             if kind == "posint" and key == "lock.default_slots" and number > MAX_SLOTS:
                 raise ValueError(f"must be at most {MAX_SLOTS}")
+            return number
+        if kind == "workers":
+            if text and value.strip().lower() == "auto":
+                return len(os.sched_getaffinity(0))  # the cores this process may run on
+            number = int(value.strip()) if text and value.strip().isdigit() else value
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise ValueError("must be a whole number or 'auto'")
+            if not 1 <= number <= MAX_WORKERS:
+                raise ValueError(f"must be from 1 to {MAX_WORKERS}, or 'auto'")
             return number
         if kind == "posfloat":
             number = float(value) if text or isinstance(value, int | float) else None
@@ -548,6 +562,7 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         admin_allowed_origins=tuple(v.get("admin.allowed_origins", ())),
         metrics_listen=metrics,
         shutdown_timeout=v.get("shutdown.timeout_s", d.shutdown_timeout),
+        workers=v.get("service.workers", d.workers),
         tls=v.get("service.tls", False),
         tls_cert=os.path.expanduser(v.get("service.tls_cert", "")),
         tls_key=os.path.expanduser(v.get("service.tls_key", "")),
@@ -629,6 +644,12 @@ def _check(s: Settings) -> None:
         open_store(s.backend_url)
     except InvalidBackendURL as exc:
         raise ConfigError(f"storage.backend: {exc}") from None
+    if s.workers > 1 and s.backend_url.startswith("memory:"):
+        raise ConfigError(
+            f"service.workers (--workers): {s.workers} workers cannot share memory://, each "
+            "process would hold its own semaphores; use one worker, or a shared store "
+            "(sqlite://, redis://, etcd://) in storage.backend"
+        )
     if s.admin_token_file:
         token = os.path.expanduser(s.admin_token_file)
         if not os.path.isfile(token) or not os.access(token, os.R_OK):

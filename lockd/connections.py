@@ -83,10 +83,14 @@ class Listener:
         name: str,
         max_connections: int,
         ssl: SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: share the port with the other workers (``SO_REUSEPORT``: the
+        kernel spreads new connections over them; lockd.workers)."""
         self.runner, self.host, self.port, self.name = runner, host, port, name
         self.max_connections = max_connections
         self.ssl = ssl
+        self.reuse_port = reuse_port
         self._server: asyncio.base_events.Server | None = None
         self._refusals = RateLimitedLog(log, "refused connections")
 
@@ -94,7 +98,7 @@ class Listener:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._protocol, self.host, self.port, reuse_address=True, backlog=LISTEN_BACKLOG,
-            ssl=self.ssl,
+            ssl=self.ssl, reuse_port=self.reuse_port or None,
         )
 
     def _protocol(self) -> asyncio.BaseProtocol:

@@ -28,7 +28,11 @@ from lockd.tenancy import PUBLIC
 log = logging.getLogger("lockd.daemon")
 
 
-async def serve(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+async def serve(
+    settings: Settings, reload: Callable[[], Settings] | None = None, reuse_port: bool = False,
+) -> None:
+    """``reuse_port``: this process is one of several workers on the same ports
+    (lockd.workers)."""
     app = create_app(settings)
     runners: list[web.AppRunner] = []
     listeners: list[Listener] = []
@@ -38,18 +42,25 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
     main = _runner(app, settings, handler_cancellation=True)
     await main.setup()  # opens the backend (cleanup_ctx)
     runners.append(main)
+    # SIGTERM/SIGINT from here on: one sent as soon as "serving" is printed (a test, a
+    # supervisor, systemctl stop) drains instead of killing the process.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         service = app[SERVICE]
         cap = settings.max_connections or default_max_connections()
         tls = tlsfiles.server_context(settings.tls_cert, settings.tls_key) if settings.tls \
             else None
         listeners.append(await _listen(main, settings.listen.host, settings.listen.port,
-                                       "FleetLock", cap, tls))
+                                       "FleetLock", cap, tls, reuse_port))
         for name, extra, host, port in admin.listeners(settings, app):
             runner = _runner(extra, settings)
             await runner.setup()
             runners.append(runner)
-            listeners.append(await _listen(runner, host, port, name, ADMIN_MAX_CONNECTIONS))
+            listeners.append(await _listen(runner, host, port, name, ADMIN_MAX_CONNECTIONS,
+                                           reuse_port=reuse_port))
         print(f"lockd: serving (pid {os.getpid()}), backend {service.backend.describe()}",
               flush=True)
         try:
@@ -60,10 +71,6 @@ async def serve(settings: Settings, reload: Callable[[], Settings] | None = None
             log.warning("backend not reachable yet: %s", exc.value)
             sdnotify.status(f"serving, backend not reachable yet: {exc.value}")
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, _reloader(reload, app, settings, tls))
         # Ready only now: a systemctl reload sent earlier would meet SIGHUP's default action.
@@ -106,18 +113,23 @@ class ListenFailed(Exception):
     """A listener could not be opened; the message names its configuration keys."""
 
 
+def listen_failed(host: str, port: int, name: str, exc: OSError) -> ListenFailed:
+    return ListenFailed(
+        f"cannot listen on {host}:{port} for the {name} listener: {exc.strerror or exc} "
+        f"(check {LISTENER_KEYS.get(name, name)})"
+    )
+
+
 async def _listen(
     runner: web.AppRunner, host: str, port: int, name: str, cap: int,
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | None = None, reuse_port: bool = False,
 ) -> Listener:
-    listener = Listener(runner, host, port, name=name, max_connections=cap, ssl=tls)
+    listener = Listener(runner, host, port, name=name, max_connections=cap, ssl=tls,
+                        reuse_port=reuse_port)
     try:
         await listener.start()
     except OSError as exc:
-        raise ListenFailed(
-            f"cannot listen on {host}:{port} for the {name} listener: {exc.strerror or exc} "
-            f"(check {LISTENER_KEYS.get(name, name)})"
-        ) from None
+        raise listen_failed(host, port, name, exc) from None
     for addr in listener.addresses():
         shown = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
         # stdout, so `make run` and scripts see where it listens whatever the log format.
@@ -211,7 +223,9 @@ async def _apply(service: LockService) -> None:
                     exc.value)
 
 
-def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+def run(
+    settings: Settings, reload: Callable[[], Settings] | None = None, reuse_port: bool = False,
+) -> int:
     try:
         import uvloop  # optional speed-up
 
@@ -219,7 +233,7 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     except ImportError:
         runner = asyncio.run
     try:
-        runner(serve(settings, reload))
+        runner(serve(settings, reload, reuse_port))
     except ListenFailed as exc:
         print(f"lockd: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -32,11 +32,11 @@ from lockd.http import (
     json_errors,
     read_body,
 )
-from lockd.metrics import METRICS, Metrics, http_middleware
+from lockd.metrics import METRICS, MULTIPROCESS, VIEW_SYNC_S, Metrics, http_middleware
 from lockd.policyrun import running_policy
 from lockd.ratelimit import Limits, parse_networks
 from lockd.semaphore import Outcome
-from lockd.service import LockService
+from lockd.service import LockService, every
 from lockd.store import Store, TimedBackend, open_store
 from lockd.tenancy import NEW_TENANT, PUBLIC, Keys, Public, TenantLayout, logging_observer
 from lockd.view import View, follow
@@ -116,26 +116,38 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
         public = None
         if settings.public_enabled:
             public = app[PUBLIC] = public_service(settings, timed.backend)
-        feed = None
+        tasks = []
         if settings.view and store.backend.has_feed:
             service.view = View(settings.view_max_age, remember=service.remember)
             app[METRICS].watch_view(service.view)
-            feed = asyncio.get_running_loop().create_task(
+            loop = asyncio.get_running_loop()
+            tasks.append(loop.create_task(
                 follow(store.backend, store.layout.group_prefix(), service.view)
-            )
+            ))
+            if MULTIPROCESS:  # other workers' scrapes see this view's counts as copied
+                tasks.append(loop.create_task(
+                    every(lambda: VIEW_SYNC_S, _synced(app[METRICS]), "view metrics")
+                ))
         try:
             async with running_policy(settings, service, app[METRICS]), (
                 public.collecting() if public else contextlib.nullcontext()
             ):
                 yield
         finally:
-            if feed is not None:
-                feed.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await feed
+                    await task
             await store.backend.close()
 
     return ctx
+
+
+def _synced(metrics: Metrics) -> Callable[[], Awaitable[None]]:
+    async def step() -> None:
+        metrics.sync_view()
+
+    return step
 
 
 def public_service(settings: Settings, backend: TimedBackend) -> Public:

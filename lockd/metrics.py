@@ -1,4 +1,5 @@
-"""Prometheus metrics, ``lockd_*``, in a registry of their own per application.
+"""Prometheus metrics, ``lockd_*``, in a registry of their own per application; under
+``--workers N``, merged across the workers at each scrape (:data:`MULTIPROCESS`).
 
 Each FleetLock application gets one :class:`Metrics` (``app[METRICS]``): a private
 ``CollectorRegistry``, so tests and several apps in one process never collide on the global
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
@@ -30,6 +32,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from lockd import policy as policies
 from lockd.errors import LockdError
@@ -56,6 +60,71 @@ LATENCY_BUCKETS = (
 #: Buckets for how long a node held its slot (grant to steady-state): a reboot takes a few
 #: minutes; anything past hours is a node that came back late or never.
 REBOOT_BUCKETS = (30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600, 7200, 14400, 43200)
+
+#: Under ``--workers N`` every worker is started with PROMETHEUS_MULTIPROC_DIR (a private
+#: directory of the supervisor's, lockd.workers): prometheus_client then keeps each
+#: Counter, Histogram and Gauge in a file per process, and a scrape merges them all.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+#: The gauges read from the store at scrape: name -> (help, has a group label).
+STORE_GAUGES: dict[str, tuple[str, bool]] = {
+    "lockd_backend_up": ("1 if the store answered the last scrape's reads, else 0", False),
+    "lockd_config_groups": ("Number of groups in the configuration", False),
+    "lockd_config_mismatch": (
+        "1 for a group whose configured slots here differ from what another replica's "
+        "configuration wrote to the store (this replica does not overwrite it)", True),
+    "lockd_config_slots": ("Configured slots, by group", True),
+    "lockd_group_slots": ("Live slots in the store, by group", True),
+    "lockd_group_holders": ("Holders in the store, by group", True),
+    "lockd_group_available_slots": ("Free slots, by group", True),
+    "lockd_group_paused": ("1 if an operator paused the group, by group", True),
+    "lockd_group_oldest_holder_age_seconds": (
+        "Age of the oldest holder's grant (0 without holders of known grant time), by group",
+        True),
+    "lockd_group_stale_holders": (
+        "Holders that have held longer than the group's stale_after, by group", True),
+    "lockd_group_window_open": (
+        "1 if the group's reboot windows allow a new grant now (always 1 without "
+        "windows), by group", True),
+    "lockd_group_cooling_slots": (
+        "Free slots not granted yet because they were freed less than cooldown ago", True),
+}
+
+
+class StoreGauges(Collector):
+    """The gauges :meth:`Metrics.refresh` reads from the store, exposed as they were last
+    read.
+
+    A collector rather than prometheus_client Gauges because under workers a Gauge lives in
+    one file per process and a scrape merges every worker's: a value read from the shared
+    store would be summed N times, or shown stale from workers not scraped, and a group
+    dropped by ``clear()`` would live on in the other files. Only the worker that answers
+    the scrape reads the store and reports these, once.
+    """
+
+    def __init__(self) -> None:
+        # Unlabelled gauges start at 0, as a prometheus_client Gauge does.
+        self._values: dict[str, dict[tuple[str, ...], float]] = {
+            n: {} if by_group else {(): 0.0} for n, (_, by_group) in STORE_GAUGES.items()
+        }
+
+    def set(self, name: str, value: float, group: str | None = None) -> None:
+        self._values[name][() if group is None else (group,)] = value
+
+    def clear(self) -> None:
+        """Forget every per-group value (the unlabelled ones stay)."""
+        for name, (_, by_group) in STORE_GAUGES.items():
+            if by_group:
+                self._values[name] = {}
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, (help_text, by_group) in STORE_GAUGES.items():
+            values = self._values[name]
+            family = GaugeMetricFamily(name, help_text, labels=["group"] if by_group else None)
+            for labels, value in values.items():
+                family.add_metric(list(labels), value)
+            yield family
+
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -126,60 +195,10 @@ class Metrics:
             ["operation"],
             registry=r,
         )
-        self.backend_up = Gauge(
-            "lockd_backend_up",
-            "1 if the store answered the last scrape's reads, else 0",
-            registry=r,
-        )
-        self.config_groups = Gauge(
-            "lockd_config_groups", "Number of groups in the configuration", registry=r
-        )
-        self.config_mismatch = Gauge(
-            "lockd_config_mismatch",
-            "1 for a group whose configured slots here differ from what another replica's "
-            "configuration wrote to the store (this replica does not overwrite it)",
-            ["group"],
-            registry=r,
-        )
-        self.config_slots = Gauge(
-            "lockd_config_slots", "Configured slots, by group", ["group"], registry=r
-        )
-        self.group_slots = Gauge(
-            "lockd_group_slots", "Live slots in the store, by group", ["group"], registry=r
-        )
-        self.group_holders = Gauge(
-            "lockd_group_holders", "Holders in the store, by group", ["group"], registry=r
-        )
-        self.group_available = Gauge(
-            "lockd_group_available_slots", "Free slots, by group", ["group"], registry=r
-        )
-        self.group_paused = Gauge(
-            "lockd_group_paused", "1 if an operator paused the group, by group", ["group"],
-            registry=r,
-        )
-        self.oldest_age = Gauge(
-            "lockd_group_oldest_holder_age_seconds",
-            "Age of the oldest holder's grant (0 without holders of known grant time), by group",
-            ["group"],
-            registry=r,
-        )
-        # The reboot policy (lockd.policy, docs/policy.md).
-        self.stale_holders = Gauge(
-            "lockd_group_stale_holders",
-            "Holders that have held longer than the group's stale_after, by group",
-            ["group"], registry=r,
-        )
-        self.window_open = Gauge(
-            "lockd_group_window_open",
-            "1 if the group's reboot windows allow a new grant now (always 1 without "
-            "windows), by group",
-            ["group"], registry=r,
-        )
-        self.cooling_slots = Gauge(
-            "lockd_group_cooling_slots",
-            "Free slots not granted yet because they were freed less than cooldown ago",
-            ["group"], registry=r,
-        )
+        # Read from the store at each scrape (refresh): a collector of its own, not Gauges,
+        # so that under workers the scraped worker alone reports them (see StoreGauges).
+        self.store = StoreGauges()
+        r.register(self.store)
         self.expiries = Counter(
             "lockd_expiries",
             "Holders released by expire_after (by this replica), by group",
@@ -191,6 +210,13 @@ class Metrics:
             "decided by this replica), by group",
             ["group"], buckets=REBOOT_BUCKETS, registry=r,
         )
+        #: Under workers only: requests each live worker answered, by pid (to see how the
+        #: kernel spreads connections; the other series are summed over workers).
+        self.worker_requests = Gauge(
+            "lockd_worker_requests",
+            "FleetLock listener requests this worker answered since it started, by pid",
+            registry=r, multiprocess_mode="liveall",
+        ) if MULTIPROCESS else None
         self.gate_requests = Counter(
             "lockd_gate_requests",
             "Questions sent to health gates (cached answers not counted), by gate and answer",
@@ -200,6 +226,7 @@ class Metrics:
             "lockd_gate_open",
             "1 if the gate's last answer was open, 0 if closed or unreachable, by gate",
             ["gate"], registry=r,
+            multiprocess_mode="mostrecent",  # under workers: the latest answer of any
         )
         self.notifications = Counter(
             "lockd_notifications_delivered",
@@ -291,11 +318,12 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        if self.worker_requests is not None:
+            self.worker_requests.inc()
 
     async def refresh(self, service: LockService) -> None:
         """Read the tracked groups from the store into the per-group gauges."""
         self.configured = set(service.groups.slots)
-        self.config_groups.set(len(service.groups.slots))
         states: dict[str, Semaphore] = {}
         up = 1
         for group in self.tracked_groups():
@@ -311,49 +339,100 @@ class Metrics:
                 sem = Semaphore.new(slots) if slots is not None else None
             if sem is not None:
                 states[group] = sem
-        self.backend_up.set(up)
+        g = self.store
+        g.set("lockd_backend_up", up)
+        g.set("lockd_config_groups", len(service.groups.slots))
         if not up:
             return  # keep the last known values rather than pretend the groups are empty
         now = time.time()
         # No await from here on: a scrape never sees half-updated gauges.
-        for gauge in (
-            self.config_slots, self.group_slots, self.group_holders, self.group_available,
-            self.group_paused, self.oldest_age, self.config_mismatch,
-            self.stale_holders, self.window_open, self.cooling_slots,
-        ):  # fmt: skip
-            gauge.clear()
+        g.clear()
         for group, slots in service.groups.slots.items():
-            self.config_slots.labels(group).set(slots)
+            g.set("lockd_config_slots", slots, group)
         for group, sem in states.items():
-            self.group_slots.labels(group).set(sem.slots)
-            self.group_holders.labels(group).set(len(sem.holders))
-            self.group_available.labels(group).set(sem.available)
-            self.group_paused.labels(group).set(1 if sem.paused else 0)
+            g.set("lockd_group_slots", sem.slots, group)
+            g.set("lockd_group_holders", len(sem.holders), group)
+            g.set("lockd_group_available_slots", sem.available, group)
+            g.set("lockd_group_paused", 1 if sem.paused else 0, group)
             # A holder granted by airlock or locksmith has no grant time (0): not counted.
             oldest = min((h.granted_at for h in sem.holders if h.granted_at > 0), default=None)
-            self.oldest_age.labels(group).set(0 if oldest is None else max(0.0, now - oldest))
+            g.set("lockd_group_oldest_holder_age_seconds",
+                  0 if oldest is None else max(0.0, now - oldest), group)
             policy = service.policy_for(group)
             stale = sum(policies.is_stale(h, now, policy) for h in sem.holders)
-            self.stale_holders.labels(group).set(stale)
-            self.window_open.labels(group).set(1 if policy.windows.is_open(now) else 0)
+            g.set("lockd_group_stale_holders", stale, group)
+            g.set("lockd_group_window_open", 1 if policy.windows.is_open(now) else 0, group)
             cooling = sem.available - policies.grantable(sem, now, policy)
-            self.cooling_slots.labels(group).set(cooling)
+            g.set("lockd_group_cooling_slots", cooling, group)
         for group in service.config_mismatches:
-            self.config_mismatch.labels(self.group_label(group)).set(1)
+            g.set("lockd_config_mismatch", 1, self.group_label(group))
 
     def watch_view(self, view: View) -> None:
         """Export the view's counters (lockd.view), read at each scrape: a hit costs the
-        request nothing more than an integer increment."""
-        self.registry.register(ViewCollector(view))
+        request nothing more than an integer increment.
+
+        Under workers a scrape reads every worker's files, not this worker's view, so the
+        view's counts are copied into multiprocess metrics instead: by :meth:`sync_view`,
+        at each scrape of this worker and every :data:`VIEW_SYNC_S` (lockd.frontend)."""
+        if not MULTIPROCESS:
+            self.registry.register(ViewCollector(view))
+            return
+        r = self.registry
+        lookups = Counter("lockd_view_lookups", VIEW_HELP["lockd_view_lookups"], ["result"],
+                          registry=r)
+        self._view_metrics = (
+            lookups.labels("hit"), lookups.labels("miss"),
+            Counter("lockd_view_resyncs", VIEW_HELP["lockd_view_resyncs"], registry=r),
+            # "livemin": 1 only while the feed of every live worker is connected.
+            Gauge("lockd_view_feed_connected", VIEW_HELP["lockd_view_feed_connected"],
+                  registry=r, multiprocess_mode="livemin"),
+        )
+        self._view: View | None = view
+        self._view_copied = (0, 0, 0)
+        self.sync_view()
+
+    def sync_view(self) -> None:
+        """Under workers: add what the view counted since the last copy (see watch_view)."""
+        view = getattr(self, "_view", None)
+        if view is None:
+            return
+        hit, miss, resyncs, connected = self._view_metrics
+        now = (view.hits, view.misses, view.resyncs)
+        for child, before, after in zip((hit, miss, resyncs), self._view_copied, now,
+                                        strict=True):
+            if after > before:
+                child.inc(after - before)
+        self._view_copied = now
+        connected.set(1 if view.connected else 0)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if not MULTIPROCESS:
+            return generate_latest(self.registry)
+        # Workers: counters, histograms and event gauges from every worker's files (summed,
+        # or as each gauge's multiprocess_mode says), the store's gauges from this one.
+        self.sync_view()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        merged.register(self.store)
+        return generate_latest(merged)
 
     def response(self) -> web.Response:
         return web.Response(body=self.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
 
 METRICS = web.AppKey("metrics", Metrics)
+
+
+#: The view's metrics (lockd.view): help texts, shared by both ways of exporting them.
+VIEW_HELP = {
+    "lockd_view_lookups": "Pre-reboots the view looked at, by result: hit (refused from the "
+    "view, no store round trip) or miss (decided on the store)",
+    "lockd_view_feed_connected": "1 while the store's change feed is connected (the view may "
+    "answer), else 0; under workers, 1 only while every worker's is",
+    "lockd_view_resyncs": "Times the change feed was (re)subscribed, each emptying the view",
+}
+#: Under workers: seconds between two copies of a worker's view counts (Metrics.sync_view).
+VIEW_SYNC_S = 5.0
 
 
 class ViewCollector:
@@ -368,23 +447,17 @@ class ViewCollector:
     def collect(self) -> Iterable[Any]:
         v = self.view
         answers = CounterMetricFamily(
-            "lockd_view_lookups",
-            "Pre-reboots the view looked at, by result: hit (refused from the view, no store "
-            "round trip) or miss (decided on the store)",
-            labels=["result"],
+            "lockd_view_lookups", VIEW_HELP["lockd_view_lookups"], labels=["result"]
         )
         answers.add_metric(["hit"], v.hits)
         answers.add_metric(["miss"], v.misses)
         yield answers
         yield GaugeMetricFamily(
-            "lockd_view_feed_connected",
-            "1 while the store's change feed is connected (the view may answer), else 0",
+            "lockd_view_feed_connected", VIEW_HELP["lockd_view_feed_connected"],
             value=1 if v.connected else 0,
         )
         yield CounterMetricFamily(
-            "lockd_view_resyncs",
-            "Times the change feed was (re)subscribed, each emptying the view",
-            value=v.resyncs,
+            "lockd_view_resyncs", VIEW_HELP["lockd_view_resyncs"], value=v.resyncs
         )
 
 

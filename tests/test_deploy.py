@@ -671,11 +671,13 @@ def test_unit_without_the_credential_copy_cannot_read_roots_token(
     assert "token" in done.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_unit_replayed_tells_systemd_ready_reloading_stopping(
-    installed: Installed, world_tmp: Path
+    installed: Installed, world_tmp: Path, workers: str
 ) -> None:
     """Type=notify: READY=1 only once /healthz answers; RELOADING=1 then READY=1 around a
-    SIGHUP; STOPPING=1 on SIGTERM."""
+    SIGHUP; STOPPING=1 on SIGTERM. With workers (service.workers), the supervisor speaks
+    for them, in the unit's sandbox."""
     require_root()
     replay = UnitReplay(installed, world_tmp)
     sock_path = world_tmp / "notify"
@@ -683,12 +685,16 @@ def test_unit_replayed_tells_systemd_ready_reloading_stopping(
         sock.bind(str(sock_path))
         os.chown(sock_path, NOBODY, NOBODY)
         sock.settimeout(15)
-        server = replay.start({"NOTIFY_SOCKET": str(sock_path)})
+        server = replay.start({"NOTIFY_SOCKET": str(sock_path),
+                               "LOCKD_SERVICE__WORKERS": workers})
         try:
             messages: list[str] = []
             while "READY=1" not in messages:
                 messages.extend(received(sock).split("\n"))
             assert get(server.urls["FleetLock"] + "/healthz") == 200
+            if workers != "1":
+                assert f"MAINPID={server.proc.pid}" in messages
+                assert f"with {workers} workers" in server.proc.output()
             replay.reload(server)
             after_reload: list[str] = []
             while "READY=1" not in after_reload:

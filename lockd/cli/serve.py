@@ -24,7 +24,8 @@ backends (--backend URL):
   etcd://host:2379[,host2:2379][?layout=airlock]   etcd v3
   etcd2://host:2379                  etcd v2 keys API, shared with locksmith
 
-signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration file.
+signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration file (with
+  --workers N: the process started passes both to every worker).
 """
 
 
@@ -84,6 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="admin API, status page and /metrics = [admin] address/port (default 127.0.0.1:8081)",
     )
+    p.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="[service] workers: processes serving the same ports over the shared store "
+        "(default 1; auto = one per usable core); memory:// allows only 1",
+    )
     p.add_argument("--no-admin", action="store_true", help="[admin] enabled = false")
     p.add_argument(
         "--admin-token-file",
@@ -115,6 +122,7 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {
         "storage.backend": args.backend,
         "storage.state_dir": args.state_dir,
+        "service.workers": args.workers,
         "lock.default_slots": args.default_slots,
         "lock.strict_groups": args.strict_groups,
         "admin.token_file": args.admin_token_file,
@@ -129,11 +137,16 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lockd import daemon, logs
+    from lockd import daemon, logs, workers
     from lockd.decisionlog import log_decision
 
+    spec = workers.worker_spec()  # set when a supervisor started this process
+
     def reload() -> Any:
-        return load(args.config, overrides=serve_overrides(args))
+        overrides = serve_overrides(args)
+        if spec is not None:
+            overrides.update(spec.overrides)  # the ports the supervisor holds
+        return load(args.config, overrides=overrides)
 
     try:
         settings = reload()
@@ -142,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"lockd: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_format, settings.log_level)
+    if spec is not None:
+        workers.die_with_supervisor(spec)
+    elif settings.workers > 1:
+        return workers.supervise(settings, args.argv)
     log_decision.configure(
         settings.log_format, settings.log_every_decision, settings.log_summary_interval
     )
-    return daemon.run(settings, reload)
+    return daemon.run(settings, reload, reuse_port=spec is not None)
