@@ -2,7 +2,7 @@
 self-hosted mode, on sqlite and on Redis, in one run.
 
     .venv/bin/python -m bench.public [--runs 3] [--duration 5] [--tenants 100000]
-        [--stores sqlite,redis] [--targets one,many,nolimit,aside,self]
+        [--stores sqlite,redis] [--targets one,many,nolimit,aside,memory,self]
 
 Every request is the holder of a slot asking again (``pre-reboot``, a re-lock: 200, one
 fresh read, nothing written), sent by wrk (``bench/public.lua``, zincati's headers), one
@@ -21,6 +21,7 @@ after the other, seconds apart:
 - ``aside`` (Redis only): ``one``'s store and requests, with ``[public] limits_url`` on a
   redis-server of its own without AOF (``--appendonly no``): the limiter's counters off the
   store's durable Redis;
+- ``memory`` (Redis only): the same with ``limits_url = "memory://"`` (per process);
 - ``self``: self-hosted mode, the same request at ``/v1/pre-reboot``.
 
 ``--targets`` measures a subset (without ``many`` the tenants are neither written nor
@@ -28,13 +29,13 @@ swept).
 
 Ratios are taken within a run (``many``/``one``: flat if near 1; ``one``/``nolimit``: what
 the limiter leaves; ``aside``/``nolimit``: what it leaves with its counters aside;
-``aside``/``one``: what moving them gains; ``one``/``self``: what public mode leaves),
-and medians reported. The limiter counts every request in ``one``, ``many`` and
-``aside``, at rates that never bind (wrk is one address and one tenant sends thousands
-of requests a second). Before the runs, each many-tenant lockd has every tenant asked
-once (the sweep; its requests/s is the cold figure: the first request of a group in a
-process reads once more, to learn the group exists; an aiohttp client sends it, as wrk
-cannot stop after N requests). Then,
+``aside``/``one``: what moving them gains; ``memory``/``nolimit``: counting in process;
+``one``/``self``: what public mode leaves), and medians reported. The limiter counts
+every request but in ``nolimit`` and ``self``, at rates that never bind (wrk is one
+address and one tenant sends thousands of requests a second). Before the runs, each
+many-tenant lockd has every tenant asked once (the sweep; its requests/s is the cold
+figure: the first request of a group in a process reads once more, to learn the group
+exists; an aiohttp client sends it, as wrk cannot stop after N requests). Then,
 in-process: the HMACs and secret check a request costs, and the limiter's two checks per
 request on memory, on the store's Redis (AOF, ``appendfsync always``) and on a Redis
 without AOF.
@@ -66,9 +67,9 @@ LUA = HERE / "public.lua"
 PEPPER = "bench-public-pepper-" + "p" * 32
 #: A rate that never binds: the limiter counts, and never refuses.
 UNBOUND = "1000000000/minute"
-TARGETS = ("one", "many", "nolimit", "aside", "self")
+TARGETS = ("one", "many", "nolimit", "aside", "memory", "self")
 #: Targets that need a Redis store: on sqlite the counters are in memory already.
-REDIS_ONLY = ("aside",)
+REDIS_ONLY = ("aside", "memory")
 
 
 def public_env(**extra: str) -> dict[str, str]:
@@ -191,6 +192,8 @@ class Stack:
         if "aside" in self.targets:
             limits_url = self._redis("limits", appendonly=False)
             self._lockd("aside", one_url, public_env(LOCKD_PUBLIC__LIMITS_URL=limits_url))
+        if "memory" in self.targets:
+            self._lockd("memory", one_url, public_env(LOCKD_PUBLIC__LIMITS_URL="memory://"))
         if "self" in self.targets:
             self_url = one_url.replace("one.db", "self.db") if self.kind == "sqlite" \
                 else one_url + "?prefix=selfhosted:"
@@ -303,7 +306,7 @@ def measure(a: argparse.Namespace, running: dict[str, Stack],
         for kind, stack in running.items():
             got: dict[str, Sample] = {}
             for name in stack.targets:
-                mode = {"nolimit": "one", "aside": "one"}.get(name, name)
+                mode = {"nolimit": "one", "aside": "one", "memory": "one"}.get(name, name)
                 s = stack.wrk(name, mode, a.duration, tokens_file)
                 got[name] = s
                 samples[kind].setdefault(name, []).append(s)
@@ -323,6 +326,7 @@ RATIOS = {
     "one/nolimit": ("one", "nolimit"),
     "aside/nolimit": ("aside", "nolimit"),
     "aside/one": ("aside", "one"),
+    "memory/nolimit": ("memory", "nolimit"),
     "one/self": ("one", "self"),
 }
 
