@@ -304,7 +304,11 @@ def _convert(key: str, value: Any, origin: str) -> Any:
 
             if not isinstance(value, str):
                 raise ValueError("must be memory:// or a redis:// URL")
-            return check_limits_url(value)
+            try:
+                return check_limits_url(value)
+            except ValueError as exc:
+                # The URL is not echoed: it may carry the Redis password.
+                raise ConfigError(f"{where}: {exc} (the URL is not shown)") from None
         if kind in policyconfig.KINDS:
             return policyconfig.convert(kind, value)
         if kind == "notls":
@@ -320,6 +324,8 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             return value
     except GroupError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}; got {value!r}") from None
     raise AssertionError(kind)

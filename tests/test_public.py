@@ -488,11 +488,14 @@ def test_limits_in_memory_on_a_redis_store_are_per_process(
         b.stop()
 
 
-@pytest.mark.parametrize("url", ["sqlite:///tmp/limits.db", "redis://", "memcached://x"])
+@pytest.mark.parametrize("url", ["sqlite:///tmp/limits.db", "redis://", "memcached://x",
+                                 "redis://:hunter2hunter2@cache.example/zero"])
 def test_a_bad_limits_url_is_refused_naming_the_key(tmp_path: Path, url: str) -> None:
     env = public_env(LOCKD_PUBLIC__LIMITS_URL=url)
-    with pytest.raises(RuntimeError, match=r"public\.limits_url"):
+    with pytest.raises(RuntimeError, match=r"public\.limits_url") as refused:
         Lockd(tmp_path, "--backend", "memory://", env=env).start()
+    # Not echoed: a Redis URL may carry a password.
+    assert "hunter2" not in str(refused.value)
 
 
 def test_address_limit_honours_only_a_trusted_proxy(tmp_path: Path, store_url: str) -> None:
