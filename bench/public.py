@@ -2,6 +2,7 @@
 self-hosted mode, on sqlite and on Redis, in one run.
 
     .venv/bin/python -m bench.public [--runs 3] [--duration 5] [--tenants 100000]
+        [--stores sqlite,redis] [--targets one,many,nolimit,aside,memory,self]
 
 Every request is the holder of a slot asking again (``pre-reboot``, a re-lock: 200, one
 fresh read, nothing written), sent by wrk (``bench/public.lua``, zincati's headers), one
@@ -17,17 +18,27 @@ after the other, seconds apart:
   for a tenant drawn at random;
 - ``nolimit``: ``one``'s store and requests, through ``bench.unlimited`` (lockd with the
   limiter's checks replaced by a no-op): the limiter's share of a request;
+- ``aside`` (Redis only): ``one``'s store and requests, with ``[public] limits_url`` on a
+  redis-server of its own without AOF (``--appendonly no``): the limiter's counters off the
+  store's durable Redis;
+- ``memory`` (Redis only): the same with ``limits_url = "memory://"`` (per process);
 - ``self``: self-hosted mode, the same request at ``/v1/pre-reboot``.
 
+``--targets`` measures a subset (without ``many`` the tenants are neither written nor
+swept).
+
 Ratios are taken within a run (``many``/``one``: flat if near 1; ``one``/``nolimit``: what
-the limiter leaves; ``one``/``self``: what public mode leaves), and medians reported. The
-limiter counts every request in ``one`` and ``many``, at rates that never bind (wrk is one
+the limiter leaves; ``aside``/``nolimit``: what it leaves with its counters aside;
+``aside``/``one``: what moving them gains; ``memory``/``nolimit``: counting in process;
+``one``/``self``: what public mode leaves), and medians reported. The limiter counts
+every request but in ``nolimit`` and ``self``, at rates that never bind (wrk is one
 address and one tenant sends thousands of requests a second). Before the runs, each
 many-tenant lockd has every tenant asked once (the sweep; its requests/s is the cold
 figure: the first request of a group in a process reads once more, to learn the group
 exists; an aiohttp client sends it, as wrk cannot stop after N requests). Then,
 in-process: the HMACs and secret check a request costs, and the limiter's two checks per
-request on memory and on Redis.
+request on memory, on the store's Redis (AOF, ``appendfsync always``) and on a Redis
+without AOF.
 """
 
 from __future__ import annotations
@@ -56,11 +67,13 @@ LUA = HERE / "public.lua"
 PEPPER = "bench-public-pepper-" + "p" * 32
 #: A rate that never binds: the limiter counts, and never refuses.
 UNBOUND = "1000000000/minute"
-TARGETS = ("one", "many", "nolimit", "self")
+TARGETS = ("one", "many", "nolimit", "aside", "memory", "self")
+#: Targets that need a Redis store: on sqlite the counters are in memory already.
+REDIS_ONLY = ("aside", "memory")
 
 
-def public_env() -> dict[str, str]:
-    env = {"LOCKD_PUBLIC__ENABLED": "true", "LOCKD_PUBLIC__PEPPER": PEPPER}
+def public_env(**extra: str) -> dict[str, str]:
+    env = {"LOCKD_PUBLIC__ENABLED": "true", "LOCKD_PUBLIC__PEPPER": PEPPER, **extra}
     for key in ("IP_RATE", "TENANT_RATE", "IP_CREATE_RATE", "IP_MISS_RATE"):
         env[f"LOCKD_PUBLIC__{key}"] = UNBOUND
     return env
@@ -134,22 +147,27 @@ class Stack:
 
     def __init__(self, kind: str, tmp: Path, a: argparse.Namespace) -> None:
         self.kind, self.tmp, self.a = kind, tmp, a
-        self.stores: list[Any] = []
+        self.stores: dict[str, Any] = {}
+        self.targets = [t for t in a.targets if kind == "redis" or t not in REDIS_ONLY]
         self.lockds: list[Lockd] = []
         self.urls: dict[str, str] = {}
         self.cold: dict[str, float] = {}
+
+    def _redis(self, name: str, appendonly: bool = True) -> str:
+        from bench.servers import RedisServer
+
+        server = RedisServer(self.tmp / f"redis-{name}", appendonly=appendonly).start()
+        pin(server.proc.pid, self.a.server_cpus)  # type: ignore[union-attr]
+        self.stores[name] = server
+        return server.url
 
     def _store_url(self, name: str) -> tuple[str, str]:
         """(lockd's URL, the URL to populate through) for store ``name``."""
         if self.kind == "sqlite":
             path = self.tmp / f"{name}.db"
             return f"sqlite://{path}", f"sqlite://{path}?synchronous=off"
-        from bench.servers import RedisServer
-
-        server = RedisServer(self.tmp / f"redis-{name}").start()
-        pin(server.proc.pid, self.a.server_cpus)  # type: ignore[union-attr]
-        self.stores.append(server)
-        return server.url, server.url
+        url = self._redis(name)
+        return url, url
 
     def _lockd(self, name: str, url: str, env: dict[str, str], module: str = "lockd") -> None:
         server = Lockd(self.tmp, "--backend", url, "--no-admin", "--default-slots", "1",
@@ -160,23 +178,32 @@ class Stack:
 
     def start(self, tokens: list[str], tokens_file: Path) -> None:
         one_url, _ = self._store_url("one")
-        many_url, many_fill = self._store_url("many")
-        started = time.monotonic()
-        asyncio.run(populate(many_fill, tokens))
-        print(f"{self.kind}: {len(tokens)} tenants written in "
-              f"{time.monotonic() - started:.1f}s", flush=True)
+        if "many" in self.targets:
+            many_url, many_fill = self._store_url("many")
+            started = time.monotonic()
+            asyncio.run(populate(many_fill, tokens))
+            print(f"{self.kind}: {len(tokens)} tenants written in "
+                  f"{time.monotonic() - started:.1f}s", flush=True)
+            self._lockd("many", many_url, public_env())
+        # ``one`` always runs: the set-up grants below go through it.
         self._lockd("one", one_url, public_env())
-        self._lockd("many", many_url, public_env())
-        self._lockd("nolimit", one_url, public_env(), module="bench.unlimited")
-        self_url = one_url.replace("one.db", "self.db") if self.kind == "sqlite" \
-            else one_url + "?prefix=selfhosted:"
-        self._lockd("self", self_url, {})
+        if "nolimit" in self.targets:
+            self._lockd("nolimit", one_url, public_env(), module="bench.unlimited")
+        if "aside" in self.targets:
+            limits_url = self._redis("limits", appendonly=False)
+            self._lockd("aside", one_url, public_env(LOCKD_PUBLIC__LIMITS_URL=limits_url))
+        if "memory" in self.targets:
+            self._lockd("memory", one_url, public_env(LOCKD_PUBLIC__LIMITS_URL="memory://"))
+        if "self" in self.targets:
+            self_url = one_url.replace("one.db", "self.db") if self.kind == "sqlite" \
+                else one_url + "?prefix=selfhosted:"
+            self._lockd("self", self_url, {})
         self.token = tokens[0]
         for tid in range(self.a.connections):
-            for base in (f"{self.urls['one']}/t/{self.token}", self.urls["self"]):
-                if post(base, "pre-reboot", "holder", f"g{tid}") != 200:
+            for base in (f"{self.urls['one']}/t/{self.token}", self.urls.get("self")):
+                if base and post(base, "pre-reboot", "holder", f"g{tid}") != 200:
                     raise RuntimeError(f"{self.kind}: set-up grant refused at {base}")
-        for name in ("many",):
+        for name in [t for t in ("many",) if t in self.targets]:
             # Every tenant asked once: the cold pass, and warm caches for the runs.
             self.cold[name] = asyncio.run(sweep(self.urls[name], tokens, self.a.connections))
             print(f"{self.kind}: sweep of {len(tokens)} tenants through {name}: "
@@ -190,7 +217,7 @@ class Stack:
     def stop(self) -> None:
         for server in self.lockds:
             server.stop()
-        for store in self.stores:
+        for store in self.stores.values():
             store.stop()
 
 
@@ -251,10 +278,12 @@ async def _limiter_us(url: str, n: int) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
-def micro_limiter(redis_url: str | None) -> dict[str, float]:
+def micro_limiter(redis_url: str | None, noaof_url: str | None = None) -> dict[str, float]:
     out = {"limiter_memory_us": asyncio.run(_limiter_us("memory://", 20_000))}
     if redis_url:
         out["limiter_redis_us"] = asyncio.run(_limiter_us(redis_url, 5_000))
+    if noaof_url:
+        out["limiter_redis_noaof_us"] = asyncio.run(_limiter_us(noaof_url, 5_000))
     return out
 
 
@@ -276,8 +305,8 @@ def measure(a: argparse.Namespace, running: dict[str, Stack],
     for run in range(1, a.runs + 1):
         for kind, stack in running.items():
             got: dict[str, Sample] = {}
-            for name in TARGETS:
-                mode = {"nolimit": "one"}.get(name, name)
+            for name in stack.targets:
+                mode = {"nolimit": "one", "aside": "one", "memory": "one"}.get(name, name)
                 s = stack.wrk(name, mode, a.duration, tokens_file)
                 got[name] = s
                 samples[kind].setdefault(name, []).append(s)
@@ -287,13 +316,17 @@ def measure(a: argparse.Namespace, running: dict[str, Stack],
                 print(f"run {run}/{a.runs}  {kind:<6} {name:<8} {s.rps:8.0f} req/s  "
                       f"p99 {s.p99_ms} ms", flush=True)
             for label, (x, y) in RATIOS.items():
-                ratios[kind].setdefault(label, []).append(got[x].rps / got[y].rps)
+                if x in got and y in got:
+                    ratios[kind].setdefault(label, []).append(got[x].rps / got[y].rps)
     return {"samples": samples, "ratios": ratios, "anomalies": anomalies}
 
 
 RATIOS = {
     "many/one": ("many", "one"),
     "one/nolimit": ("one", "nolimit"),
+    "aside/nolimit": ("aside", "nolimit"),
+    "aside/one": ("aside", "one"),
+    "memory/nolimit": ("memory", "nolimit"),
     "one/self": ("one", "self"),
 }
 
@@ -330,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16,
                    help="wrk threads = connections (one connection per thread)")
     p.add_argument("--stores", default="sqlite,redis", help="comma-separated: sqlite,redis")
+    p.add_argument("--targets", default=",".join(TARGETS),
+                   help=f"comma-separated subset of {','.join(TARGETS)} (one always runs)")
     p.add_argument("--server-cpus", default="0", help="taskset CPUs for lockd and its store")
     p.add_argument("--load-cpus", default="1", help="taskset CPUs for wrk")
     p.add_argument("--json", type=Path, default=Path("bench/out/public.json"))
@@ -340,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         a.server_cpus = a.load_cpus = None
     a.stores = [s.strip() for s in a.stores.split(",") if s.strip()]
+    wanted = {t.strip() for t in a.targets.split(",") if t.strip()} | {"one"}
+    if wanted - set(TARGETS):
+        p.error(f"--targets: unknown {', '.join(sorted(wanted - set(TARGETS)))}")
+    a.targets = [t for t in TARGETS if t in wanted]
     # A SIGTERM (timeout, Ctrl-C from a wrapper) unwinds, so the servers are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.load_cpus and hasattr(os, "sched_setaffinity"):
@@ -359,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(a, running, tokens_file)
             micro = micro_hmac(tokens)
             redis = running.get("redis")
-            micro.update(micro_limiter(redis.stores[1].url if redis else None))
+            micro.update(micro_limiter(
+                redis.stores["one"].url if redis else None,
+                redis.stores["limits"].url if redis and "limits" in redis.stores else None))
     print()
     print(f"medians of {a.runs} run(s); loadavg at the end {loadavg()}")
     print(table(result, running))

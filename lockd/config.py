@@ -122,6 +122,10 @@ class Settings:
     public_ip_rate: str = "6000/minute"
     public_max_groups_per_tenant: int = 100
     public_max_tenants: int = 1_000_000
+    #: Where the limit counters live: "" (the store's Redis for a Redis store, else
+    #: memory), ``memory://`` (per process) or a ``redis://``/``rediss://`` URL. Restart-only:
+    #: new storage starts every count afresh.
+    public_limits_url: str = ""
     #: A tenant's group with no holder and no request for this long is deleted (None: never).
     public_delete_idle_after: float | None = 30 * 86400.0
     # The reboot policy (lockd.policyconfig, docs/policy.md).
@@ -236,6 +240,7 @@ KEYS: dict[str, str] = {
     "public.ip_miss_rate": "rate",
     "public.tenant_rate": "rate",
     "public.ip_rate": "rate",
+    "public.limits_url": "limitsurl",
     "public.max_groups_per_tenant": "posint",
     "public.max_tenants": "posint",
     "public.delete_idle_after": "duration_off",
@@ -320,6 +325,16 @@ def _convert(key: str, value: Any, origin: str) -> Any:
                 raise ValueError("must be a rate such as 20/minute")
             check_rate(value)
             return value
+        if kind == "limitsurl":
+            from lockd.ratelimit import check_limits_url
+
+            if not isinstance(value, str):
+                raise ValueError("must be memory:// or a redis:// URL")
+            try:
+                return check_limits_url(value)
+            except ValueError as exc:
+                # The URL is not echoed: it may carry the Redis password.
+                raise ConfigError(f"{where}: {exc} (the URL is not shown)") from None
         if kind in policyconfig.KINDS:
             return policyconfig.convert(kind, value)
         if kind == "notls":
@@ -335,6 +350,8 @@ def _convert(key: str, value: Any, origin: str) -> Any:
             return value
     except GroupError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}; got {value!r}") from None
     raise AssertionError(kind)
@@ -573,6 +590,7 @@ def _settings(v: dict[str, Any], source: str) -> Settings:
         public_ip_miss_rate=v.get("public.ip_miss_rate", d.public_ip_miss_rate),
         public_tenant_rate=v.get("public.tenant_rate", d.public_tenant_rate),
         public_ip_rate=v.get("public.ip_rate", d.public_ip_rate),
+        public_limits_url=v.get("public.limits_url", d.public_limits_url),
         public_max_groups_per_tenant=v.get(
             "public.max_groups_per_tenant", d.public_max_groups_per_tenant),
         public_max_tenants=v.get("public.max_tenants", d.public_max_tenants),

@@ -139,7 +139,8 @@ async def _listen(
 
 
 #: Keys a reload applies; every other key needs a restart, and a reload says which changed.
-#: The public mode's abuse limits reload; its pepper does not (frontend.configure_public).
+#: The public mode's abuse limits reload; its pepper and limits_url (new counter storage
+#: would start every count afresh) do not (frontend.configure_public).
 RELOADABLE = (
     "default_slots", "groups", "strict_groups", "default_group_name", "tls_cert", "tls_key",
     "group_policy", "group_policies", "gates", "gate_cache_s", "sweep_interval",

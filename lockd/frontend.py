@@ -158,7 +158,8 @@ def public_service(settings: Settings, backend: TimedBackend) -> Public:
     groups = GroupSettings(default_slots=settings.default_slots)
     service = LockService(store, groups, timeout=settings.timeout)
     service.observers.append(logging_observer(log_decision))
-    limits = Limits(settings.backend_url, **limit_options(settings))
+    limits = Limits(settings.backend_url, limits_url=settings.public_limits_url,
+                    **limit_options(settings))
     public = Public(
         Keys(settings.public_pepper), service, limits,
         idle_after=settings.public_delete_idle_after,

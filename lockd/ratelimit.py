@@ -11,10 +11,11 @@ Four limits, each a sliding window counter (constant memory per key):
   misconfiguration cost the server little and learn nothing;
 - per **tenant** on everything else it sends, FleetLock and tenant API alike.
 
-Counters live in memory, or in the Redis server the store is on (``redis://`` and
-``rediss://`` backends), so replicas share them. The client address is the peer's, or the
-``X-Forwarded-For`` address its trusted proxy saw when the peer is in ``[public]
-trusted_proxies``.
+Counters live where ``[public] limits_url`` says (``memory://``, or a Redis server that
+replicas share); unset, in the Redis server the store is on (``redis://`` and
+``rediss://`` backends), so replicas share them, and in memory for other stores. The
+client address is the peer's, or the ``X-Forwarded-For`` address its trusted proxy saw
+when the peer is in ``[public] trusted_proxies``.
 """
 
 from __future__ import annotations
@@ -93,10 +94,38 @@ def check_rate(text: str) -> RateLimitItem:
         raise ValueError("must be a rate such as 20/minute or 50/second") from None
 
 
-def storage_uri(backend_url: str) -> tuple[str, str]:
-    """``(limits storage URI, key prefix)`` for lockd's store URL: the same Redis server
-    (and key prefix) for a Redis store, so replicas share counters; memory otherwise."""
-    parts = urlsplit(backend_url)
+def check_limits_url(text: str) -> str:
+    """``[public] limits_url``: ``memory://``, or ``redis://``/``rediss://`` with at most a
+    ``prefix`` option; ValueError says what is wrong. Checked by hand because the
+    ``limits`` package accepts many more schemes (and redis-py many more options) than lockd
+    documents and tests."""
+    parts = urlsplit(text.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "memory":
+        if parts.netloc or parts.path or parts.query:
+            raise ValueError("memory:// takes nothing after it")
+        return text.strip()
+    if scheme not in ("redis", "rediss"):
+        raise ValueError("must be memory:// or a redis:// or rediss:// URL")
+    if not parts.hostname:
+        raise ValueError("a redis:// URL needs a host, e.g. redis://127.0.0.1:6379/0")
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        raise ValueError("the port must be a number") from None
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError("the path must be a database number, e.g. /0")
+    unknown = sorted({k for k, _ in parse_qsl(parts.query)} - {"prefix"})
+    if unknown:
+        raise ValueError(f"the only option is prefix; got {', '.join(unknown)}")
+    return text.strip()
+
+
+def storage_uri(backend_url: str, limits_url: str = "") -> tuple[str, str]:
+    """``(limits storage URI, key prefix)``: ``[public] limits_url`` when set; otherwise
+    the store's own Redis server (and key prefix) for a Redis store, so replicas share
+    counters, and memory for any other store."""
+    parts = urlsplit(limits_url or backend_url)
     scheme = parts.scheme.lower()
     if scheme not in ("redis", "rediss"):
         return "async+memory://", "lockd-limits"
@@ -112,13 +141,14 @@ class Limits:
         self,
         backend_url: str,
         *,
+        limits_url: str = "",
         create: str,
         miss: str,
         tenant: str,
         ip: str,
         trusted_proxies: tuple[Network, ...] = (),
     ) -> None:
-        uri, prefix = storage_uri(backend_url)
+        uri, prefix = storage_uri(backend_url, limits_url)
         options = {} if uri.startswith("async+memory") else {
             "implementation": "redispy", "key_prefix": prefix}
         self.storage: Storage = storage_from_string(uri, **options)

@@ -437,6 +437,67 @@ def test_replicas_on_one_redis_share_the_address_limit(tmp_path: Path, redis_url
         b.stop()
 
 
+def test_replicas_on_two_sqlite_stores_share_limits_on_one_redis(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """[public] limits_url: replicas whose stores are apart count one address together in
+    that Redis, under its prefix + "limits"."""
+    import redis
+
+    limits_url = redis_url.replace("?prefix=", "?prefix=lim-")
+    a = start(tmp_path, f"sqlite://{tmp_path / 'a.db'}", name="a",
+              LOCKD_PUBLIC__IP_RATE=HOURLY, LOCKD_PUBLIC__LIMITS_URL=limits_url)
+    b = start(tmp_path, f"sqlite://{tmp_path / 'b.db'}", name="b",
+              LOCKD_PUBLIC__IP_RATE=HOURLY, LOCKD_PUBLIC__LIMITS_URL=limits_url)
+    try:
+        assert [poll_fresh_tenant(server)[0] for server in (a, b) * 10] == [200] * 20
+        assert poll_fresh_tenant(a)[0] == 429
+        assert poll_fresh_tenant(b)[0] == 429
+        prefix = limits_url.partition("?prefix=")[2] + "limits"
+        client = redis.Redis.from_url(redis_url.partition("?")[0])
+        try:
+            assert list(client.scan_iter(match=f"{prefix}*"))
+        finally:
+            client.close()
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_limits_in_memory_on_a_redis_store_are_per_process(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    a = start(tmp_path, redis_url, name="a", LOCKD_PUBLIC__IP_RATE=HOURLY,
+              LOCKD_PUBLIC__LIMITS_URL="memory://")
+    b = start(tmp_path, redis_url, name="b", LOCKD_PUBLIC__IP_RATE=HOURLY,
+              LOCKD_PUBLIC__LIMITS_URL="memory://")
+    try:
+        assert [poll_fresh_tenant(a)[0] for _ in range(21)] == [200] * 20 + [429]
+        # b has counted nothing of a's: its own 20 still pass.
+        assert [poll_fresh_tenant(b)[0] for _ in range(21)] == [200] * 20 + [429]
+        prefix = redis_url.partition("?prefix=")[2]
+        client = redis.Redis.from_url(redis_url.partition("?")[0])
+        try:
+            assert not list(client.scan_iter(match=f"{prefix}limits*"))
+        finally:
+            client.close()
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///tmp/limits.db", "redis://", "memcached://x",
+                                 "redis://:hunter2hunter2@cache.example/zero"])
+def test_a_bad_limits_url_is_refused_naming_the_key(tmp_path: Path, url: str) -> None:
+    env = public_env(LOCKD_PUBLIC__LIMITS_URL=url)
+    with pytest.raises(RuntimeError, match=r"public\.limits_url") as refused:
+        Lockd(tmp_path, "--backend", "memory://", env=env).start()
+    # Not echoed: a Redis URL may carry a password.
+    assert "hunter2" not in str(refused.value)
+
+
 def test_address_limit_honours_only_a_trusted_proxy(tmp_path: Path, store_url: str) -> None:
     proxied = start(tmp_path, store_url, name="proxied", LOCKD_PUBLIC__IP_RATE=HOURLY,
                     LOCKD_PUBLIC__TRUSTED_PROXIES="127.0.0.1")
@@ -537,5 +598,29 @@ def test_sighup_reloads_the_abuse_limits_but_not_the_pepper(tmp_path: Path) -> N
         server.proc.signal(signal.SIGHUP)
         server.wait_for_output("ip_rate=2/hour")
         assert [poll_fresh_tenant(server)[0] for _ in range(3)] == [200, 200, 429]
+    finally:
+        server.stop()
+
+
+def test_sighup_does_not_move_the_limit_counters(tmp_path: Path) -> None:
+    """limits_url is restart-only: new storage would start every count afresh, so a reload
+    says it is not applied, and the running counts hold."""
+    import signal
+
+    pepper = tmp_path / "pepper"
+    pepper.write_text(PEPPER)
+    config = tmp_path / "lockd.toml"
+    config.write_text(f'[public]\nenabled = true\npepper_file = "{pepper}"\n'
+                      'ip_rate = "3/hour"\n')
+    server = Lockd(tmp_path, "--config", str(config), "--backend", "memory://").start()
+    assert server.proc is not None
+    try:
+        assert [poll_fresh_tenant(server)[0] for _ in range(4)] == [200] * 3 + [429]
+        config.write_text(f'[public]\nenabled = true\npepper_file = "{pepper}"\n'
+                          'ip_rate = "3/hour"\nlimits_url = "memory://"\n')
+        server.proc.signal(signal.SIGHUP)
+        server.wait_for_output("configuration reloaded")
+        assert "not applied until a restart: public_limits_url" in server.proc.output()
+        assert poll_fresh_tenant(server)[0] == 429
     finally:
         server.stop()

@@ -187,3 +187,32 @@ async def test_configure_replaces_every_rate_or_none(clock: FakeClock) -> None:
         await lim.check_ip("203.0.113.5")
     with pytest.raises(LockdError):
         await lim.check_ip("203.0.113.5")
+
+
+def test_limits_url_chooses_where_counters_live() -> None:
+    store = "redis://db.example:6379/0?prefix=prod:"
+    # Unset: the store's own Redis and prefix; memory for any other store.
+    assert ratelimit.storage_uri(store) == ("async+redis://db.example:6379/0", "prod:limits")
+    assert ratelimit.storage_uri("sqlite:///x.db")[0] == "async+memory://"
+    # Set: that, whatever the store.
+    assert ratelimit.storage_uri(store, "memory://")[0] == "async+memory://"
+    assert ratelimit.storage_uri("sqlite:///x.db", "rediss://:pw@cache:6380/2?prefix=l:") == (
+        "async+rediss://:pw@cache:6380/2", "l:limits")
+    assert ratelimit.storage_uri("etcd://e:2379", "redis://cache") == (
+        "async+redis://cache", "lockd:limits")
+
+
+@pytest.mark.parametrize("url", [
+    "memory://", "redis://127.0.0.1", "redis://127.0.0.1:6379/0?prefix=x:",
+    "rediss://:secret@cache.example:6380/3"])
+def test_limits_url_accepts(url: str) -> None:
+    assert ratelimit.check_limits_url(url) == url
+
+
+@pytest.mark.parametrize("url", [
+    "", "sqlite:///tmp/x.db", "memcached://127.0.0.1:11211", "memory://elsewhere",
+    "redis://", "redis://127.0.0.1:port/0", "redis://127.0.0.1/zero",
+    "redis://127.0.0.1/0?max_connections=5", "unix:///run/redis.sock"])
+def test_limits_url_refuses(url: str) -> None:
+    with pytest.raises(ValueError):
+        ratelimit.check_limits_url(url)
