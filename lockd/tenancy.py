@@ -579,7 +579,7 @@ def _bounded_put(seen: dict[str, float], item: str, until: float, most: int = 10
 
 
 #: Set by :meth:`Public.admit` on a request that creates a tenant's first group.
-NEW_TENANT = "lockd.new_tenant"
+NEW_TENANT = web.RequestKey("lockd.new_tenant", bool)
 PUBLIC = web.AppKey("public", Public)
 
 
