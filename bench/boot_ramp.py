@@ -4,7 +4,9 @@ New nodes connect at ``--rate`` a second; each sends ``steady-state`` at once on
 connection, then ``pre-reboot`` on the same one every ``--period`` seconds (+0-10%) until
 granted or ``--poll-for`` seconds after the ramp, keeping the connection open as the storm's
 nodes do, so the server holds every connection opened so far. Prints the latency
-percentiles of each kind of request and the statuses, as JSON.
+percentiles of each kind of request and the statuses, as JSON; with ``--lockd-tree``, also
+the CPU seconds lockd spent on the ramp (``server_cpu_s``), which the machine's other load
+slows down but does not add to, unlike the latencies.
 
     taskset -c 0 .venv/bin/lockd serve --state-dir /tmp/ramp-state --listen 127.0.0.1:18080 &
     taskset -c 1 .venv/bin/python -m bench.boot_ramp --url http://127.0.0.1:18080/ \
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -92,6 +95,13 @@ async def node(index: int, args: argparse.Namespace, results: dict, held: list) 
         results["statuses"][f"error {type(error).__name__}"] += 1
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (``/proc/PID/stat``): what the ramp cost
+    the server, which other processes on its core slow down but do not add to."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -156,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         lockd.start(timeout=60)
         try:
             args.url = lockd.url
+            assert lockd.proc is not None
+            before = cpu_seconds(lockd.proc.pid)
             result = asyncio.run(ramp(args))
+            result["server_cpu_s"] = round(cpu_seconds(lockd.proc.pid) - before, 2)
         finally:
             lockd.stop()
     result["tree"] = str(args.lockd_tree)
