@@ -14,9 +14,10 @@ and admin alike, is reset without a log line. Two bounds:
   (its own cap) and the store's connections always have descriptors left.
 
 The listener creates its asyncio server itself (rather than aiohttp's TCPSite) so that the
-protocol factory can refuse: only public aiohttp API is used (``runner.server``, the
-low-level server's ``connections``), plus :func:`lockd.http.request_handler`, lockd's
-connection handler.
+protocol factory can refuse: only public aiohttp API is used (``runner.server``), plus
+:func:`lockd.http.request_handler`, lockd's connection handler, which counts the listener's
+open connections (:class:`lockd.http.OpenConnections`; aiohttp's ``Server.connections``
+copies every open connection into a list on each call).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import cast
 from aiohttp import web
 
 from lockd.errors import Kind
-from lockd.http import RateLimitedLog, request_handler
+from lockd.http import OpenConnections, RateLimitedLog, request_handler
 
 log = logging.getLogger("lockd.connections")
 
@@ -93,6 +94,7 @@ class Listener:
         self.reuse_port = reuse_port
         self._server: asyncio.base_events.Server | None = None
         self._refusals = RateLimitedLog(log, "refused connections")
+        self.connections = OpenConnections()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -104,15 +106,15 @@ class Listener:
     def _protocol(self) -> asyncio.BaseProtocol:
         server = self.runner.server
         assert server is not None, "the runner is set up before it listens"
-        if len(server.connections) >= self.max_connections:
+        if self.connections.open >= self.max_connections:
             self._refusals.warning(
-                f"{self.name} listener: {len(server.connections)} connections open, its "
+                f"{self.name} listener: {self.connections.open} connections open, its "
                 "limit; refusing new ones (raise service.max_connections and the "
                 "descriptor limit together)"
             )
             return _Refusal()
         # lockd's handler: malformed HTTP gets a JSON 400 and a rate-limited log line.
-        return request_handler(server)
+        return request_handler(server, self.connections)
 
     def addresses(self) -> list[tuple[str, int]]:
         assert self._server is not None

@@ -215,10 +215,39 @@ except ImportError:  # pragma: no cover - a future aiohttp; the rescue is then s
     _ErrInfo = None  # type: ignore[assignment,misc]
 
 
+class OpenConnections:
+    """How many connections a listener holds open, kept by its handlers as they open and
+    close: an O(1) count for the cap, where aiohttp's ``Server.connections`` builds a list of
+    every open connection on each call (issue #15: with 10,000 open, twice per new
+    connection, during a boot ramp of 1,000 new connections a second)."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
 class LockdRequestHandler(web.RequestHandler):
     """aiohttp's connection handler, answering malformed HTTP with lockd's JSON error."""
 
-    __slots__ = ()
+    __slots__ = ("_counted",)
+
+    def __init__(self, *args: Any, counted: OpenConnections | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._counted = counted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Counted from here to connection_lost, the pair asyncio guarantees (a TLS
+        # handshake that fails calls neither).
+        if self._counted is not None:
+            self._counted.open += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted is not None:
+            self._counted.open -= 1
+            self._counted = None
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -291,10 +320,13 @@ class LockdRequestHandler(web.RequestHandler):
         self.close()
 
 
-def request_handler(server: web.Server) -> LockdRequestHandler:
+def request_handler(
+    server: web.Server, counted: OpenConnections | None = None
+) -> LockdRequestHandler:
     """A connection handler for ``server`` (a runner's ``runner.server``): what
     ``server()``, aiohttp's protocol factory, returns, but lockd's subclass. Use it wherever
-    a listener creates its protocols."""
+    a listener creates its protocols; ``counted`` counts the connection while it is open."""
     # web.Server.__call__ does exactly this with aiohttp's class: the handler options the
     # runner was given (access_log, keepalive_timeout, max_line_size...) are its _kwargs.
-    return LockdRequestHandler(server, loop=asyncio.get_running_loop(), **server._kwargs)
+    return LockdRequestHandler(server, loop=asyncio.get_running_loop(), counted=counted,
+                               **server._kwargs)

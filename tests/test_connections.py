@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from bench.procs import Lockd, find_binary
 from tests.httpcall import call, lock
+from tests.test_tls import make_cert
 
 BODY = b'{"client_params":{"id":"n1","group":"workers"}}'
 
 
 def _addr(url: str) -> tuple[str, int]:
-    host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+    host, _, port = url.removeprefix("http://").removeprefix("https://").rstrip("/").rpartition(":")
     return host, int(port)
 
 
@@ -144,3 +146,79 @@ def test_a_low_descriptor_limit_still_serves_the_admin_listener(tmp_path: Path) 
     out = server.proc.output()  # type: ignore[union-attr]
     assert "Traceback" not in out and "connections open, its limit" in out
 
+
+
+def _ask(sock: socket.socket) -> bytes:
+    """A FleetLock pre-reboot on ``sock``; the status line of its answer."""
+    sock.sendall(b"POST /v1/pre-reboot HTTP/1.1\r\nHost: lockd\r\nfleet-lock-protocol: true\r\n"
+                 b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+    sock.settimeout(5)
+    return sock.recv(65536).partition(b"\r\n")[0]
+
+
+def _cap_is_exactly(url: str, cap: int, wrap: Callable[[socket.socket], socket.socket]) -> None:
+    """``cap`` connections are accepted and served at once, and the next one is refused."""
+    held = [wrap(socket.create_connection(_addr(url), timeout=5)) for _ in range(cap)]
+    try:
+        for sock in held:  # every one was accepted: none of the cap leaked
+            assert _ask(sock).split()[1] in (b"200", b"423")
+        with wrap(socket.create_connection(_addr(url), timeout=5)) as extra:
+            extra.settimeout(5)
+            # none was counted twice: the cap is still full
+            assert extra.recv(65536).startswith(b"HTTP/1.1 503")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_every_way_a_connection_ends_frees_its_place_under_the_cap(tmp_path: Path) -> None:
+    """The cap counts open connections (issue #15: a count kept by the handlers, not a
+    list of them built per new connection): closed by the client, answered 400 and closed
+    by lockd, closed by the idle timeout, or refused at the cap, each gives its place back
+    exactly once, round after round."""
+    server = Lockd(tmp_path, "--backend", "memory://", "--group", "workers=2",
+                   "--set", "service.max_connections=3",
+                   "--set", "service.idle_timeout_s=1").start()
+    url = server.url
+    try:
+        for _ in range(3):
+            for _ in range(3):  # the client asks and hangs up
+                with socket.create_connection(_addr(url), timeout=5) as sock:
+                    assert _ask(sock).split()[1] in (b"200", b"423")
+            malformed = [socket.create_connection(_addr(url), timeout=5) for _ in range(3)]
+            for sock in malformed:  # lockd answers 400 and closes
+                sock.sendall(b"NOT HTTP\r\n\r\n")
+                assert sock.recv(65536).split(b" ")[1] == b"400"
+                assert _closed_within(sock, 5)
+                sock.close()
+            silent = [socket.create_connection(_addr(url), timeout=5) for _ in range(3)]
+            for sock in silent:  # lockd's idle timeout closes them
+                assert _closed_within(sock, 5)
+                sock.close()
+            time.sleep(0.3)  # let lockd see every close
+            _cap_is_exactly(url, 3, lambda sock: sock)  # with refusals past the cap
+            time.sleep(0.3)
+        _cap_is_exactly(url, 3, lambda sock: sock)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.proc.output()  # type: ignore[union-attr]
+
+
+def test_a_failed_tls_handshake_takes_no_place_under_the_cap(tmp_path: Path) -> None:
+    cert, key = make_cert(tmp_path, "lockd")
+    server = Lockd(tmp_path, "--backend", "memory://", "--group", "workers=2",
+                   "--set", "service.max_connections=2", "--set", "service.tls=true",
+                   "--set", f"service.tls_cert={cert}", "--set", f"service.tls_key={key}").start()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        for _ in range(5):  # plain HTTP to the TLS listener: the handshake fails
+            with socket.create_connection(_addr(server.url), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                assert _closed_within(sock, 5)
+        time.sleep(0.3)
+        _cap_is_exactly(server.url, 2, ctx.wrap_socket)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.proc.output()  # type: ignore[union-attr]
