@@ -36,7 +36,7 @@ from lockd.metrics import METRICS, MULTIPROCESS, VIEW_SYNC_S, Metrics, http_midd
 from lockd.policyrun import running_policy
 from lockd.ratelimit import Limits, parse_networks
 from lockd.semaphore import Outcome
-from lockd.service import LockService, every
+from lockd.service import LockService, every, stop
 from lockd.store import Store, TimedBackend, open_store
 from lockd.tenancy import NEW_TENANT, PUBLIC, Keys, Public, TenantLayout, logging_observer
 from lockd.view import View, follow
@@ -135,9 +135,7 @@ def service_context(settings: Settings) -> Callable[[web.Application], AsyncIter
                 yield
         finally:
             for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop(task)
             await store.backend.close()
 
     return ctx

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from lockd.config import Settings
 from lockd.metrics import Metrics
 from lockd.notify import Notifier
-from lockd.service import LockService
+from lockd.service import LockService, stop
 
 
 @contextlib.asynccontextmanager
@@ -29,8 +29,6 @@ async def running_policy(
     try:
         yield notifier
     finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        await stop(sweeper)
         await notifier.close()
         await service.gates.close()

@@ -10,6 +10,7 @@ keeps requests of one process from racing each other for nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -681,6 +682,13 @@ async def every(
             log.warning("%s failed: %s", what, exc.value)
         except Exception:
             log.exception("%s failed", what)
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task (a periodic loop, a feed) and wait until it has ended."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _log_events(events: tuple[Event, ...]) -> None:

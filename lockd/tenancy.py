@@ -53,7 +53,7 @@ from lockd.errors import Kind, LockdError
 from lockd.layouts import LayoutError
 from lockd.layouts.native import NativeLayout
 from lockd.ratelimit import Limits
-from lockd.service import Decision, LockService, every
+from lockd.service import Decision, LockService, every, stop
 
 log = logging.getLogger("lockd.tenancy")
 T = TypeVar("T")
@@ -535,9 +535,7 @@ class Public:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
 
     async def admit(
         self, request: web.Request, prefix: str, group: str, *, creates: bool = False
