@@ -30,6 +30,7 @@ import aiohttp
 
 from lockd.durations import format_duration
 from lockd.policy import Event
+from lockd.service import stop
 
 if TYPE_CHECKING:
     from lockd.service import Decision
@@ -183,9 +184,7 @@ class Notifier:
 
     async def close(self, grace: float = 2.0) -> None:
         await self.drain(grace)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(stop(task) for task in self._tasks), return_exceptions=True)
         self._tasks.clear()
         if self._session is not None:
             await self._session.close()

@@ -685,10 +685,23 @@ async def every(
 
 
 async def stop(task: asyncio.Task[Any]) -> None:
-    """Cancel a background task (a periodic loop, a feed) and wait until it has ended."""
-    task.cancel()
+    """Cancel a background task (a periodic loop, a feed) and wait until it has ended.
+
+    Cancelled again every :data:`RECANCEL_S` until it ends: on Python 3.11,
+    ``asyncio.wait_for`` (which redis-py awaits around every socket write) swallows a
+    cancellation that arrives as the future it waits for completes (CPython gh-86296,
+    fixed in 3.12), and the task then goes on as if never cancelled. Found as a shutdown
+    that never finished: the GC loop kept collecting after its cancel."""
+    while not task.done():
+        task.cancel()
+        # asyncio.wait neither raises the task's CancelledError nor absorbs ours.
+        await asyncio.wait({task}, timeout=RECANCEL_S)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+#: How long :func:`stop` waits for a cancelled task before cancelling it again.
+RECANCEL_S = 0.5
 
 
 def _log_events(events: tuple[Event, ...]) -> None:

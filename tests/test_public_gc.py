@@ -19,6 +19,7 @@ from lockd.backends import Backend, CasResult, Version
 from lockd.config import Settings, load
 from lockd.frontend import create_app
 from lockd.semaphore import Semaphore
+from lockd.service import stop
 from lockd.tenancy import COUNT_KEY, NAMES_PREFIX, PUBLIC, Public, TenantLayout, new_token
 from tests.rawhttp import request
 
@@ -388,9 +389,8 @@ async def test_the_collector_runs_passes_until_cancelled(start: Start) -> None:
             while await one.name(token, "g") is not None or await one.tenants():
                 await asyncio.sleep(0.01)
     finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await stop(task)  # lockd's: on Python 3.11 one cancel can be swallowed (gh-86296)
+    assert task.cancelled()
     assert await one.doc(token, "g") is None
 
 

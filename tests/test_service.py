@@ -461,3 +461,30 @@ async def test_without_an_idle_clock_nothing_is_touched() -> None:
     assert await service.pre_reboot("g", "a") is Outcome.GRANTED
     raw, _ = await backend.get(NativeLayout().key("g"))
     assert raw is not None and b"touched" not in raw
+
+
+async def test_stop_ends_a_task_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's asyncio.wait_for can swallow a cancellation (CPython gh-86296), as it
+    did inside redis-py under the GC loop; stop() cancels again until the task ends."""
+    from lockd.service import stop
+
+    swallowed = []
+
+    async def loop_that_swallows_once() -> None:
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(True)  # as wait_for does: carry on as if not cancelled
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+    task = asyncio.create_task(loop_that_swallows_once())
+    await asyncio.sleep(0.02)
+    stopping = asyncio.create_task(stop(task))
+    done, _ = await asyncio.wait({stopping}, timeout=10)
+    if not done:  # the old stop(): waits forever on a task that goes on
+        stopping.cancel()
+        task.cancel()
+    assert done and swallowed and task.cancelled()
