@@ -58,7 +58,7 @@ def pinned(argv: list[str], cpus: str | None) -> list[str]:
 def start_lockd(cmd: str, slots: int, out: Path, cpus: str | None,
                 n: int = 0) -> tuple[subprocess.Popen, str]:
     argv = [*shlex.split(cmd), "--listen", "127.0.0.1:0", "--no-admin",
-            "--default-slots", str(slots), "--log-level", "warning"]
+            "--default-slots", str(slots)]  # lockd at its defaults, as a user runs it
     path = out / f"lockd-{n}.log"
     log = open(path, "wb")
     proc = subprocess.Popen(pinned(argv, cpus), stdout=log, stderr=subprocess.STDOUT,
