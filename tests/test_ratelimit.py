@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import limits.aio.storage.memory
 import limits.aio.strategies
 import pytest
+from limits import parse
 
 from lockd import ratelimit
 from lockd.config import Settings
@@ -216,3 +217,91 @@ def test_limits_url_accepts(url: str) -> None:
 def test_limits_url_refuses(url: str) -> None:
     with pytest.raises(ValueError):
         ratelimit.check_limits_url(url)
+
+
+async def test_local_storage_counts_as_the_package_does(clock: FakeClock) -> None:
+    """lockd's in-process storage differs from the package's only in expiry: the same hits,
+    at the same (fake) times, are allowed and refused alike."""
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+    from lockd.ratelimit import LocalStorage
+
+    theirs = SlidingWindowCounterRateLimiter(MemoryStorage())
+    ours = SlidingWindowCounterRateLimiter(LocalStorage())
+    item = parse("5/minute")
+    rng = random.Random(3)
+    answers = []
+    for _ in range(3000):
+        clock.now += rng.choice((0.0, 0.5, 3.0, 20.0))
+        key = f"k{rng.randrange(8)}"
+        a, b = await theirs.hit(item, key), await ours.hit(item, key)
+        assert a == b
+        answers.append(a)
+    assert True in answers and False in answers  # both outcomes were compared
+
+
+async def test_local_storage_drops_expired_keys_without_a_pass_over_all(clock: FakeClock) -> None:
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+    from lockd.ratelimit import LocalStorage
+
+    storage = LocalStorage()
+    limiter = SlidingWindowCounterRateLimiter(storage)
+    item = parse("10/minute")
+    for i in range(1000):
+        await limiter.hit(item, f"old{i}")
+    assert len(storage.expirations) == 1000
+    clock.now += 3 * 60  # past every key's expiry (twice the window)
+    for i in range(300):
+        await limiter.hit(item, f"new{i}")
+    # Each increment dropped up to SWEEP of the expired keys: 300 x 4 >= 1000.
+    assert not any("old" in k for k in storage.expirations)
+    assert len(storage.expirations) == 300
+    # And it keeps no object per key for the garbage collector to walk (the package's
+    # storage keeps an asyncio.Lock per key).
+    assert not storage.locks
+
+
+async def test_local_storage_sweeps_short_windows_past_a_long_one(clock: FakeClock) -> None:
+    """The limits have windows of different lengths: a key of an hour's window set first
+    must not keep the expired keys of a minute's window behind it."""
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+    from lockd.ratelimit import LocalStorage
+
+    storage = LocalStorage()
+    limiter = SlidingWindowCounterRateLimiter(storage)
+    await limiter.hit(parse("10/hour"), "long")
+    for i in range(1000):
+        await limiter.hit(parse("10/minute"), f"old{i}")
+    clock.now += 3 * 60
+    for i in range(300):
+        await limiter.hit(parse("10/minute"), f"new{i}")
+    assert not any("old" in k for k in storage.expirations)
+    assert any("long" in k for k in storage.expirations)  # not expired: kept
+    assert len(storage.expirations) == 301
+    # The heap of expiries stays bounded too: what was popped is gone.
+    assert len(storage._due) <= 301 + LocalStorage.SWEEP
+
+
+async def test_local_storage_counts_as_the_package_does_across_windows(
+    clock: FakeClock,
+) -> None:
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+    from lockd.ratelimit import LocalStorage
+
+    theirs = SlidingWindowCounterRateLimiter(MemoryStorage())
+    ours = SlidingWindowCounterRateLimiter(LocalStorage())
+    items = [parse("5/minute"), parse("20/hour"), parse("3/second")]
+    rng = random.Random(5)
+    answers = []
+    for _ in range(4000):
+        clock.now += rng.choice((0.0, 0.0, 0.0, 0.05, 1.0, 30.0, 700.0))
+        item, key = rng.choice(items), f"k{rng.randrange(3)}"
+        a, b = await theirs.hit(item, key), await ours.hit(item, key)
+        assert a == b
+        answers.append(a)
+    assert True in answers and False in answers
