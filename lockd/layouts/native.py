@@ -15,6 +15,7 @@ PREFIX = "lockd/v1/groups/"
 class NativeLayout(Layout):
     name = "native"
     stores_policy_state = True
+    lossless = True  # every field of a Semaphore but locksmith's free_counter (None here)
 
     prefix = PREFIX
 
