@@ -49,25 +49,33 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Turn every failure into a JSON ``{kind, value}``; never let a client cause a 500."""
     try:
         return await handler(request)
-    except LockdError as exc:
+    except Exception as exc:
+        return error_for(request, exc)
+
+
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON ``{kind, value}`` answer to an exception a handler raised (json_errors'
+    and the FleetLock listener's middleware, lockd.frontend); raises it again where it is
+    not an error (an HTTPException below 400, a redirect)."""
+    if isinstance(exc, LockdError):
         return error_response(exc, headers=exc.headers)
-    except web.HTTPMethodNotAllowed as exc:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         return error_response(
             LockdError(Kind.method_not_allowed, f"{request.method} is not allowed here"),
             headers={"Allow": ",".join(sorted(exc.allowed_methods))},
         )
-    except web.HTTPNotFound:
+    if isinstance(exc, web.HTTPNotFound):
         return error_response(LockdError(Kind.not_found, "no such endpoint"))
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(LockdError(Kind.body_too_large, "request body is too large"))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         kind = Kind.invalid_request if exc.status < 500 else Kind.internal_error
         return web.json_response({"kind": kind.value, "value": exc.reason}, status=exc.status)
-    except Exception:
-        log.exception("unexpected error serving %s %s", request.method, redact(request.path))
-        return error_response(LockdError(Kind.internal_error, "internal error"))
+    log.exception("unexpected error serving %s %s", request.method, redact(request.path),
+                  exc_info=exc)
+    return error_response(LockdError(Kind.internal_error, "internal error"))
 
 
 async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> bytes:
