@@ -139,7 +139,7 @@ class Metrics:
         self.group_cap = group_cap
         self._admitted: set[str] = set()
         self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._decision_children: dict[tuple[str, Any], tuple[Any, Any]] = {}
+        self._decision_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         r = self.registry
 
         self.requests = Counter(
@@ -266,16 +266,14 @@ class Metrics:
 
     def observe(self, d: Decision) -> None:
         """A :class:`lockd.service.Decision` observer."""
-        # Keyed by the enum members, whose label strings (Enum.value, a Python-level
-        # property) are only looked up for a child not yet cached.
-        key = (d.action, d.outcome or d.error)
+        # _value_ is what Enum's (Python-level) value property returns.
+        outcome = d.outcome._value_ if d.outcome is not None else (
+            d.error._value_ if d.error is not None else "error"
+        )
+        key = (d.action, outcome)
         children = self._decision_children.get(key)
         if children is None:  # cached, as for requests: this runs on every decision
-            outcome = d.outcome.value if d.outcome is not None else (
-                d.error.value if d.error is not None else "error"
-            )
-            children = (self.decisions.labels(d.action, outcome),
-                        self.decision_seconds.labels(d.action))
+            children = (self.decisions.labels(*key), self.decision_seconds.labels(d.action))
             self._decision_children[key] = children
         children[0].inc()
         children[1].observe(d.seconds)
