@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -27,12 +28,21 @@ from lockd.groups import GroupSettings
 from lockd.http import (
     SERVICE,
     SETTINGS,
+    Handler,
+    error_for,
     error_response,
     expect_within,
-    json_errors,
     read_body,
 )
-from lockd.metrics import METRICS, MULTIPROCESS, VIEW_SYNC_S, Metrics, http_middleware
+from lockd.metrics import (
+    METRICS,
+    MULTIPROCESS,
+    VIEW_SYNC_S,
+    Metrics,
+    endpoint_of,
+    request_kind,
+    response_kind,
+)
 from lockd.policyrun import running_policy
 from lockd.ratelimit import Limits, parse_networks
 from lockd.semaphore import Outcome
@@ -90,6 +100,37 @@ async def fleetlock(request: web.Request) -> web.Response:
     if outcome is Outcome.GRANTED and public is not None and tenant is not None:
         await public.record_name(tenant, group, request.get(NEW_TENANT, False))
     return web.Response(body=_OUTCOME_BODIES[outcome], content_type="application/json")
+
+
+@web.middleware
+async def answer_and_count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The FleetLock listener's one middleware: every failure as a JSON ``{kind, value}``
+    (lockd.http.error_for, as json_errors answers on the admin listener), and every
+    request counted and timed by endpoint and kind (lockd.metrics). One layer rather than
+    those two: each middleware costs every request a wrapper and a coroutine of aiohttp's
+    (issue #15)."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+        kind = response_kind(response)
+    except Exception as exc:
+        kind = request_kind(exc)
+        try:
+            response = error_for(request, exc)
+        finally:
+            _count(request, kind, started)
+        return response
+    except BaseException:  # cancelled: counted, and the cancellation goes on
+        _count(request, "internal_error", started)
+        raise
+    _count(request, kind, started)
+    return response
+
+
+def _count(request: web.Request, kind: str, started: float) -> None:
+    request.app[METRICS].observe_request(
+        endpoint_of(request.path), kind, time.perf_counter() - started
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -190,7 +231,7 @@ def configure_public(public: Public, settings: Settings) -> None:
 def create_app(settings: Settings, service: LockService | None = None) -> web.Application:
     """The FleetLock application. Without ``service``, it opens the configured backend."""
     app = web.Application(
-        middlewares=[json_errors, http_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[answer_and_count], client_max_size=settings.max_body_bytes
     )
     app[SETTINGS] = settings
     # Served on the admin (and [status]) listener, never on this one; see lockd.admin.

@@ -49,25 +49,33 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Turn every failure into a JSON ``{kind, value}``; never let a client cause a 500."""
     try:
         return await handler(request)
-    except LockdError as exc:
+    except Exception as exc:
+        return error_for(request, exc)
+
+
+def error_for(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON ``{kind, value}`` answer to an exception a handler raised (json_errors'
+    and the FleetLock listener's middleware, lockd.frontend); raises it again where it is
+    not an error (an HTTPException below 400, a redirect)."""
+    if isinstance(exc, LockdError):
         return error_response(exc, headers=exc.headers)
-    except web.HTTPMethodNotAllowed as exc:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         return error_response(
             LockdError(Kind.method_not_allowed, f"{request.method} is not allowed here"),
             headers={"Allow": ",".join(sorted(exc.allowed_methods))},
         )
-    except web.HTTPNotFound:
+    if isinstance(exc, web.HTTPNotFound):
         return error_response(LockdError(Kind.not_found, "no such endpoint"))
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(LockdError(Kind.body_too_large, "request body is too large"))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         kind = Kind.invalid_request if exc.status < 500 else Kind.internal_error
         return web.json_response({"kind": kind.value, "value": exc.reason}, status=exc.status)
-    except Exception:
-        log.exception("unexpected error serving %s %s", request.method, redact(request.path))
-        return error_response(LockdError(Kind.internal_error, "internal error"))
+    log.exception("unexpected error serving %s %s", request.method, redact(request.path),
+                  exc_info=exc)
+    return error_response(LockdError(Kind.internal_error, "internal error"))
 
 
 async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> bytes:
@@ -76,9 +84,9 @@ async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> 
     the limit is refused before any of the body is read, a chunked body as soon as what
     arrived passes the limit. A body that takes longer than ``timeout`` seconds is refused
     (408), so a client cannot hold a connection by trickling it."""
-    too_large = LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(limit)
     pieces: list[bytes] = []
     size = 0
     try:
@@ -87,7 +95,7 @@ async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> 
             # take what is buffered, without arming a timer for a wait that cannot happen.
             body = request.content.read_nowait(limit + 1)
             if len(body) > limit:
-                raise too_large
+                raise _too_large(limit)
             return body
         async with asyncio.timeout(timeout):
             # read(n) returns what is buffered (at most n bytes), b"" only at the end.
@@ -95,7 +103,7 @@ async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> 
                 pieces.append(piece)
                 size += len(piece)
                 if size > limit:
-                    raise too_large
+                    raise _too_large(limit)
     except TimeoutError:
         raise LockdError(
             Kind.request_timeout, f"the request body did not arrive within {timeout:g}s"
@@ -105,6 +113,12 @@ async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> 
     except ConnectionError:  # the client went away; nobody reads the answer
         raise LockdError(Kind.invalid_request, "connection lost while reading the body") from None
     return b"".join(pieces)
+
+
+def _too_large(limit: int) -> LockdError:
+    # Built when needed: an exception and its message on every request cost a body that
+    # fits (nearly all of them) a few microseconds for nothing (issue #15).
+    return LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
 
 
 def expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
@@ -118,9 +132,7 @@ def expect_within(limit: int) -> Callable[[web.Request], Awaitable[web.StreamRes
             return error_response(LockdError(Kind.invalid_request, "unsupported Expect"),
                                   status=417)
         if request.content_length is not None and request.content_length > limit:
-            resp = error_response(
-                LockdError(Kind.body_too_large, f"request body is larger than {limit} bytes")
-            )
+            resp = error_response(_too_large(limit))
             resp.force_close()  # the body that may still come is not read
             return resp
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -5,8 +5,9 @@ Each FleetLock application gets one :class:`Metrics` (``app[METRICS]``): a priva
 ``CollectorRegistry``, so tests and several apps in one process never collide on the global
 one. Three feeds fill it:
 
-- :func:`http_middleware` on the FleetLock listener: requests by endpoint and outcome kind,
-  and their latency;
+- the FleetLock listener's middleware (:func:`lockd.frontend.answer_and_count`): requests
+  by endpoint and outcome kind (:func:`request_kind`, :func:`response_kind`), and their
+  latency;
 - :meth:`Metrics.observe`, a :class:`lockd.service.Decision` observer: decisions, grants,
   releases, compare-and-set retries;
 - :meth:`Metrics.observe_backend`, called by :class:`lockd.store.TimedBackend` around the
@@ -26,7 +27,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -127,7 +128,6 @@ class StoreGauges(Collector):
 
 
 T = TypeVar("T")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Metrics:
@@ -266,8 +266,9 @@ class Metrics:
 
     def observe(self, d: Decision) -> None:
         """A :class:`lockd.service.Decision` observer."""
-        outcome = d.outcome.value if d.outcome is not None else (
-            d.error.value if d.error is not None else "error"
+        # _value_ is what Enum's (Python-level) value property returns.
+        outcome = d.outcome._value_ if d.outcome is not None else (
+            d.error._value_ if d.error is not None else "error"
         )
         key = (d.action, outcome)
         children = self._decision_children.get(key)
@@ -472,28 +473,17 @@ def endpoint_of(path: str) -> str:
     return "other"
 
 
-@web.middleware
-async def http_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time FleetLock listener requests. Sits inside ``json_errors`` so that it
-    sees the error kind before it becomes a response."""
-    metrics = request.app.get(METRICS)
-    if metrics is None:
-        return await handler(request)
-    started = time.perf_counter()
-    kind = "internal_error"
-    try:
-        response = await handler(request)
-        kind = "ok" if response.status < 400 else f"http_{response.status}"
-        return response
-    except LockdError as exc:
-        kind = exc.kind.value
-        raise
-    except web.HTTPException as exc:
-        kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+def request_kind(exc: BaseException) -> str:
+    """The ``kind`` label of a FleetLock listener request that raised ``exc``."""
+    if isinstance(exc, LockdError):
+        return exc.kind.value
+    if isinstance(exc, web.HTTPException):
+        return {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status, "invalid_request" if exc.status < 500 else "internal_error"
         )
-        raise
-    finally:
-        metrics.observe_request(
-            endpoint_of(request.path), kind, time.perf_counter() - started
-        )
+    return "internal_error"
+
+
+def response_kind(response: web.StreamResponse) -> str:
+    """The ``kind`` label of a FleetLock listener request answered ``response``."""
+    return "ok" if response.status < 400 else f"http_{response.status}"

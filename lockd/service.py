@@ -182,8 +182,10 @@ class LockService:
         self._queues: dict[str, list[Pending]] = {}
         self._drainers: dict[str, asyncio.Task[None]] = {}
         # The last value and version seen per key (most recent last), to skip a read
-        # before a write; see _round_trip and must_read_first.
-        self._seen: OrderedDict[str, tuple[bytes, Version]] = OrderedDict()
+        # before a write (see _round_trip and must_read_first), with the value decoded
+        # once it has been (see _stored): a group's document is decoded once per change,
+        # not once per request.
+        self._seen: OrderedDict[str, tuple[bytes, Version, Semaphore | None]] = OrderedDict()
         self.remember = remember
         # Per group: the configured slots this process has seen reach the store. See
         # configured_state: configuration is applied when it changes, not per decision.
@@ -304,7 +306,7 @@ class LockService:
         if stored is None:
             try:
                 stored = Semaphore.new(slots) if entry.raw is None else \
-                    self._decode(group, entry.raw)
+                    self._stored(group, self.layout.key(group), entry.raw)
             except LockdError:
                 return None  # the store path says so, with its own error
             entry.decoded = stored
@@ -479,13 +481,13 @@ class LockService:
             self._fill(key, raw, version, token)
             fresh = True
         else:
-            (raw, version), fresh = remembered, False
+            (raw, version, _), fresh = remembered, False
         attempt = 1
         while batch := still_waiting(batch):
             if raw is None:
                 current = stored = Semaphore.new(slots)
             else:
-                stored = self._decode(group, raw)
+                stored = self._stored(group, key, raw)
                 current = self.configured_state(group, stored, slots)
             current, results = apply_in_order(current, batch, attempt)
             writes = current != stored
@@ -505,10 +507,11 @@ class LockService:
                 settle(batch, results)
                 return
             token = view.token() if view is not None else None
-            result = await self.backend.compare_and_set(
-                key, layout.encode(current, raw), version
-            )
-            self._remember(key, result.value, result.version)
+            encoded = layout.encode(current, raw)
+            result = await self.backend.compare_and_set(key, encoded, version)
+            # What was written is what was decided on, where the layout keeps all of it.
+            self._remember(key, result.value, result.version,
+                           current if layout.lossless and result.value is encoded else None)
             if result.stored and result.version is None:  # written, version not known
                 self._fill(key, None, None, None)
             else:
@@ -538,11 +541,16 @@ class LockService:
             else:
                 self.view.fill(key, raw, version, token)
 
-    def _remember(self, key: str, raw: bytes | None, version: Version) -> None:
+    def _remember(self, key: str, raw: bytes | None, version: Version,
+                  decoded: Semaphore | None = None) -> None:
         if raw is None or version is None:
             self._seen.pop(key, None)
             return
-        self._seen[key] = (raw, version)
+        if decoded is None:  # a read of the value remembered already: keep its decoding
+            seen = self._seen.get(key)
+            if seen is not None and seen[0] == raw:
+                decoded = seen[2]
+        self._seen[key] = (raw, version, decoded)
         self._seen.move_to_end(key)
         if len(self._seen) > self.remember:
             self._seen.popitem(last=False)
@@ -653,6 +661,18 @@ class LockService:
             "configuration agree (then reload or restart one)",
             group, ours, theirs,
         )
+
+    def _stored(self, group: str, key: str, raw: bytes) -> Semaphore:
+        """``raw`` decoded, from what this process remembers when it is the value it last
+        read or wrote (decoding a document with its history is the dearest part of a
+        grant or release). Semaphores are immutable, so one decoding serves every reader."""
+        seen = self._seen.get(key)
+        if seen is not None and (seen[0] is raw or seen[0] == raw):
+            if seen[2] is None:
+                self._seen[key] = (seen[0], seen[1], decoded := self._decode(group, raw))
+                return decoded
+            return seen[2]
+        return self._decode(group, raw)
 
     def _current(self, group: str, raw: bytes) -> Semaphore:
         stored = self._decode(group, raw)

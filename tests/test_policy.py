@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import given, settings
 
-from lockd import policy
+from lockd import policy, semaphore
 from lockd.errors import Kind
 from lockd.layouts import AirlockLayout, NativeLayout
 from lockd.policy import GateVerdict, GroupPolicy
@@ -227,3 +229,43 @@ def test_the_document_keeps_policy_state_only_in_the_native_layout(layout) -> No
     # A document written before the policy existed reads with an empty one.
     plain = layout.decode(layout.encode(Semaphore.new(1), None))
     assert plain.policy == PolicyState()
+
+
+# Times as the clock gives them (floats with a fraction) and as tests give them (ints).
+_TIMES = st.one_of(st.floats(min_value=0, max_value=4e9, allow_nan=False),
+                   st.integers(min_value=0, max_value=4_000_000_000))
+_STEPS = st.lists(st.tuples(
+    st.sampled_from(["lock", "unlock", "sweep", "pause", "resume", "slots", "touch"]),
+    st.sampled_from(["a", "b", "c", "0b1e3a7c2d9f4e5a"]), _TIMES), max_size=30)
+
+
+@given(steps=_STEPS, slots=st.integers(1, 3), history=st.integers(0, 4),
+       cooldown=st.sampled_from([0.0, 30.0]))
+@settings(max_examples=300, deadline=None)
+def test_the_native_document_decodes_to_exactly_what_was_encoded(
+    steps: list[tuple[str, str, float]], slots: int, history: int, cooldown: float
+) -> None:
+    """NativeLayout.lossless: the service keeps the state it wrote instead of decoding the
+    bytes again (LockService._stored), so every state the transitions make must survive
+    encode then decode unchanged; the airlock layout does not claim it."""
+    layout = NativeLayout()
+    assert layout.lossless and not AirlockLayout().lossless
+    p = GroupPolicy(cooldown=cooldown, history=history, stale_after=5.0, expire_after=50.0,
+                    report_stale=True)
+    s, previous = Semaphore.new(slots), None
+    for op, id_, t in steps:
+        if op == "lock":
+            s, _ = policy.lock(s, id_, t, p, OPEN)
+        elif op == "unlock":
+            s, _ = policy.unlock(s, id_, t, p)
+        elif op == "sweep":
+            s, _ = policy.sweep(s, t, p)
+        elif op in ("pause", "resume"):
+            s, _ = semaphore.set_paused(s, op == "pause")
+        elif op == "slots":
+            s, _ = semaphore.set_slots(s, slots + 1)
+        else:
+            s = semaphore.touch(s, t, 60.0, writes=True, exists=True)
+        raw = layout.encode(s, previous)
+        assert layout.decode(raw) == s
+        previous = raw

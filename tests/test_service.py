@@ -314,6 +314,51 @@ async def test_per_group_memory_is_bounded() -> None:
     assert not service._queues and not service._drainers
     # A forgotten group still decides right: its configuration is simply applied again.
     assert await service.pre_reboot("g0", "n") is Outcome.GRANTED
+class CountingLayout(NativeLayout):
+    """The native layout, counting how often a stored value is decoded."""
+
+    decodes = 0
+
+    def decode(self, raw: bytes) -> Semaphore:
+        self.decodes += 1
+        return super().decode(raw)
+
+
+@pytest.mark.parametrize("with_view", [False, True])
+async def test_a_document_is_decoded_once_per_change_not_per_request(with_view: bool) -> None:
+    """The service keeps the state it wrote (a lossless layout) and each value's decoding
+    (LockService._stored), so grants, releases, re-locks and refusals decode no stored
+    value again; every decision is still made on what the store holds."""
+    from lockd.view import View, follow
+
+    layout = CountingLayout()
+    backend = MemoryBackend()
+    service = LockService(Store(backend, layout), GroupSettings(default_slots=1))
+    feed = None
+    if with_view:
+        service.view = View(max_age=60.0)
+        feed = asyncio.create_task(follow(backend, layout.group_prefix(), service.view))
+        await asyncio.sleep(0)
+    try:
+        for _ in range(20):
+            assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+            assert await service.pre_reboot("g", "a") is Outcome.ALREADY_HELD
+            assert await service.pre_reboot("g", "b") is Outcome.FULL
+            assert await service.steady_state("g", "a") is Outcome.RELEASED
+        assert layout.decodes == 0  # every value read was one this service wrote
+        # Another writer's value is decoded (once), and decided on.
+        raw, version = await backend.get(layout.key("g"))
+        other = layout.encode(Semaphore(slots=1, holders=(), next_grant_id=99,
+                                        config_slots=1, paused=True), raw)
+        assert (await backend.compare_and_set(layout.key("g"), other, version)).stored
+        for _ in range(5):
+            assert await service.pre_reboot("g", "a") is Outcome.PAUSED
+        assert layout.decodes == 1
+    finally:
+        if feed is not None:
+            feed.cancel()
+
+
 # The reboot policy through the service (lockd.policy): gates asked outside the loop and
 # only for would-be grants, sweeps through the same compare-and-set, events once.
 

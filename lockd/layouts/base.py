@@ -21,6 +21,10 @@ class Layout(abc.ABC):
     #: lockd.policystate) survives in the stored value. Only lockd's own document does:
     #: airlock and locksmith drop what they do not know when they write.
     stores_policy_state: bool = False
+    #: True where ``decode(encode(sem, previous)) == sem`` for every semaphore lockd
+    #: writes, so that the service may keep what it wrote instead of decoding it again
+    #: (lockd.service). Not airlock's or locksmith's: they drop lockd's fields.
+    lossless: bool = False
 
     @abc.abstractmethod
     def key(self, group: str) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from lockd.layouts.base import Layout, LayoutError
 from lockd.policystate import PolicyState, Reboot
@@ -15,6 +16,7 @@ PREFIX = "lockd/v1/groups/"
 class NativeLayout(Layout):
     name = "native"
     stores_policy_state = True
+    lossless = True  # every field of a Semaphore but locksmith's free_counter (None here)
 
     prefix = PREFIX
 
@@ -32,7 +34,7 @@ class NativeLayout(Layout):
 
     def decode(self, raw: bytes) -> Semaphore:
         try:
-            doc = json.loads(raw)
+            doc = orjson.loads(raw)
             holders = tuple(
                 Holder(
                     id=str(h["id"]), granted_at=float(h["granted_at"]), grant_id=int(h["grant_id"])
@@ -67,7 +69,10 @@ class NativeLayout(Layout):
             doc["policy"] = _encode_policy(sem.policy)
         if sem.touched is not None:
             doc["touched"] = sem.touched
-        return json.dumps(doc, separators=(",", ":")).encode()
+        # orjson: compact like json.dumps(separators=(",", ":")), UTF-8 rather than \u
+        # escapes, and every float the shortest repr that reads back exactly (tested:
+        # NativeLayout.lossless).
+        return orjson.dumps(doc)
 
 
 # The reboot policy's shared state (lockd.policystate), written only when there is some.
