@@ -10,9 +10,10 @@ cluster, and a master killed mid-storm while its replica takes over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -27,10 +28,12 @@ from lockd.backends.redis import CAS
 from lockd.backends.redis_cluster import RedisClusterBackend
 from lockd.layouts import NativeLayout
 from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.service import GroupSettings, LockService, stop
 from lockd.store import Store
+from lockd.view import View, follow
 from tests.history import storm, violations
 from tests.replicas import post, replica
+from tests.test_backend_contract import Recorder
 from tests.tls import certificates
 
 LAYOUT = NativeLayout()
@@ -338,5 +341,191 @@ async def test_a_master_killed_mid_storm_fails_over_to_its_replica(
                     assert (status, body) == (200, {"outcome": "granted"})
                     status, body = await post(session, u, "steady-state", group, f"after{n}")
                     assert (status, body) == (200, {"outcome": "released"})
+    finally:
+        cluster.stop()
+
+
+# The change feed: every master followed, the topology watched (RedisClusterBackend.watch).
+
+
+async def test_the_feed_reports_writes_on_every_master(
+    cbackend: RedisClusterBackend, redis_cluster: RedisClusterServer
+) -> None:
+    by_master: dict[int, str] = {}
+    for i in range(60):
+        key = LAYOUT.key(f"fed{i}")
+        by_master.setdefault(redis_cluster.master_of(cbackend.redis_key(key)).port, key)
+    assert len(by_master) == 3
+    sink = Recorder()
+    feed = asyncio.create_task(cbackend.watch(LAYOUT.group_prefix(), sink))
+    try:
+        await sink.until(lambda: sink.subscriptions == 1)
+        for key in by_master.values():
+            assert (await cbackend.compare_and_set(key, b"x", None)).stored
+        await sink.until(lambda: set(by_master.values()) <= {k for k, _ in sink.changes})
+        assert not feed.done()
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+
+
+@contextlib.asynccontextmanager
+async def viewed(url: str) -> AsyncIterator[tuple[View, LockService, LockService]]:
+    """A service answering refusals from a view that follows the cluster's feed (max age
+    far longer than the tests wait: a refusal that ends did so by a notification or a
+    resubscribe), and another service without a view, on its own client."""
+    here, there = open_backend(url), open_backend(url)
+    await here.open()
+    await there.open()
+    view = View(max_age=MAX_AGE)
+    service = LockService(native(here), GroupSettings(default_slots=1), view=view)
+    other = LockService(native(there), GroupSettings(default_slots=1))
+    task = asyncio.create_task(follow(here, LAYOUT.group_prefix(), view))
+    try:
+        await until(lambda: view.connected, "the feed subscribed")
+        yield view, service, other
+    finally:
+        await stop(task)
+        await here.close()
+        await there.close()
+
+
+async def until(check: Callable[[], object], what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await _maybe_await(check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _maybe_await(value: object) -> object:
+    return await value if asyncio.iscoroutine(value) else value  # type: ignore[misc]
+
+
+async def settled(call: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """``call``'s outcome once the store answers (503s while a failover completes)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return await call()
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+MAX_AGE = 60.0
+
+
+async def test_a_killed_master_ends_the_feed_and_the_promoted_replica_is_followed(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL a master while the view answers refusals: the feed ends at once (nothing
+    from the view while that master's changes go unseen), the view forgets, and after the
+    promotion the feed follows the promoted replica (which has none of the dead master's
+    tracking state): no refusal from an entry of before, and the promoted master's own
+    changes reach the view."""
+    cluster = RedisClusterServer(tmp_path / "cluster", node_timeout_ms=1000).start()
+    try:
+        groups = [f"k{i}" for i in range(9)]
+        async with viewed(cluster.url + "?timeout=1") as (view, service, other):
+            for g in groups:
+                assert await service.pre_reboot(g, "a") is Outcome.GRANTED
+                assert await service.pre_reboot(g, "b") is Outcome.FULL
+            hits = view.hits
+            for g in groups:
+                assert await service.pre_reboot(g, "b") is Outcome.FULL
+            assert view.hits == hits + len(groups)
+            victim = cluster.master_of("lockd:{" + LAYOUT.key(groups[0]) + "}")
+            on_victim = [g for g in groups
+                         if cluster.master_of("lockd:{" + LAYOUT.key(g) + "}") is victim]
+            epoch = view.epoch
+            assert victim.proc is not None
+            victim.proc.kill()
+            await until(lambda: not view.connected, "the feed saw the master die")
+            await asyncio.to_thread(cluster.wait_ok, 30, linked=False)  # promoted
+            for g in groups:  # through the other client: the view is told nothing of it
+                assert await settled(lambda g=g: other.steady_state(g, "a")) \
+                    is Outcome.RELEASED
+            await until(lambda: view.connected, "the feed followed the new topology")
+            assert view.epoch > epoch
+            for g in groups:  # an entry of before the resubscribe would refuse for 60 s
+                assert await service.pre_reboot(g, "b") is Outcome.GRANTED
+            hits = view.hits
+            for g in on_victim:
+                assert await service.pre_reboot(g, "c") is Outcome.FULL
+                assert await service.pre_reboot(g, "c") is Outcome.FULL
+            assert view.hits >= hits + len(on_victim), "the view does not answer again"
+            for g in on_victim:  # a release on the promoted master, told by its feed
+                assert await other.steady_state(g, "b") is Outcome.RELEASED
+
+                async def granted(g: str = g) -> bool:
+                    return await service.pre_reboot(g, "c") is Outcome.GRANTED
+
+                await until(granted, f"{g}'s release reached the view", seconds=10)
+    finally:
+        cluster.stop()
+
+
+async def test_a_manual_failover_resubscribes(tmp_path: Path) -> None:
+    """CLUSTER FAILOVER: the old master lives on as a replica and its connections stay
+    open, so only the topology check notices; the view forgets and resubscribes."""
+    cluster = RedisClusterServer(tmp_path / "cluster", node_timeout_ms=1000).start()
+    try:
+        async with viewed(cluster.url + "?timeout=1") as (view, service, other):
+            assert await service.pre_reboot("m", "a") is Outcome.GRANTED
+            assert await service.pre_reboot("m", "b") is Outcome.FULL
+            old = cluster.master_of("lockd:{" + LAYOUT.key("m") + "}")
+            info = cluster.command(old, "info", "replication")
+            port = int(info.split("slave0:", 1)[1].split("port=", 1)[1].split(",", 1)[0])
+            replica_ = next(n for n in cluster.nodes if n.port == port)
+            resyncs = view.resyncs
+            assert "OK" in cluster.command(replica_, "cluster", "failover")
+            await until(lambda: view.resyncs > resyncs and view.connected,
+                        "the feed resubscribed after the failover")
+            assert cluster.master_of("lockd:{" + LAYOUT.key("m") + "}") is replica_
+            assert view.lookup(LAYOUT.key("m")) is None  # nothing of before is trusted
+            assert await settled(lambda: other.steady_state("m", "a")) is Outcome.RELEASED
+
+            async def granted() -> bool:
+                return await service.pre_reboot("m", "b") is Outcome.GRANTED
+
+            await until(granted, "b granted after the release", seconds=10)
+    finally:
+        cluster.stop()
+
+
+async def test_a_new_master_and_a_moved_slot_are_followed(tmp_path: Path) -> None:
+    """A master added, then a group's slot moved onto it: each change of the topology
+    resubscribes, and a release written on the new master reaches the view (a feed that
+    did not follow it would refuse for the whole max age)."""
+    cluster = RedisClusterServer(tmp_path / "cluster", replicas=0).start()
+    try:
+        async with viewed(cluster.url + "?timeout=1") as (view, service, other):
+            key = "lockd:{" + LAYOUT.key("n") + "}"
+            assert await service.pre_reboot("n", "a") is Outcome.GRANTED
+            assert await service.pre_reboot("n", "b") is Outcome.FULL
+            resyncs = view.resyncs
+            new = await asyncio.to_thread(cluster.add_master)
+            await until(lambda: view.resyncs > resyncs and view.connected,
+                        "the feed resubscribed to four masters")
+            resyncs = view.resyncs
+            await asyncio.to_thread(cluster.move_slot, key_slot(key.encode()),
+                                    cluster.master_of(key), new)
+            await until(lambda: view.resyncs > resyncs and view.connected,
+                        "the feed resubscribed after the slot moved")
+            assert cluster.master_of(key) is new
+            assert await settled(lambda: service.pre_reboot("n", "b")) is Outcome.FULL
+            hits = view.hits
+            assert await service.pre_reboot("n", "b") is Outcome.FULL
+            assert view.hits == hits + 1  # answered from the view, on the new master
+            assert await other.steady_state("n", "a") is Outcome.RELEASED
+
+            async def granted() -> bool:
+                return await service.pre_reboot("n", "b") is Outcome.GRANTED
+
+            await until(granted, "the release on the new master reached the view",
+                        seconds=10)
     finally:
         cluster.stop()

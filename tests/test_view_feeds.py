@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from bench.procs import Lockd
-from bench.servers import EtcdServer, RedisServer
+from bench.servers import EtcdServer, RedisClusterServer, RedisServer
 from tests.history import storm, violations
 from tests.replicas import post, replica
 
@@ -124,6 +124,27 @@ async def test_redis_feed_resyncs_after_a_restart(tmp_path: Path,
         server.stop()
 
 
+async def test_redis_cluster_feed_resyncs_after_a_failover(tmp_path: Path,
+                                                           replicas: list[Lockd]) -> None:
+    """The master of group g killed, its replica promoted: the feed ends with the master,
+    and follows the new topology once the promotion is done."""
+    cluster = RedisClusterServer(tmp_path / "cluster", node_timeout_ms=1000).start()
+    try:
+        victim = cluster.master_of("lockd:{lockd/v1/groups/g}")
+
+        def kill() -> None:
+            assert victim.proc is not None
+            victim.proc.kill()
+
+        def promoted() -> None:
+            cluster.wait_ok(30, linked=False)
+            assert cluster.master_of("lockd:{lockd/v1/groups/g}") is not victim
+
+        await outage_and_back(tmp_path, cluster.url + "?timeout=1", kill, promoted, replicas)
+    finally:
+        cluster.stop()
+
+
 @pytest.mark.parametrize("scheme", ["etcd", "etcd2"])
 async def test_etcd_feed_resyncs_after_a_restart(tmp_path: Path, scheme: str,
                                                  replicas: list[Lockd]) -> None:
@@ -146,7 +167,7 @@ async def test_etcd_feed_resyncs_after_a_restart(tmp_path: Path, scheme: str,
 STORM_SLOTS = {"g0": 1, "g1": 2, "g2": 1}
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis", "etcd_native", "etcd2"])
+@pytest.mark.parametrize("store", ["sqlite", "redis", "redis_cluster", "etcd_native", "etcd2"])
 async def test_replicas_with_views_never_exceed_slots(
     tmp_path: Path, store: str, request: pytest.FixtureRequest, replicas: list[Lockd]
 ) -> None:
