@@ -19,6 +19,11 @@ calls (a connection it is still setting up is reset under them). A cluster that 
 reached at start-up is no error: the topology is then learned by the first call (one at
 a time), and until then every call answers 503.
 
+The change feed (:meth:`RedisClusterBackend.watch`) is the Redis one on every master, with
+the topology checked: a failover, a resharding or a new master ends it and the view
+forgets everything (docs/redis.md, "On Redis Cluster", says what the time until the next
+check leaves open).
+
 URL options: ``prefix``, ``timeout``, ``connect_timeout``, ``max_connections`` (per node
 here), ``wait_replicas`` and, on ``rediss+cluster://``, the ``ssl_*`` options, all as in
 :mod:`.redis`. ``wait_replicas=N`` sends WAIT on the same connection, to the master that
