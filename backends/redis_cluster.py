@@ -230,14 +230,14 @@ class RedisClusterBackend(RedisBackend):
             try:
                 await conn.connect()
                 await conn.send_command("CLUSTER", "NODES")
-                return Topology.parse(_text(await conn.read_response()))
+                return Topology.parse(_text(await conn.read_response()), host)
             except (OSError, RedisError) as exc:
                 failures.append(f"{host}:{port}: {exc or type(exc).__name__}")
         raise BackendUnavailable("no node describes the cluster (" + "; ".join(failures) + ")")
 
     async def _same_topology(self, probe: Any, topology: Topology, where: str) -> None:
         await probe.send_command("CLUSTER", "NODES")
-        now = Topology.parse(_text(await probe.read_response()))
+        now = Topology.parse(_text(await probe.read_response()), probe.host)
         if now != topology:
             raise BackendUnavailable(f"{where}: the cluster's topology changed "
                                      f"({topology.describe()} -> {now.describe()})")
@@ -278,7 +278,9 @@ class Topology:
     slots: frozenset[tuple[str, str]]  # (node id, "low-high" or "slot")
 
     @classmethod
-    def parse(cls, text: str) -> Topology:
+    def parse(cls, text: str, asked: str) -> Topology:
+        """``asked``: the host the answer came from; a node that has not yet learned its own
+        address shows it empty in its own line."""
         masters: dict[str, tuple[str, int]] = {}
         slots: set[tuple[str, str]] = set()
         for line in text.splitlines():
@@ -291,7 +293,7 @@ class Topology:
             host, _, port = address.split("@")[0].split(",")[0].rpartition(":")
             if not port.isdigit():
                 continue
-            masters[node_id] = (host.strip("[]") or "127.0.0.1", int(port))
+            masters[node_id] = (host.strip("[]") or asked, int(port))
             slots.update((node_id, item) for item in fields[8:] if not item.startswith("["))
         return cls(masters, frozenset(slots))
 

@@ -25,7 +25,7 @@ from bench.procs import Lockd, free_port
 from bench.servers import RedisClusterServer
 from lockd.backends import BackendUnavailable, InvalidBackendURL, open_backend
 from lockd.backends.redis import CAS
-from lockd.backends.redis_cluster import RedisClusterBackend
+from lockd.backends.redis_cluster import RedisClusterBackend, Topology
 from lockd.layouts import NativeLayout
 from lockd.semaphore import Outcome
 from lockd.service import GroupSettings, LockService, stop
@@ -529,3 +529,71 @@ async def test_a_new_master_and_a_moved_slot_are_followed(tmp_path: Path) -> Non
                         seconds=10)
     finally:
         cluster.stop()
+
+
+async def hmgets(masters: list[aioredis.Redis]) -> int:
+    """HMGET calls so far on every master (INFO commandstats): the reads of groups."""
+    total = 0
+    for m in masters:
+        stats = await m.info("commandstats")
+        total += int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+    return total
+
+
+async def test_the_view_on_the_cluster_refuses_without_a_read_and_never_grants(
+    redis_cluster_url: str, masters: list[aioredis.Redis]
+) -> None:
+    """The view's trust tests on the cluster: refusals from the view read nothing; a
+    holder's re-lock reads the store; a view that still shows "a" holding after an operator
+    freed it and "b" took the slot elsewhere gives "a" no 200."""
+    async with viewed(redis_cluster_url) as (view, service, other):
+        for g in ("t0", "t1", "t2", "t3"):
+            assert await service.pre_reboot(g, "a") is Outcome.GRANTED
+            assert await service.pre_reboot(g, "b") is Outcome.FULL
+        reads = await hmgets(masters)
+        for g in ("t0", "t1", "t2", "t3"):
+            for _ in range(3):
+                assert await service.pre_reboot(g, "b") is Outcome.FULL
+        assert await hmgets(masters) == reads
+        assert view.hits >= 12
+        assert await service.pre_reboot("t0", "a") is Outcome.ALREADY_HELD
+        assert await hmgets(masters) == reads + 1
+        assert await other.force_unlock("t1", "a") is Outcome.RELEASED
+        assert await other.pre_reboot("t1", "b") is Outcome.GRANTED
+        assert await service.pre_reboot("t1", "a") is Outcome.FULL
+        assert await service.steady_state("t1", "b") is Outcome.RELEASED
+
+
+def test_the_topology_is_what_every_settled_node_says_alike() -> None:
+    """Two nodes' CLUSTER NODES of one cluster during a slot's move: the ``myself`` flag,
+    ping times, link states, a PFAIL mark and the move's marks (shown by its two nodes
+    only) differ, the topology does not; a failed master is not followed, an empty
+    address is the node asked."""
+    one = (
+        "a1 :7000@17000 myself,master - 0 0 1 connected 0-5460 [93->-b2]\n"
+        "b2 127.0.0.1:7001@17001 master - 0 1700000000 2 connected 5461-10922\n"
+        "c3 127.0.0.1:7002@17002,host-c master,fail? - 0 1700000001 3 connected 10923-16383\n"
+        "d4 127.0.0.1:7003@17003 slave a1 0 1700000002 1 connected\n"
+        "e5 127.0.0.1:7004@17004 master,fail - 0 1700000003 0 disconnected\n"
+        "f6 127.0.0.1:7005@17005 master - 0 1700000004 4 connected\n"
+    )
+    two = (
+        "a1 127.0.0.1:7000@17000 master - 0 1700000100 1 connected 0-5460\n"
+        "b2 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 5461-10922 [93-<-a1]\n"
+        "c3 127.0.0.1:7002@17002 master - 0 1700000101 3 connected 10923-16383\n"
+        "d4 127.0.0.1:7003@17003 slave a1 0 1700000102 1 connected\n"
+        "e5 127.0.0.1:7004@17004 master,fail - 0 1700000103 0 disconnected\n"
+        "f6 127.0.0.1:7005@17005 master - 0 1700000104 4 connected\n"
+    )
+    a, b = Topology.parse(one, "127.0.0.1"), Topology.parse(two, "127.0.0.1")
+    assert a == b
+    assert sorted(a.masters) == ["a1", "b2", "c3", "f6"]  # f6: no slots, still followed
+    assert a.masters["a1"] == ("127.0.0.1", 7000)
+    # The move done: the slot is b2's, and that is a new topology.
+    moved = two.replace("0-5460", "0-92 94-5460").replace(
+        "5461-10922 [93-<-a1]", "93 5461-10922")
+    assert Topology.parse(moved, "127.0.0.1") != b
+    # A failover: the replica d4 is now the master of a1's slots.
+    failover = two.replace("a1 127.0.0.1:7000@17000 master", "a1 127.0.0.1:7000@17000 "
+                           "master,fail").replace("slave a1", "master -")
+    assert Topology.parse(failover, "127.0.0.1") != b
