@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from redis._parsers.helpers import parse_cluster_nodes
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -283,18 +284,17 @@ class Topology:
         address shows it empty in its own line."""
         masters: dict[str, tuple[str, int]] = {}
         slots: set[tuple[str, str]] = set()
-        for line in text.splitlines():
-            fields = line.split()
-            if len(fields) < 8:
-                continue
-            node_id, address, flags = fields[0], fields[1], set(fields[2].split(","))
+        # redis-py's own parser of the reply (what its cluster_nodes() answers with).
+        for address, node in parse_cluster_nodes(text).items():
+            flags = set(node["flags"].split(","))
             if "master" not in flags or flags & {"fail", "noaddr", "handshake"}:
                 continue
-            host, _, port = address.split("@")[0].split(",")[0].rpartition(":")
+            host, _, port = address.split(",")[0].rpartition(":")
             if not port.isdigit():
                 continue
+            node_id = node["node_id"]
             masters[node_id] = (host.strip("[]") or asked, int(port))
-            slots.update((node_id, item) for item in fields[8:] if not item.startswith("["))
+            slots.update((node_id, "-".join(r)) for r in node["slots"])  # not migrations
         return cls(masters, frozenset(slots))
 
     def describe(self) -> str:
@@ -304,7 +304,8 @@ class Topology:
 
 async def _first_failure(*tasks: Coroutine[Any, Any, NoReturn]) -> NoReturn:
     """Run the coroutines, none of which returns, until the first fails; cancel the rest
-    and raise its error."""
+    and raise its error. Not asyncio.TaskGroup: it would raise an ExceptionGroup, and
+    ``follow`` (lockd/view.py) expects the feed's own BackendUnavailable."""
     running = [asyncio.ensure_future(t) for t in tasks]
     try:
         done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
