@@ -54,8 +54,10 @@ from .redis import (
     _invalid,
     _text,
     common_options,
+    connect,
     credentials,
     hosts,
+    raise_if_cancelled,
     resp2_connection,
 )
 from .urls import Options
@@ -194,8 +196,8 @@ class RedisClusterBackend(RedisBackend):
                         feed = self._node_connection(client, host, port)
                         probe = self._node_connection(client, host, port)
                         conns += [feed, probe]
-                        await feed.connect()
-                        await probe.connect()
+                        await connect(feed)
+                        await connect(probe)
                         await feed.send_command("CLUSTER", "MYID")
                         if _text(await feed.read_response()) != node_id:
                             raise BackendUnavailable(
@@ -205,6 +207,7 @@ class RedisClusterBackend(RedisBackend):
                         probes.append((probe, f"{where} on {host}:{port}"))
                     for probe, at in probes:
                         await self._same_topology(probe, topology, at)
+                raise_if_cancelled()
                 sink.subscribed()
                 await _first_failure(
                     *(self.relay(feed, sink, at) for feed, at in feeds),
@@ -229,7 +232,7 @@ class RedisClusterBackend(RedisBackend):
             conn = self._node_connection(client, host, port)
             conns.append(conn)
             try:
-                await conn.connect()
+                await connect(conn)
                 await conn.send_command("CLUSTER", "NODES")
                 return Topology.parse(_text(await conn.read_response()), host)
             except (OSError, RedisError) as exc:

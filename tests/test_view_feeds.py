@@ -16,6 +16,9 @@ import pytest
 
 from bench.procs import Lockd
 from bench.servers import EtcdServer, RedisClusterServer, RedisServer
+from lockd.backends import open_backend
+from lockd.service import stop
+from lockd.view import View, follow
 from tests.history import storm, violations
 from tests.replicas import post, replica
 
@@ -185,3 +188,28 @@ async def test_replicas_with_views_never_exceed_slots(
     assert report.kinds["failed_lock_semaphore_full"] > 0
     hits = sum(view_metrics(r)['lockd_view_lookups_total{result="hit"}'] for r in replicas)
     assert hits > 0, "no refusal came from a view: the storm did not test it"
+
+
+@pytest.mark.parametrize("store", ["redis", "redis_cluster"])
+async def test_a_feed_stops_when_cancelled_at_any_moment(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """lockd stops its feed by cancelling it (on shutdown, right after start-up too). A
+    cancel that arrives while redis-py connects can be swallowed by redis-py; the feed must
+    end anyway, or shutdown hangs."""
+    backend = open_backend(request.getfixturevalue(f"{store}_url"))
+    await backend.open()
+    try:
+        for steps in range(40):  # cancel after 0, 1, 2 ... turns of the event loop
+            view = View()
+            task = asyncio.create_task(follow(backend, "lockd/v1/groups/", view))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()  # what stop() does, but waiting a bounded time
+            done, _ = await asyncio.wait([task], timeout=10)
+            if not done:
+                await stop(task)  # a second cancel ends it; the test has failed already
+                raise AssertionError(f"the feed ignored a cancel after {steps} turns")
+            assert task.cancelled()
+    finally:
+        await backend.close()
