@@ -42,6 +42,7 @@ from redis._parsers.helpers import parse_cluster_nodes
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 from redis.exceptions import AskError, ClusterDownError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -176,7 +177,9 @@ class RedisClusterBackend(RedisBackend):
         subscribed to its own invalidations exactly as on one Redis (``track``, ``relay``),
         and one plain connection per master that asks it for ``CLUSTER NODES`` every
         ``topology_poll_s`` seconds. The set of masters and the slots each serves (the
-        topology) is read before subscribing; ``subscribed`` is reported only once every
+        topology) is read before subscribing, and must give every slot a live master (not
+        so between a master's failure and its replica's promotion); ``subscribed`` is
+        reported only once every
         master is tracked and every master still describes that same topology, so no slot
         is on a master that is not followed at that moment. Afterwards any change of it (a
         failover, a master gone or added, a slot moved) or any failed connection ends the
@@ -191,6 +194,12 @@ class RedisClusterBackend(RedisBackend):
             try:
                 async with asyncio.timeout(self.feed_setup_timeout):
                     topology = await self._read_topology(client, conns)
+                    if topology.covered() < REDIS_CLUSTER_HASH_SLOTS:
+                        # A master failed and no replica promoted yet: its slots' next
+                        # master is unknown, so nothing could be trusted of them.
+                        raise BackendUnavailable(
+                            f"{where}: {topology.covered()} of {REDIS_CLUSTER_HASH_SLOTS} "
+                            "slots have a live master; waiting for the cluster")
                     feeds, probes = [], []
                     for node_id, (host, port) in sorted(topology.masters.items()):
                         feed = self._node_connection(client, host, port)
@@ -299,6 +308,14 @@ class Topology:
             masters[node_id] = (host.strip("[]") or asked, int(port))
             slots.update((node_id, "-".join(r)) for r in node["slots"])  # not migrations
         return cls(masters, frozenset(slots))
+
+    def covered(self) -> int:
+        """How many of the hash slots a master in this topology serves."""
+        count = 0
+        for _, item in self.slots:
+            low, _, high = item.partition("-")
+            count += int(high or low) - int(low) + 1
+        return count
 
     def describe(self) -> str:
         return f"{len(self.masters)} master(s): " + ", ".join(
