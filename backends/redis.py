@@ -60,12 +60,13 @@ URL options (query string)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -409,59 +410,78 @@ class RedisBackend(Backend):
         await self._call(lambda c: c.ping())
 
     async def watch(self, prefix: str, sink: ChangeSink) -> None:
-        client = await self._ready_client()
-        # A connection of its own, never returned to the pool: it ends up subscribed. RESP2
-        # (redis-py 8 speaks RESP3 by default), where invalidations are Pub/Sub messages.
-        pool = client.connection_pool
-        # Maintenance notifications need RESP3: left out on this connection.
-        kwargs = {k: v for k, v in pool.connection_kwargs.items()
-                  if not k.startswith("maint_notifications")}
-        conn = pool.connection_class(**kwargs, protocol=2)
         where = f"{self.label} {self.options.where} change feed"
-        heartbeat = self.options.timeout
+        async with self.feed_errors(where):
+            pool = (await self._ready_client()).connection_pool
+            conn = resp2_connection(pool.connection_class, pool.connection_kwargs)
+            try:
+                async with asyncio.timeout(self.feed_setup_timeout):
+                    await connect(conn)
+                    await self.track(conn, prefix, where)
+                sink.subscribed()
+                await self.relay(conn, sink, where)
+            finally:
+                await conn.disconnect()
+
+    # The change feed's parts, shared with Redis Cluster (one feed connection per master).
+
+    @property
+    def feed_setup_timeout(self) -> float:
+        """Bound on connecting a feed connection and subscribing it."""
+        return self.options.connect_timeout + 3 * self.options.timeout
+
+    @contextlib.asynccontextmanager
+    async def feed_errors(self, where: str) -> AsyncIterator[None]:
+        """Every failure of a feed becomes BackendUnavailable naming ``where``."""
         try:
-            async with asyncio.timeout(self.options.connect_timeout + 3 * self.options.timeout):
-                await conn.connect()
-                await conn.send_command("CLIENT", "ID")
-                own_id = await conn.read_response()
-                await conn.send_command(
-                    "CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST",
-                    "PREFIX", f"{self.prefix}{{{prefix}",
-                )
-                if _text(await conn.read_response()) != "OK":
-                    raise BackendUnavailable(f"{where}: CLIENT TRACKING refused")
-                await conn.send_command("SUBSCRIBE", INVALIDATE)
-                await conn.read_response()  # ["subscribe", channel, 1]
-            sink.subscribed()
-            waiting_for_pong = False
-            while True:
-                message = await conn.read_response(timeout=heartbeat)
-                if message is None:  # silence: is the connection still there?
-                    if waiting_for_pong:
-                        raise BackendUnavailable(f"{where}: no answer to PING in {heartbeat:g}s")
-                    await conn.send_command("PING")
-                    waiting_for_pong = True
-                    continue
-                kind = _text(message[0]).lower()
-                if kind == "pong":
-                    waiting_for_pong = False
-                elif kind == "message" and len(message) == 3:
-                    keys = message[2]
-                    if keys is None:  # FLUSHDB / FLUSHALL: everything changed
-                        sink.changed(None)
-                        continue
-                    for rkey in keys:
-                        key = self._layout_key(bytes(rkey))
-                        if key is not None:
-                            sink.changed(key)
+            yield
         except BackendUnavailable:
             raise
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # before OSError, of which it is a subclass
             raise BackendUnavailable(f"{where}: timed out") from exc
         except self.errors as exc:
             raise BackendUnavailable(f"{where}: {exc or type(exc).__name__}") from exc
-        finally:
-            await conn.disconnect()
+
+    async def track(self, conn: Any, prefix: str, where: str) -> None:
+        """Turn on broadcast tracking of ``prefix`` on ``conn`` (connected, RESP2), redirected
+        to itself, and subscribe it to the invalidation channel."""
+        await conn.send_command("CLIENT", "ID")
+        own_id = await conn.read_response()
+        await conn.send_command(
+            "CLIENT", "TRACKING", "ON", "REDIRECT", own_id, "BCAST",
+            "PREFIX", f"{self.prefix}{{{prefix}",
+        )
+        if _text(await conn.read_response()) != "OK":
+            raise BackendUnavailable(f"{where}: CLIENT TRACKING refused")
+        await conn.send_command("SUBSCRIBE", INVALIDATE)
+        await conn.read_response()  # ["subscribe", channel, 1]
+
+    async def relay(self, conn: Any, sink: ChangeSink, where: str) -> NoReturn:
+        """Report every invalidation ``conn`` (tracked, subscribed) receives, until it fails;
+        a ``PING`` after ``timeout`` seconds of silence finds a connection that hangs."""
+        heartbeat = self.options.timeout
+        waiting_for_pong = False
+        while True:
+            message = await conn.read_response(timeout=heartbeat)
+            if message is None:  # silence: is the connection still there?
+                raise_if_cancelled()
+                if waiting_for_pong:
+                    raise BackendUnavailable(f"{where}: no answer to PING in {heartbeat:g}s")
+                await conn.send_command("PING")
+                waiting_for_pong = True
+                continue
+            kind = _text(message[0]).lower()
+            if kind == "pong":
+                waiting_for_pong = False
+            elif kind == "message" and len(message) == 3:
+                keys = message[2]
+                if keys is None:  # FLUSHDB / FLUSHALL: everything changed
+                    sink.changed(None)
+                    continue
+                for rkey in keys:
+                    key = self._layout_key(bytes(rkey))
+                    if key is not None:
+                        sink.changed(key)
 
     def describe(self) -> str:
         o = self.options
@@ -470,6 +490,37 @@ class RedisBackend(Backend):
             f"{o.scheme}://{o.where} ({kind}, prefix {o.prefix!r}, "
             f"timeout {o.timeout:g}s; durability is Redis's own: see docs/redis.md)"
         )
+
+
+async def connect(conn: Any) -> None:
+    """``conn.connect()``, then honour a cancellation it swallowed.
+
+    redis-py 8.1's ``Connection.connect()`` returns normally now and then when the task is
+    cancelled while it connects (the cancel request stays pending, nothing raises: 28 of
+    200 connects cancelled at random points here; redis/redis-py#2551 and #2028 were the
+    same kind of bug). A feed that went on to wait for invalidations would then never end,
+    and stopping lockd would hang on it.
+    """
+    await conn.connect()
+    raise_if_cancelled()
+
+
+def raise_if_cancelled() -> None:
+    """Raise CancelledError if this task has a cancel request pending that was swallowed.
+    Inside an ``asyncio.timeout`` block that has expired, this is the timeout's own cancel,
+    which the block turns into TimeoutError as usual."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def resp2_connection(connection_class: type, connection_kwargs: dict[str, Any]) -> Any:
+    """A connection of its own for a feed, never returned to a pool (it ends up subscribed):
+    RESP2 (redis-py 8 speaks RESP3 by default), where invalidations are Pub/Sub messages.
+    Maintenance notifications need RESP3: left out on this connection."""
+    kwargs = {k: v for k, v in connection_kwargs.items()
+              if not k.startswith("maint_notifications")}
+    return connection_class(**{**kwargs, "protocol": 2})
 
 
 def _answer(reply: list[Any], done: CasResult) -> CasResult:

@@ -103,24 +103,28 @@ class RedisClusterServer:
                         "--tls-cert-file", str(tls / "server.crt"),
                         "--tls-key-file", str(tls / "server.key"),
                         "--tls-ca-cert-file", str(tls / "ca.crt"), "--tls-auth-clients", "yes"]
-        self.nodes: list[RedisServer] = []
-        for i in range(masters * (1 + replicas)):
-            node_dir = workdir / f"node{i}"
-            node = RedisServer(node_dir)
-            if tls is not None:  # the node's port serves TLS; no plain port at all
-                port_args = ["--port", "0", "--tls-port", str(node.port), *tls_args]
-            else:
-                port_args = []
-            node.extra = [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", str(node_dir / "nodes.conf"),
-                "--cluster-port", str(free_port()),
-                "--cluster-node-timeout", str(node_timeout_ms),
-                # Replicas sync at once instead of waiting 5 s for more replicas to batch.
-                "--repl-diskless-sync-delay", "0",
-                *port_args,
-            ]
-            self.nodes.append(node)
+        self.tls_args = tls_args
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes: list[RedisServer] = [self._new_node(i)
+                                         for i in range(masters * (1 + replicas))]
+
+    def _new_node(self, i: int) -> RedisServer:
+        node_dir = self.workdir / f"node{i}"
+        node = RedisServer(node_dir)
+        if self.tls is not None:  # the node's port serves TLS; no plain port at all
+            port_args = ["--port", "0", "--tls-port", str(node.port), *self.tls_args]
+        else:
+            port_args = []
+        node.extra = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(node_dir / "nodes.conf"),
+            "--cluster-port", str(free_port()),
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # Replicas sync at once instead of waiting 5 s for more replicas to batch.
+            "--repl-diskless-sync-delay", "0",
+            *port_args,
+        ]
+        return node
 
     @property
     def addresses(self) -> list[str]:
@@ -149,6 +153,34 @@ class RedisClusterServer:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{run.stdout}{run.stderr}")
         self.wait_ok(timeout)
         return self
+
+    def add_master(self, timeout: float = 30.0) -> RedisServer:
+        """Start one more node and join it to the cluster as a master without slots."""
+        node = self._new_node(len(self.nodes)).start()
+        self.nodes.append(node)
+        run = subprocess.run(
+            [self.cli, *self.cli_tls, "--cluster", "add-node", f"127.0.0.1:{node.port}",
+             self.addresses[0]], capture_output=True, text=True, timeout=timeout)
+        if run.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster add-node failed:\n{run.stdout}{run.stderr}")
+        self.masters += 1
+        self.wait_ok(timeout)
+        return node
+
+    def node_id(self, node: RedisServer) -> str:
+        return self.command(node, "cluster", "myid").strip()
+
+    def move_slot(self, slot: int, source: RedisServer, target: RedisServer) -> None:
+        """Move one hash slot and its keys from master ``source`` to master ``target``, as
+        a resharding does: IMPORTING/MIGRATING, MIGRATE of each key, then SETSLOT NODE."""
+        src, dst = self.node_id(source), self.node_id(target)
+        self.command(target, "cluster", "setslot", str(slot), "importing", src)
+        self.command(source, "cluster", "setslot", str(slot), "migrating", dst)
+        while keys := self.command(source, "cluster", "getkeysinslot", str(slot), "100").split():
+            self.command(source, "migrate", "127.0.0.1", str(target.port), "", "0", "5000",
+                         "keys", *keys)
+        for node in self.masters_now():
+            self.command(node, "cluster", "setslot", str(slot), "node", dst)
 
     def command(self, node: RedisServer, *args: str, timeout: float = 5.0) -> str:
         """One redis-cli command on one node; its output, or "" if the node is down."""

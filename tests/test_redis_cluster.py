@@ -10,9 +10,10 @@ cluster, and a master killed mid-storm while its replica takes over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -24,13 +25,15 @@ from bench.procs import Lockd, free_port
 from bench.servers import RedisClusterServer
 from lockd.backends import BackendUnavailable, InvalidBackendURL, open_backend
 from lockd.backends.redis import CAS
-from lockd.backends.redis_cluster import RedisClusterBackend
+from lockd.backends.redis_cluster import RedisClusterBackend, Topology
 from lockd.layouts import NativeLayout
 from lockd.semaphore import Outcome
-from lockd.service import GroupSettings, LockService
+from lockd.service import GroupSettings, LockService, stop
 from lockd.store import Store
+from lockd.view import View, follow
 from tests.history import storm, violations
 from tests.replicas import post, replica
+from tests.test_backend_contract import Recorder
 from tests.tls import certificates
 
 LAYOUT = NativeLayout()
@@ -278,7 +281,8 @@ async def test_a_master_killed_mid_storm_fails_over_to_its_replica(
     tmp_path: Path, replicas: list[Lockd], wait_replicas: int
 ) -> None:
     """SIGKILL one master under a storm; the cluster promotes its replica after the node
-    timeout (1 s here). Meanwhile lockd answers 503 for that master's groups, never 500;
+    timeout (1 s here). Meanwhile lockd answers 503 for that master's groups (or, until its
+    feed has seen the master go, a refusal from its view), never 500;
     afterwards it serves them again without a restart, and no two certain holds of a
     group ever overlapped beyond its slots.
 
@@ -307,10 +311,19 @@ async def test_a_master_killed_mid_storm_fails_over_to_its_replica(
         victim.proc.kill()  # SIGKILL
         killed_at = time.monotonic()
         async with aiohttp.ClientSession() as session:
-            during = [await post(session, u, "pre-reboot", on_victim[0], f"probe{n}")
-                      for n, u in enumerate(urls)]
-            for status, body in during:
-                assert (status, body["kind"]) == (503, "backend_unavailable")
+            for n, u in enumerate(urls):
+                # Until its feed has seen the master's connection end (or the master is
+                # dead at all), a replica may still refuse from its view: only a 423.
+                # Then the master's groups are 503s until the promotion.
+                while True:
+                    status, body = await post(session, u, "pre-reboot", on_victim[0],
+                                              f"probe{n}")
+                    assert (status, body["kind"]) in (
+                        (423, "failed_lock_semaphore_full"), (503, "backend_unavailable"))
+                    if status == 503:
+                        break
+                    assert time.monotonic() - killed_at < 20, "never a 503 after the kill"
+                    await asyncio.sleep(0.02)
 
             await asyncio.to_thread(cluster.wait_ok, 30, linked=False)
             promoted_after = time.monotonic() - killed_at
@@ -340,3 +353,263 @@ async def test_a_master_killed_mid_storm_fails_over_to_its_replica(
                     assert (status, body) == (200, {"outcome": "released"})
     finally:
         cluster.stop()
+
+
+# The change feed: every master followed, the topology watched (RedisClusterBackend.watch).
+
+
+async def test_the_feed_reports_writes_on_every_master(
+    cbackend: RedisClusterBackend, redis_cluster: RedisClusterServer
+) -> None:
+    by_master: dict[int, str] = {}
+    for i in range(60):
+        key = LAYOUT.key(f"fed{i}")
+        by_master.setdefault(redis_cluster.master_of(cbackend.redis_key(key)).port, key)
+    assert len(by_master) == 3
+    sink = Recorder()
+    feed = asyncio.create_task(cbackend.watch(LAYOUT.group_prefix(), sink))
+    try:
+        await sink.until(lambda: sink.subscriptions == 1)
+        for key in by_master.values():
+            assert (await cbackend.compare_and_set(key, b"x", None)).stored
+        await sink.until(lambda: set(by_master.values()) <= {k for k, _ in sink.changes})
+        assert not feed.done()
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+
+
+@contextlib.asynccontextmanager
+async def viewed(url: str, *, topology_poll_s: float | None = None
+                 ) -> AsyncIterator[tuple[View, LockService, LockService]]:
+    """A service answering refusals from a view that follows the cluster's feed (max age
+    far longer than the tests wait: a refusal that ends did so by a notification or a
+    resubscribe), and another service without a view, on its own client."""
+    here, there = open_backend(url), open_backend(url)
+    assert isinstance(here, RedisClusterBackend)
+    if topology_poll_s is not None:
+        here.topology_poll_s = topology_poll_s
+    await here.open()
+    await there.open()
+    view = View(max_age=MAX_AGE)
+    service = LockService(native(here), GroupSettings(default_slots=1), view=view)
+    other = LockService(native(there), GroupSettings(default_slots=1))
+    task = asyncio.create_task(follow(here, LAYOUT.group_prefix(), view))
+    try:
+        await until(lambda: view.connected, "the feed subscribed")
+        yield view, service, other
+    finally:
+        await stop(task)
+        await here.close()
+        await there.close()
+
+
+async def until(check: Callable[[], object], what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await _maybe_await(check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _maybe_await(value: object) -> object:
+    return await value if asyncio.iscoroutine(value) else value  # type: ignore[misc]
+
+
+async def settled(call: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    """``call``'s outcome once the store answers (503s while a failover completes)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return await call()
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+MAX_AGE = 60.0
+
+
+async def test_a_killed_master_ends_the_feed_and_the_promoted_replica_is_followed(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL a master while the view answers refusals: the feed ends at once (nothing
+    from the view while that master's changes go unseen), the view forgets, and after the
+    promotion the feed follows the promoted replica (which has none of the dead master's
+    tracking state): no refusal from an entry of before, and the promoted master's own
+    changes reach the view. The topology check is off here (once an hour): the dead
+    master's connection alone ends the feed."""
+    cluster = RedisClusterServer(tmp_path / "cluster", node_timeout_ms=1000).start()
+    try:
+        groups = [f"k{i}" for i in range(9)]
+        async with viewed(cluster.url + "?timeout=1", topology_poll_s=3600) as (
+                view, service, other):
+            for g in groups:
+                assert await service.pre_reboot(g, "a") is Outcome.GRANTED
+                assert await service.pre_reboot(g, "b") is Outcome.FULL
+            hits = view.hits
+            for g in groups:
+                assert await service.pre_reboot(g, "b") is Outcome.FULL
+            assert view.hits == hits + len(groups)
+            victim = cluster.master_of("lockd:{" + LAYOUT.key(groups[0]) + "}")
+            on_victim = [g for g in groups
+                         if cluster.master_of("lockd:{" + LAYOUT.key(g) + "}") is victim]
+            epoch = view.epoch
+            assert victim.proc is not None
+            victim.proc.kill()
+            await until(lambda: not view.connected, "the feed saw the master die")
+            await asyncio.to_thread(cluster.wait_ok, 30, linked=False)  # promoted
+            for g in groups:  # through the other client: the view is told nothing of it
+                assert await settled(lambda g=g: other.steady_state(g, "a")) \
+                    is Outcome.RELEASED
+            await until(lambda: view.connected, "the feed followed the new topology")
+            assert view.epoch > epoch
+            for g in groups:  # an entry of before the resubscribe would refuse for 60 s
+                assert await service.pre_reboot(g, "b") is Outcome.GRANTED
+            hits = view.hits
+            for g in on_victim:
+                assert await service.pre_reboot(g, "c") is Outcome.FULL
+                assert await service.pre_reboot(g, "c") is Outcome.FULL
+            assert view.hits >= hits + len(on_victim), "the view does not answer again"
+            for g in on_victim:  # a release on the promoted master, told by its feed
+                assert await other.steady_state(g, "b") is Outcome.RELEASED
+
+                async def granted(g: str = g) -> bool:
+                    return await service.pre_reboot(g, "c") is Outcome.GRANTED
+
+                await until(granted, f"{g}'s release reached the view", seconds=10)
+    finally:
+        cluster.stop()
+
+
+async def test_a_manual_failover_resubscribes(tmp_path: Path) -> None:
+    """CLUSTER FAILOVER: the old master lives on as a replica and its connections stay
+    open, so only the topology check notices; the view forgets and resubscribes."""
+    cluster = RedisClusterServer(tmp_path / "cluster", node_timeout_ms=1000).start()
+    try:
+        async with viewed(cluster.url + "?timeout=1") as (view, service, other):
+            assert await service.pre_reboot("m", "a") is Outcome.GRANTED
+            assert await service.pre_reboot("m", "b") is Outcome.FULL
+            old = cluster.master_of("lockd:{" + LAYOUT.key("m") + "}")
+            info = cluster.command(old, "info", "replication")
+            port = int(info.split("slave0:", 1)[1].split("port=", 1)[1].split(",", 1)[0])
+            replica_ = next(n for n in cluster.nodes if n.port == port)
+            resyncs = view.resyncs
+            assert "OK" in cluster.command(replica_, "cluster", "failover")
+            await until(lambda: view.resyncs > resyncs and view.connected,
+                        "the feed resubscribed after the failover")
+            assert cluster.master_of("lockd:{" + LAYOUT.key("m") + "}") is replica_
+            assert view.lookup(LAYOUT.key("m")) is None  # nothing of before is trusted
+            assert await settled(lambda: other.steady_state("m", "a")) is Outcome.RELEASED
+
+            async def granted() -> bool:
+                return await service.pre_reboot("m", "b") is Outcome.GRANTED
+
+            await until(granted, "b granted after the release", seconds=10)
+    finally:
+        cluster.stop()
+
+
+async def test_a_new_master_and_a_moved_slot_are_followed(tmp_path: Path) -> None:
+    """A master added, then a group's slot moved onto it: each change of the topology
+    resubscribes, and a release written on the new master reaches the view (a feed that
+    did not follow it would refuse for the whole max age)."""
+    cluster = RedisClusterServer(tmp_path / "cluster", replicas=0).start()
+    try:
+        async with viewed(cluster.url + "?timeout=1") as (view, service, other):
+            key = "lockd:{" + LAYOUT.key("n") + "}"
+            assert await service.pre_reboot("n", "a") is Outcome.GRANTED
+            assert await service.pre_reboot("n", "b") is Outcome.FULL
+            resyncs = view.resyncs
+            new = await asyncio.to_thread(cluster.add_master)
+            await until(lambda: view.resyncs > resyncs and view.connected,
+                        "the feed resubscribed to four masters")
+            resyncs = view.resyncs
+            await asyncio.to_thread(cluster.move_slot, key_slot(key.encode()),
+                                    cluster.master_of(key), new)
+            await until(lambda: view.resyncs > resyncs and view.connected,
+                        "the feed resubscribed after the slot moved")
+            assert cluster.master_of(key) is new
+            assert await settled(lambda: service.pre_reboot("n", "b")) is Outcome.FULL
+            hits = view.hits
+            assert await service.pre_reboot("n", "b") is Outcome.FULL
+            assert view.hits == hits + 1  # answered from the view, on the new master
+            assert await other.steady_state("n", "a") is Outcome.RELEASED
+
+            async def granted() -> bool:
+                return await service.pre_reboot("n", "b") is Outcome.GRANTED
+
+            await until(granted, "the release on the new master reached the view",
+                        seconds=10)
+    finally:
+        cluster.stop()
+
+
+async def hmgets(masters: list[aioredis.Redis]) -> int:
+    """HMGET calls so far on every master (INFO commandstats): the reads of groups."""
+    total = 0
+    for m in masters:
+        stats = await m.info("commandstats")
+        total += int(stats.get("cmdstat_hmget", {}).get("calls", 0))
+    return total
+
+
+async def test_the_view_on_the_cluster_refuses_without_a_read_and_never_grants(
+    redis_cluster_url: str, masters: list[aioredis.Redis]
+) -> None:
+    """The view's trust tests on the cluster: refusals from the view read nothing; a
+    holder's re-lock reads the store; a view that still shows "a" holding after an operator
+    freed it and "b" took the slot elsewhere gives "a" no 200."""
+    async with viewed(redis_cluster_url) as (view, service, other):
+        for g in ("t0", "t1", "t2", "t3"):
+            assert await service.pre_reboot(g, "a") is Outcome.GRANTED
+            assert await service.pre_reboot(g, "b") is Outcome.FULL
+        reads = await hmgets(masters)
+        for g in ("t0", "t1", "t2", "t3"):
+            for _ in range(3):
+                assert await service.pre_reboot(g, "b") is Outcome.FULL
+        assert await hmgets(masters) == reads
+        assert view.hits >= 12
+        assert await service.pre_reboot("t0", "a") is Outcome.ALREADY_HELD
+        assert await hmgets(masters) == reads + 1
+        assert await other.force_unlock("t1", "a") is Outcome.RELEASED
+        assert await other.pre_reboot("t1", "b") is Outcome.GRANTED
+        assert await service.pre_reboot("t1", "a") is Outcome.FULL
+        assert await service.steady_state("t1", "b") is Outcome.RELEASED
+
+
+def test_the_topology_is_what_every_settled_node_says_alike() -> None:
+    """Two nodes' CLUSTER NODES of one cluster during a slot's move: the ``myself`` flag,
+    ping times, link states, a PFAIL mark and the move's marks (shown by its two nodes
+    only) differ, the topology does not; a failed master is not followed, an empty
+    address is the node asked."""
+    one = (
+        "a1 :7000@17000 myself,master - 0 0 1 connected 0-5460 [93->-b2]\n"
+        "b2 127.0.0.1:7001@17001 master - 0 1700000000 2 connected 5461-10922\n"
+        "c3 127.0.0.1:7002@17002,host-c master,fail? - 0 1700000001 3 connected 10923-16383\n"
+        "d4 127.0.0.1:7003@17003 slave a1 0 1700000002 1 connected\n"
+        "e5 127.0.0.1:7004@17004 master,fail - 0 1700000003 0 disconnected\n"
+        "f6 127.0.0.1:7005@17005 master - 0 1700000004 4 connected\n"
+    )
+    two = (
+        "a1 127.0.0.1:7000@17000 master - 0 1700000100 1 connected 0-5460\n"
+        "b2 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 5461-10922 [93-<-a1]\n"
+        "c3 127.0.0.1:7002@17002 master - 0 1700000101 3 connected 10923-16383\n"
+        "d4 127.0.0.1:7003@17003 slave a1 0 1700000102 1 connected\n"
+        "e5 127.0.0.1:7004@17004 master,fail - 0 1700000103 0 disconnected\n"
+        "f6 127.0.0.1:7005@17005 master - 0 1700000104 4 connected\n"
+    )
+    a, b = Topology.parse(one, "127.0.0.1"), Topology.parse(two, "127.0.0.1")
+    assert a == b
+    assert sorted(a.masters) == ["a1", "b2", "c3", "f6"]  # f6: no slots, still followed
+    assert a.masters["a1"] == ("127.0.0.1", 7000)
+    # The move done: the slot is b2's, and that is a new topology.
+    moved = two.replace("0-5460", "0-92 94-5460").replace(
+        "5461-10922 [93-<-a1]", "93 5461-10922")
+    assert Topology.parse(moved, "127.0.0.1") != b
+    # A failover: the replica d4 is now the master of a1's slots.
+    failover = two.replace("a1 127.0.0.1:7000@17000 master", "a1 127.0.0.1:7000@17000 "
+                           "master,fail").replace("slave a1", "master -")
+    assert Topology.parse(failover, "127.0.0.1") != b

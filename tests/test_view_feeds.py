@@ -15,7 +15,10 @@ import aiohttp
 import pytest
 
 from bench.procs import Lockd
-from bench.servers import EtcdServer, RedisServer
+from bench.servers import EtcdServer, RedisClusterServer, RedisServer
+from lockd.backends import open_backend
+from lockd.service import stop
+from lockd.view import View, follow
 from tests.history import storm, violations
 from tests.replicas import post, replica
 
@@ -124,6 +127,27 @@ async def test_redis_feed_resyncs_after_a_restart(tmp_path: Path,
         server.stop()
 
 
+async def test_redis_cluster_feed_resyncs_after_a_failover(tmp_path: Path,
+                                                           replicas: list[Lockd]) -> None:
+    """The master of group g killed, its replica promoted: the feed ends with the master,
+    and follows the new topology once the promotion is done."""
+    cluster = RedisClusterServer(tmp_path / "cluster", node_timeout_ms=1000).start()
+    try:
+        victim = cluster.master_of("lockd:{lockd/v1/groups/g}")
+
+        def kill() -> None:
+            assert victim.proc is not None
+            victim.proc.kill()
+
+        def promoted() -> None:
+            cluster.wait_ok(30, linked=False)
+            assert cluster.master_of("lockd:{lockd/v1/groups/g}") is not victim
+
+        await outage_and_back(tmp_path, cluster.url + "?timeout=1", kill, promoted, replicas)
+    finally:
+        cluster.stop()
+
+
 @pytest.mark.parametrize("scheme", ["etcd", "etcd2"])
 async def test_etcd_feed_resyncs_after_a_restart(tmp_path: Path, scheme: str,
                                                  replicas: list[Lockd]) -> None:
@@ -146,7 +170,7 @@ async def test_etcd_feed_resyncs_after_a_restart(tmp_path: Path, scheme: str,
 STORM_SLOTS = {"g0": 1, "g1": 2, "g2": 1}
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis", "etcd_native", "etcd2"])
+@pytest.mark.parametrize("store", ["sqlite", "redis", "redis_cluster", "etcd_native", "etcd2"])
 async def test_replicas_with_views_never_exceed_slots(
     tmp_path: Path, store: str, request: pytest.FixtureRequest, replicas: list[Lockd]
 ) -> None:
@@ -164,3 +188,28 @@ async def test_replicas_with_views_never_exceed_slots(
     assert report.kinds["failed_lock_semaphore_full"] > 0
     hits = sum(view_metrics(r)['lockd_view_lookups_total{result="hit"}'] for r in replicas)
     assert hits > 0, "no refusal came from a view: the storm did not test it"
+
+
+@pytest.mark.parametrize("store", ["redis", "redis_cluster"])
+async def test_a_feed_stops_when_cancelled_at_any_moment(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """lockd stops its feed by cancelling it (on shutdown, right after start-up too). A
+    cancel that arrives while redis-py connects can be swallowed by redis-py; the feed must
+    end anyway, or shutdown hangs."""
+    backend = open_backend(request.getfixturevalue(f"{store}_url"))
+    await backend.open()
+    try:
+        for steps in range(40):  # cancel after 0, 1, 2 ... turns of the event loop
+            view = View()
+            task = asyncio.create_task(follow(backend, "lockd/v1/groups/", view))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()  # what stop() does, but waiting a bounded time
+            done, _ = await asyncio.wait([task], timeout=10)
+            if not done:
+                await stop(task)  # a second cancel ends it; the test has failed already
+                raise AssertionError(f"the feed ignored a cancel after {steps} turns")
+            assert task.cancelled()
+    finally:
+        await backend.close()
