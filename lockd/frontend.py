@@ -94,12 +94,22 @@ async def fleetlock(request: web.Request) -> web.Response:
         outcome = answer.outcome
         if not outcome.ok:  # full, paused, or refused by the group's reboot policy
             # Named as the client names it: a tenant's group is stored under a hash.
-            raise service.refusal(params.group, answer)
+            # Answered here, not raised: the same response error_for would build, without
+            # an exception through the middleware on every refusal of a storm (issue #15).
+            return refused(service.refusal(params.group, answer))
     else:
         outcome = await service.steady_state(group, params.id)
     if outcome is Outcome.GRANTED and public is not None and tenant is not None:
         await public.record_name(tenant, group, request.get(NEW_TENANT, False))
     return web.Response(body=_OUTCOME_BODIES[outcome], content_type="application/json")
+
+
+def refused(error: LockdError) -> web.Response:
+    """The JSON ``{kind, value}`` answer to a refusal, labelled with its kind for
+    :func:`lockd.metrics.response_kind` (the label the raised error would have had)."""
+    response = error_response(error, headers=error.headers)
+    response.lockd_kind = error.kind._value_  # type: ignore[attr-defined]
+    return response
 
 
 @web.middleware

@@ -140,6 +140,7 @@ class Metrics:
         self._admitted: set[str] = set()
         self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._backend_children: dict[str, Any] = {}
         r = self.registry
 
         self.requests = Counter(
@@ -308,7 +309,11 @@ class Metrics:
     def observe_backend(self, operation: str, seconds: float, ok: bool) -> None:
         if not ok:
             self.backend_errors.labels(operation).inc()
-        self.backend_seconds.labels(operation).observe(seconds)
+        # Children cached: labels() costs more than the observation, on every store call.
+        child = self._backend_children.get(operation)
+        if child is None:
+            child = self._backend_children[operation] = self.backend_seconds.labels(operation)
+        child.observe(seconds)
 
     def observe_request(self, endpoint: str, kind: str, seconds: float) -> None:
         # Children cached: this runs on every FleetLock request of a reboot storm.
@@ -486,4 +491,7 @@ def request_kind(exc: BaseException) -> str:
 
 def response_kind(response: web.StreamResponse) -> str:
     """The ``kind`` label of a FleetLock listener request answered ``response``."""
-    return "ok" if response.status < 400 else f"http_{response.status}"
+    if response.status < 400:
+        return "ok"
+    # A refusal answered without raising carries its kind (lockd.frontend.refused).
+    return getattr(response, "lockd_kind", None) or f"http_{response.status}"
