@@ -5,6 +5,7 @@ Pure functions over headers and body bytes, so the rules can be tested without a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -20,6 +21,14 @@ MAX_ID_LENGTH = 256
 #: FleetLock endpoints, reachable as /v1/... and as //v1/... (flatcar's client with a base
 #: URL ending in "/"); ``prefix`` is a tenant prefix, if any.
 PATH_RE = re.compile(r"\A(?P<prefix>.*?)/{1,2}v1/(?P<op>pre-reboot|steady-state)\Z")
+
+
+@functools.lru_cache(maxsize=1024)
+def route(path: str) -> tuple[str, str] | None:
+    """``(prefix, op)`` of a FleetLock path (:data:`PATH_RE`), or None. Memoised (bounded):
+    the handler and the request metrics ask it of every request, for a handful of paths."""
+    match = PATH_RE.match(path)
+    return None if match is None else (match["prefix"], match["op"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from lockd import tenant_api
 from lockd.config import Settings
 from lockd.decisionlog import log_decision
 from lockd.errors import Kind, LockdError
-from lockd.fleetlock import PATH_RE, check_protocol_header, parse_body
+from lockd.fleetlock import check_protocol_header, parse_body, route
 from lockd.groups import GroupSettings
 from lockd.http import (
     SERVICE,
@@ -66,9 +66,9 @@ async def fleetlock(request: web.Request) -> web.Response:
             LockdError(Kind.method_not_allowed, f"{request.path} takes GET only"),
             headers={"Allow": "GET,HEAD"},
         )
-    match = PATH_RE.match(request.path)
+    match = route(request.path)
     public = request.app.get(PUBLIC)
-    if match is None or (match["prefix"] and public is None):
+    if match is None or (match[0] and public is None):
         # Tenant prefixes are only served in public mode.
         raise LockdError(Kind.not_found, "no such endpoint")
     if request.method != "POST":
@@ -85,11 +85,11 @@ async def fleetlock(request: web.Request) -> web.Response:
     if public is None:
         service, group = request.app[SERVICE], params.group
     else:
-        creates = match["op"] == "pre-reboot"
-        tenant, group = await public.admit(request, match["prefix"], params.group,
+        creates = match[1] == "pre-reboot"
+        tenant, group = await public.admit(request, match[0], params.group,
                                            creates=creates)
         service = public.service
-    if match["op"] == "pre-reboot":
+    if match[1] == "pre-reboot":
         answer = await service.try_lock(group, params.id)
         outcome = answer.outcome
         if not outcome.ok:  # full, paused, or refused by the group's reboot policy

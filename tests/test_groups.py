@@ -130,3 +130,17 @@ _json_values = st.recursive(
 )
 def test_orjson_first_answers_as_json_alone_would_on_any_body(body: bytes) -> None:
     assert _answer(body) == _json_only(body)
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/v1/pre-reboot", ("", "pre-reboot")),
+    ("//v1/steady-state", ("", "steady-state")),
+    ("/t/abc/v1/pre-reboot", ("/t/abc", "pre-reboot")),
+    ("/v1/pre-reboot\n", None), ("/v1/pre-reboot/", None), ("/v2/pre-reboot", None),
+    ("/healthz", None),
+])
+def test_route_names_each_fleetlock_path_and_only_those(path: str, expected: object) -> None:
+    from lockd.fleetlock import route
+
+    assert route(path) == expected
+    assert route(path) == expected  # memoised: the same answer the second time
