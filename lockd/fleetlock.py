@@ -5,10 +5,13 @@ Pure functions over headers and body bytes, so the rules can be tested without a
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import orjson
 
 from lockd.errors import Kind, LockdError
 from lockd.groups import GROUP_RULE, is_group_name
@@ -18,6 +21,14 @@ MAX_ID_LENGTH = 256
 #: FleetLock endpoints, reachable as /v1/... and as //v1/... (flatcar's client with a base
 #: URL ending in "/"); ``prefix`` is a tenant prefix, if any.
 PATH_RE = re.compile(r"\A(?P<prefix>.*?)/{1,2}v1/(?P<op>pre-reboot|steady-state)\Z")
+
+
+@functools.lru_cache(maxsize=1024)
+def route(path: str) -> tuple[str, str] | None:
+    """``(prefix, op)`` of a FleetLock path (:data:`PATH_RE`), or None. Memoised (bounded):
+    the handler and the request metrics ask it of every request, for a handful of paths."""
+    match = PATH_RE.match(path)
+    return None if match is None else (match["prefix"], match["op"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +50,13 @@ def check_protocol_header(headers: Mapping[str, str]) -> None:
 def parse_body(body: bytes) -> ClientParams:
     """``{"client_params": {"id": ..., "group": ...}}`` -> ClientParams, or a 400."""
     try:
-        if body[:1] == b"{" and body[1:2] not in (b"", b"\x00"):
-            # What json.loads(bytes) would decode it as (UTF-8: no BOM, no NUL in the first
-            # two bytes), minus its pure-Python encoding detection, on every request.
-            doc = json.loads(body.decode("utf-8", "surrogatepass"))
-        else:
-            doc = json.loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers bad JSON, bad encodings and over-long integers.
-        raise LockdError(Kind.invalid_body, "request body is not valid JSON") from None
+        # orjson first (a FleetLock body takes it a fraction of json's time): what it
+        # accepts, json decodes to the same value (orjson is the stricter of the two: no
+        # NaN, no integer past 64 bits, no lone surrogate, no BOM), and whatever it refuses
+        # goes to json, so every answer, error or not, is json's.
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = _json_doc(body)
     if not isinstance(doc, dict):
         raise LockdError(Kind.invalid_body, "request body must be a JSON object")
     params = doc.get("client_params")
@@ -68,3 +77,16 @@ def parse_body(body: bytes) -> ClientParams:
     if not is_group_name(group):
         raise LockdError(Kind.invalid_group, f"client_params.group {GROUP_RULE}")
     return ClientParams(id=id_, group=group)
+
+
+def _json_doc(body: bytes) -> object:
+    """The body as the stdlib's json decodes it, or a 400."""
+    try:
+        if body[:1] == b"{" and body[1:2] not in (b"", b"\x00"):
+            # What json.loads(bytes) would decode it as (UTF-8: no BOM, no NUL in the first
+            # two bytes), minus its pure-Python encoding detection, on every request.
+            return json.loads(body.decode("utf-8", "surrogatepass"))
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        # ValueError covers bad JSON, bad encodings and over-long integers.
+        raise LockdError(Kind.invalid_body, "request body is not valid JSON") from None

@@ -23,7 +23,7 @@ from lockd import tenant_api
 from lockd.config import Settings
 from lockd.decisionlog import log_decision
 from lockd.errors import Kind, LockdError
-from lockd.fleetlock import PATH_RE, check_protocol_header, parse_body
+from lockd.fleetlock import check_protocol_header, parse_body, route
 from lockd.groups import GroupSettings
 from lockd.http import (
     SERVICE,
@@ -66,9 +66,9 @@ async def fleetlock(request: web.Request) -> web.Response:
             LockdError(Kind.method_not_allowed, f"{request.path} takes GET only"),
             headers={"Allow": "GET,HEAD"},
         )
-    match = PATH_RE.match(request.path)
+    match = route(request.path)
     public = request.app.get(PUBLIC)
-    if match is None or (match["prefix"] and public is None):
+    if match is None or (match[0] and public is None):
         # Tenant prefixes are only served in public mode.
         raise LockdError(Kind.not_found, "no such endpoint")
     if request.method != "POST":
@@ -85,21 +85,31 @@ async def fleetlock(request: web.Request) -> web.Response:
     if public is None:
         service, group = request.app[SERVICE], params.group
     else:
-        creates = match["op"] == "pre-reboot"
-        tenant, group = await public.admit(request, match["prefix"], params.group,
+        creates = match[1] == "pre-reboot"
+        tenant, group = await public.admit(request, match[0], params.group,
                                            creates=creates)
         service = public.service
-    if match["op"] == "pre-reboot":
+    if match[1] == "pre-reboot":
         answer = await service.try_lock(group, params.id)
         outcome = answer.outcome
         if not outcome.ok:  # full, paused, or refused by the group's reboot policy
             # Named as the client names it: a tenant's group is stored under a hash.
-            raise service.refusal(params.group, answer)
+            # Answered here, not raised: the same response error_for would build, without
+            # an exception through the middleware on every refusal of a storm (issue #15).
+            return refused(service.refusal(params.group, answer))
     else:
         outcome = await service.steady_state(group, params.id)
     if outcome is Outcome.GRANTED and public is not None and tenant is not None:
         await public.record_name(tenant, group, request.get(NEW_TENANT, False))
     return web.Response(body=_OUTCOME_BODIES[outcome], content_type="application/json")
+
+
+def refused(error: LockdError) -> web.Response:
+    """The JSON ``{kind, value}`` answer to a refusal, labelled with its kind for
+    :func:`lockd.metrics.response_kind` (the label the raised error would have had)."""
+    response = error_response(error, headers=error.headers)
+    response.lockd_kind = error.kind._value_  # type: ignore[attr-defined]
+    return response
 
 
 @web.middleware

@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 from lockd import policy as policies
 from lockd.errors import LockdError
-from lockd.fleetlock import PATH_RE
+from lockd.fleetlock import route
 from lockd.semaphore import Outcome, Semaphore
 from lockd.service import Decision, LockService
 from lockd.view import View
@@ -140,6 +140,8 @@ class Metrics:
         self._admitted: set[str] = set()
         self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._backend_children: dict[str, Any] = {}
+        self._group_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
 
         self.requests = Counter(
@@ -288,10 +290,19 @@ class Metrics:
             elif event.kind == "release" and event.by == "node" and event.held_seconds:
                 self.reboot_seconds.labels(group).observe(event.held_seconds)
         if d.outcome is Outcome.GRANTED:
-            self.grants.labels(group).inc()
+            self._child(self.grants, group).inc()
         elif d.outcome is Outcome.RELEASED:
             by = "operator" if d.action == "force-unlock" else "node"
-            self.releases.labels(group, by).inc()
+            self._child(self.releases, group, by).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: labels() costs more than an increment, on
+        every grant and release. Bounded as the labels are (group_label)."""
+        key = (metric, labels)
+        child = self._group_children.get(key)
+        if child is None:
+            child = self._group_children[key] = metric.labels(*labels)
+        return child
 
     def observe_gate(self, gate: str, result: str) -> None:
         self.gate_requests.labels(gate, result).inc()
@@ -308,7 +319,11 @@ class Metrics:
     def observe_backend(self, operation: str, seconds: float, ok: bool) -> None:
         if not ok:
             self.backend_errors.labels(operation).inc()
-        self.backend_seconds.labels(operation).observe(seconds)
+        # Children cached: labels() costs more than the observation, on every store call.
+        child = self._backend_children.get(operation)
+        if child is None:
+            child = self._backend_children[operation] = self.backend_seconds.labels(operation)
+        child.observe(seconds)
 
     def observe_request(self, endpoint: str, kind: str, seconds: float) -> None:
         # Children cached: this runs on every FleetLock request of a reboot storm.
@@ -465,9 +480,9 @@ class ViewCollector:
 @functools.lru_cache(maxsize=256)  # bounded: paths are the client's; a storm sends two
 def endpoint_of(path: str) -> str:
     """A bounded endpoint label for a FleetLock listener path."""
-    match = PATH_RE.match(path)
+    match = route(path)
     if match is not None:
-        return match["op"]
+        return match[1]
     if path in ("/healthz", "/readyz"):
         return path[1:]
     return "other"
@@ -486,4 +501,7 @@ def request_kind(exc: BaseException) -> str:
 
 def response_kind(response: web.StreamResponse) -> str:
     """The ``kind`` label of a FleetLock listener request answered ``response``."""
-    return "ok" if response.status < 400 else f"http_{response.status}"
+    if response.status < 400:
+        return "ok"
+    # A refusal answered without raising carries its kind (lockd.frontend.refused).
+    return getattr(response, "lockd_kind", None) or f"http_{response.status}"

@@ -36,9 +36,12 @@ log = logging.getLogger("lockd.service")
 Transition = Callable[[Semaphore], tuple[Semaphore, Outcome]]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
-    """What happened to one request; logged and counted by observers."""
+    """What happened to one request; logged and counted by observers, who must not
+    change it (it is shared by all of them). Not ``frozen``: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, 1.1 us against 0.25 us
+    for this one on every decision (issue #15)."""
 
     action: str
     group: str
@@ -60,7 +63,7 @@ Observer = Callable[[Decision], None]
 Result = tuple[Semaphore, Outcome, int, Semaphore]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     """A pre-reboot's outcome with what explains a refusal: the state it was decided on,
     the time, the group's policy and the health gates' verdict (if they were asked)."""
@@ -126,6 +129,18 @@ def must_read_first(writes: bool, fresh: bool) -> bool:
     stale "you still hold it" would be a wrong 200.
     """
     return not writes and not fresh
+
+
+def decision_stands(decided_on: bytes | None, read: bytes | None, batch: list[Pending]) -> bool:
+    """Whether a batch decided on a remembered value may be answered as decided once a
+    fresh read (:func:`must_read_first`) returns ``read``: only if the read found that
+    same value and every request of the batch still waits (one answered meanwhile would
+    change what the others after it were decided on)."""
+    return (
+        read is not None
+        and (read is decided_on or read == decided_on)
+        and not any(p.future.done() for p in batch)
+    )
 
 
 def view_may_refuse(outcome: Outcome) -> bool:
@@ -496,11 +511,19 @@ class LockService:
                                           writes=writes, exists=raw is not None)
                 writes = current != stored
             if must_read_first(writes, fresh):
+                decided_on = raw
                 token = view.token() if view is not None else None
                 raw, version = await self.backend.get(key)
                 self._remember(key, raw, version)
                 self._fill(key, raw, version, token)
                 fresh = True
+                if decision_stands(decided_on, raw, batch) and self.touch_every is None:
+                    # The fresh read found the very value decided on: deciding again
+                    # would apply the same pure transitions to the same state (a holder's
+                    # re-lock, issue #15). Not with touch_every: its clock moved on.
+                    self._applied_to_store(group, current, slots)
+                    settle(batch, results)
+                    return
                 continue
             if not writes:
                 self._applied_to_store(group, current, slots)

@@ -16,6 +16,7 @@ from lockd.service import (
     LockService,
     Pending,
     apply_in_order,
+    decision_stands,
     must_read_first,
     still_waiting,
 )
@@ -533,3 +534,42 @@ async def test_stop_ends_a_task_that_swallowed_its_cancellation() -> None:
         stopping.cancel()
         task.cancel()
     assert done and swallowed and task.cancelled()
+
+
+async def test_a_decision_stands_only_on_the_very_value_and_a_whole_batch() -> None:
+    loop = asyncio.get_running_loop()
+    batch = [Pending(lambda s: (s, Outcome.ALREADY_HELD), loop.create_future()) for _ in range(2)]
+    assert decision_stands(b"v1", b"v1", batch)
+    assert decision_stands(b"v1", b"v1v1"[2:], batch)  # equal bytes, not the same object
+    assert not decision_stands(b"v1", b"v2", batch)  # someone wrote since
+    assert not decision_stands(b"v1", None, batch)  # deleted since
+    batch[0].future.set_result(None)  # answered meanwhile (its client timed out)
+    assert not decision_stands(b"v1", b"v1", batch)
+
+
+async def test_a_relock_is_decided_once_per_fresh_read_and_again_on_a_new_value() -> None:
+    """A re-lock is decided on the remembered value and then read (must_read_first); when
+    the read finds that same value, the decision stands, and is not made a second time.
+    When the read finds another value, the request is decided again on it."""
+    backend = MemoryBackend()
+    layout = NativeLayout()
+    service = LockService(Store(backend, layout), GroupSettings(default_slots=1))
+    assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+    calls = 0
+
+    def relock(s: Semaphore) -> tuple[Semaphore, Outcome]:
+        nonlocal calls
+        calls += 1
+        return s, (Outcome.ALREADY_HELD if s.holder("a") else Outcome.NOT_HELD)
+
+    for n in range(1, 4):
+        _, outcome, _, _ = await service.update("g", relock)
+        assert (outcome, calls) == (Outcome.ALREADY_HELD, n)
+    # Another writer frees the slot behind the service's back: the remembered value is
+    # stale, the read finds the new one, and the request is decided again on it.
+    raw, version = await backend.get(layout.key("g"))
+    freed = layout.encode(Semaphore(slots=1, holders=(), next_grant_id=9, config_slots=1), raw)
+    assert (await backend.compare_and_set(layout.key("g"), freed, version)).stored
+    calls = 0
+    _, outcome, _, _ = await service.update("g", relock)
+    assert (outcome, calls) == (Outcome.NOT_HELD, 2)
