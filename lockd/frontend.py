@@ -58,6 +58,8 @@ _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome
 #: The GET-only routes beside FleetLock's, for a 405 (not the catch-all's 404) to other
 #: methods.
 PROBES = ("/healthz", "/readyz")
+#: The FleetLock paths zincati asks (no tenant prefix, one slash).
+FLEETLOCK_PATHS = ("/v1/pre-reboot", "/v1/steady-state")
 
 
 async def fleetlock(request: web.Request) -> web.Response:
@@ -255,7 +257,12 @@ def create_app(settings: Settings, service: LockService | None = None) -> web.Ap
     app.router.add_get("/readyz", readyz)
     if settings.public_enabled:
         tenant_api.add_routes(app)
-    app.router.add_route(
-        "*", "/{path:.*}", fleetlock, expect_handler=expect_within(settings.max_body_bytes)
-    )
+    expect = expect_within(settings.max_body_bytes)
+    # The two FleetLock paths as plain resources first: aiohttp finds those with one dict
+    # lookup, where the catch-all below costs every request a regex match (issue #15).
+    # Every other path (//v1/..., tenant prefixes, anything else) reaches the same handler
+    # through the catch-all.
+    for path in FLEETLOCK_PATHS:
+        app.router.add_route("*", path, fleetlock, expect_handler=expect)
+    app.router.add_route("*", "/{path:.*}", fleetlock, expect_handler=expect)
     return app

@@ -32,7 +32,8 @@ def error_response(
     error: LockdError, headers: dict[str, str] | None = None, status: int | None = None
 ) -> web.Response:
     # What web.json_response sends (same body, same Content-Type), from a memo.
-    return web.Response(body=_error_body(error.kind.value, error.value),
+    # _value_: what Enum's (Python-level) value property returns.
+    return web.Response(body=_error_body(error.kind._value_, error.value),
                         status=status or error.status, headers=headers,
                         content_type="application/json", charset="utf-8")
 
@@ -300,9 +301,12 @@ class LockdRequestHandler(web.RequestHandler):
         super().log_exception(*args, **kw)
 
     def data_received(self, data: bytes) -> None:
-        queued = len(self._messages)
+        messages = self._messages
+        queued = len(messages)
         super().data_received(data)
-        if len(self._messages) > queued and _ErrInfo is not None:
+        # Checked here, not in the method: every request's head is queued this way.
+        if (len(messages) > queued and _ErrInfo is not None
+                and isinstance(messages[-1][0], _ErrInfo)):
             self._fail_open_body()
 
     def _fail_open_body(self) -> None:
@@ -314,8 +318,6 @@ class LockdRequestHandler(web.RequestHandler):
         error to the stream instead, so that the handler answers 400, and close afterwards.
         """
         error, _ = self._messages[-1]
-        if not isinstance(error, _ErrInfo):
-            return
         streams = [payload for _, payload in list(self._messages)[:-1]]
         if self._current_request is not None:
             streams.insert(0, self._current_request.content)
