@@ -94,7 +94,9 @@ async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> 
         if request.content.is_eof():
             # The whole body came with the head (a FleetLock body is one small segment):
             # take what is buffered, without arming a timer for a wait that cannot happen.
-            body = request.content.read_nowait(limit + 1)
+            # With a Content-Length (at most the limit, checked above) the whole buffer:
+            # aiohttp returns its one piece as is, where read_nowait(n) loops and joins.
+            body = request.content.read_nowait(-1 if length is not None else limit + 1)
             if len(body) > limit:
                 raise _too_large(limit)
             return body
