@@ -53,11 +53,16 @@ from lockd.view import View, follow
 
 # Encoded once: the 200 answers are a handful of constant bodies.
 _OUTCOME_BODIES = {o: json.dumps({"outcome": o.value}).encode() for o in Outcome}
+#: Their one header, prebuilt (cheaper for aiohttp than content_type=; never changed:
+#: aiohttp copies it).
+_OUTCOME_HEADERS = {"Content-Type": "application/json"}
 
 
 #: The GET-only routes beside FleetLock's, for a 405 (not the catch-all's 404) to other
 #: methods.
 PROBES = ("/healthz", "/readyz")
+#: The FleetLock paths zincati asks (no tenant prefix, one slash).
+FLEETLOCK_PATHS = ("/v1/pre-reboot", "/v1/steady-state")
 
 
 async def fleetlock(request: web.Request) -> web.Response:
@@ -101,7 +106,7 @@ async def fleetlock(request: web.Request) -> web.Response:
         outcome = await service.steady_state(group, params.id)
     if outcome is Outcome.GRANTED and public is not None and tenant is not None:
         await public.record_name(tenant, group, request.get(NEW_TENANT, False))
-    return web.Response(body=_OUTCOME_BODIES[outcome], content_type="application/json")
+    return web.Response(body=_OUTCOME_BODIES[outcome], headers=_OUTCOME_HEADERS)
 
 
 def refused(error: LockdError) -> web.Response:
@@ -255,7 +260,12 @@ def create_app(settings: Settings, service: LockService | None = None) -> web.Ap
     app.router.add_get("/readyz", readyz)
     if settings.public_enabled:
         tenant_api.add_routes(app)
-    app.router.add_route(
-        "*", "/{path:.*}", fleetlock, expect_handler=expect_within(settings.max_body_bytes)
-    )
+    expect = expect_within(settings.max_body_bytes)
+    # The two FleetLock paths as plain resources first: aiohttp finds those with one dict
+    # lookup, where the catch-all below costs every request a regex match (issue #15).
+    # Every other path (//v1/..., tenant prefixes, anything else) reaches the same handler
+    # through the catch-all.
+    for path in FLEETLOCK_PATHS:
+        app.router.add_route("*", path, fleetlock, expect_handler=expect)
+    app.router.add_route("*", "/{path:.*}", fleetlock, expect_handler=expect)
     return app

@@ -32,9 +32,18 @@ def error_response(
     error: LockdError, headers: dict[str, str] | None = None, status: int | None = None
 ) -> web.Response:
     # What web.json_response sends (same body, same Content-Type), from a memo.
-    return web.Response(body=_error_body(error.kind.value, error.value),
-                        status=status or error.status, headers=headers,
+    # _value_: what Enum's (Python-level) value property returns.
+    body = _error_body(error.kind._value_, error.value)
+    if headers is None:
+        # Copied from a prebuilt header set, which costs aiohttp less than content_type
+        # and charset (issue #15); the same bytes on the wire (tests/test_wire.py).
+        return web.Response(body=body, status=status or error.status, headers=_JSON_HEADERS)
+    return web.Response(body=body, status=status or error.status, headers=headers,
                         content_type="application/json", charset="utf-8")
+
+
+#: Never changed: aiohttp copies a response's headers into its own CIMultiDict.
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 
 
 @functools.lru_cache(maxsize=256)
@@ -93,7 +102,9 @@ async def read_body(request: web.Request, limit: int, timeout: float = 15.0) -> 
         if request.content.is_eof():
             # The whole body came with the head (a FleetLock body is one small segment):
             # take what is buffered, without arming a timer for a wait that cannot happen.
-            body = request.content.read_nowait(limit + 1)
+            # With a Content-Length (at most the limit, checked above) the whole buffer:
+            # aiohttp returns its one piece as is, where read_nowait(n) loops and joins.
+            body = request.content.read_nowait(-1 if length is not None else limit + 1)
             if len(body) > limit:
                 raise _too_large(limit)
             return body
@@ -300,9 +311,12 @@ class LockdRequestHandler(web.RequestHandler):
         super().log_exception(*args, **kw)
 
     def data_received(self, data: bytes) -> None:
-        queued = len(self._messages)
+        messages = self._messages
+        queued = len(messages)
         super().data_received(data)
-        if len(self._messages) > queued and _ErrInfo is not None:
+        # Checked here, not in the method: every request's head is queued this way.
+        if (len(messages) > queued and _ErrInfo is not None
+                and isinstance(messages[-1][0], _ErrInfo)):
             self._fail_open_body()
 
     def _fail_open_body(self) -> None:
@@ -314,8 +328,6 @@ class LockdRequestHandler(web.RequestHandler):
         error to the stream instead, so that the handler answers 400, and close afterwards.
         """
         error, _ = self._messages[-1]
-        if not isinstance(error, _ErrInfo):
-            return
         streams = [payload for _, payload in list(self._messages)[:-1]]
         if self._current_request is not None:
             streams.insert(0, self._current_request.content)

@@ -23,6 +23,7 @@ under ``_other``. No label ever carries a node id.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import os
@@ -32,9 +33,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from lockd import policy as policies
 from lockd.errors import LockdError
@@ -127,6 +131,135 @@ class StoreGauges(Collector):
             yield family
 
 
+class _LoopCount:
+    """One label set's count of a :class:`LoopCounter`."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class _LoopBuckets:
+    """One label set's buckets of a :class:`LoopHistogram` (not cumulative: summed at
+    collect, as prometheus_client does)."""
+
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0.0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # The first bound >= amount: the bucket prometheus_client's observe picks.
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+class _LoopMetric(Collector):
+    """A labelled counter or histogram for one process whose every update comes from the
+    event loop's thread: plain floats, no lock. Hand-written because prometheus_client's
+    Counter and Histogram take a threading lock on every increment (``MutexValue``), a few
+    per cent of a refusal's CPU (issue #15, bench/RESULTS.md "Refusals, stop 11"); this
+    exposes the very same samples (names, labels, order, ``_created``), which
+    tests/test_metrics.py checks against prometheus_client's own on the same observations.
+    Not under workers (:data:`MULTIPROCESS`): prometheus_client's files merge those."""
+
+    kind = ""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Any] = {}
+        registry.register(self)
+
+    def labels(self, *values: Any) -> Any:
+        if len(values) != len(self.labelnames):
+            raise ValueError("incorrect label count")
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
+
+    def _new_child(self) -> Any:
+        raise NotImplementedError
+
+    def collect(self) -> Iterable[Metric]:
+        metric = Metric(self.name, self.documentation, self.kind)
+        created = prometheus_metrics._use_created  # PROMETHEUS_DISABLE_CREATED_SERIES
+        for values, child in list(self._children.items()):
+            labels = dict(zip(self.labelnames, values, strict=True))
+            self._samples(metric, labels, child)
+            if created:
+                metric.add_sample(self.name + "_created", labels, child.created)
+        yield metric
+
+    def _samples(self, metric: Metric, labels: dict[str, str], child: Any) -> None:
+        raise NotImplementedError
+
+
+class LoopCounter(_LoopMetric):
+    """A prometheus_client ``Counter`` with labels, lock-free (:class:`_LoopMetric`)."""
+
+    kind = "counter"
+
+    def _new_child(self) -> _LoopCount:
+        return _LoopCount()
+
+    def _samples(self, metric: Metric, labels: dict[str, str], child: _LoopCount) -> None:
+        metric.add_sample(self.name + "_total", labels, child.value)
+
+
+class LoopHistogram(_LoopMetric):
+    """A prometheus_client ``Histogram`` with labels, lock-free (:class:`_LoopMetric`)."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str],
+                 registry: CollectorRegistry, buckets: Iterable[float]) -> None:
+        self.bounds = (*(float(b) for b in buckets), float("inf"))
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_child(self) -> _LoopBuckets:
+        return _LoopBuckets(self.bounds)
+
+    def _samples(self, metric: Metric, labels: dict[str, str], child: _LoopBuckets) -> None:
+        total = 0.0
+        for bound, count in zip(self.bounds, child.counts, strict=True):
+            total += count
+            metric.add_sample(self.name + "_bucket", {**labels, "le": floatToGoString(bound)},
+                              total)
+        metric.add_sample(self.name + "_count", labels, total)
+        metric.add_sample(self.name + "_sum", labels, child.sum)
+
+
+def counter(name: str, documentation: str, labelnames: list[str],
+            registry: CollectorRegistry) -> Any:
+    """A labelled per-request counter: lock-free with one worker, prometheus_client's
+    (one file per process, merged at scrape) under workers."""
+    if MULTIPROCESS:
+        return Counter(name, documentation, labelnames, registry=registry)
+    return LoopCounter(name, documentation, labelnames, registry)
+
+
+def histogram(name: str, documentation: str, labelnames: list[str],
+              registry: CollectorRegistry) -> Any:
+    """A labelled per-request latency histogram (LATENCY_BUCKETS), as :func:`counter`."""
+    if MULTIPROCESS:
+        return Histogram(name, documentation, labelnames, buckets=LATENCY_BUCKETS,
+                         registry=registry)
+    return LoopHistogram(name, documentation, labelnames, registry, LATENCY_BUCKETS)
+
+
 T = TypeVar("T")
 
 
@@ -144,31 +277,26 @@ class Metrics:
         self._group_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
 
-        self.requests = Counter(
+        # Updated on every request and decision: lock-free with one worker (counter()).
+        self.requests = counter(
             "lockd_http_requests",
             "FleetLock listener requests by endpoint and outcome kind ('ok' or an error kind)",
-            ["endpoint", "kind"],
-            registry=r,
+            ["endpoint", "kind"], r,
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = histogram(
             "lockd_http_request_duration_seconds",
             "FleetLock listener request latency by endpoint",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ["endpoint"], r,
         )
-        self.decisions = Counter(
+        self.decisions = counter(
             "lockd_decisions",
             "Lock decisions by action and outcome (an outcome or an error kind)",
-            ["action", "outcome"],
-            registry=r,
+            ["action", "outcome"], r,
         )
-        self.decision_seconds = Histogram(
+        self.decision_seconds = histogram(
             "lockd_decision_duration_seconds",
             "Time to decide, compare-and-set retries included, by action",
-            ["action"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ["action"], r,
         )
         self.grants = Counter("lockd_grants", "Slots granted, by group", ["group"], registry=r)
         self.releases = Counter(

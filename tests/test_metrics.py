@@ -3,9 +3,13 @@ group labels stay bounded and no label ever carries a node id."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import Lockd, free_port, start_lockd
@@ -13,7 +17,14 @@ from lockd.backends import Backend, CasResult, Version
 from lockd.backends.memory import MemoryBackend
 from lockd.groups import GroupSettings
 from lockd.layouts import NativeLayout
-from lockd.metrics import DEFAULT_GROUP_CAP, OTHER_GROUP, Metrics
+from lockd.metrics import (
+    DEFAULT_GROUP_CAP,
+    LATENCY_BUCKETS,
+    OTHER_GROUP,
+    LoopCounter,
+    LoopHistogram,
+    Metrics,
+)
 from lockd.semaphore import Outcome
 from lockd.service import LockService
 from lockd.store import Store, TimedBackend
@@ -232,3 +243,34 @@ def test_registries_are_private() -> None:
     a.observe_request("pre-reboot", "ok", 0.01)
     assert b'lockd_http_requests_total{endpoint="pre-reboot",kind="ok"} 1.0' in a.exposition()
     assert b"lockd_http_requests_total{" not in b.exposition()
+
+
+def test_loop_metrics_expose_what_prometheus_client_does(monkeypatch: Any) -> None:
+    """The lock-free per-request counter and histogram (one worker) write the very text
+    prometheus_client's Counter and Histogram write for the same observations: names,
+    HELP, TYPE, label order, buckets (values on, between and past the bounds), _created."""
+    monkeypatch.setattr(time, "time", lambda: 1234.5)  # both sides' _created
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counters = (LoopCounter("x_requests", "help", ["a", "b"], ours),
+                Counter("x_requests", "help", ["a", "b"], registry=theirs))
+    histograms = (LoopHistogram("x_seconds", "help", ["a"], ours, LATENCY_BUCKETS),
+                  Histogram("x_seconds", "help", ["a"], buckets=LATENCY_BUCKETS,
+                            registry=theirs))
+    for c in counters:
+        c.labels("p", "q").inc()
+        c.labels("r", 7).inc(2.5)
+        c.labels("p", "q").inc()
+    for h in histograms:
+        for value in (0.0, 0.0005, 0.0007, 0.003, 0.3, 10.0, 11.0, 1e9):
+            h.labels("p").observe(value)
+        h.labels("z")  # a label set never observed: all zero
+    text = generate_latest(ours)
+    assert text == generate_latest(theirs)
+    assert b'x_requests_total{a="r",b="7"} 2.5' in text  # not vacuous
+    assert b'x_seconds_bucket{a="p",le="0.0005"} 2.0' in text
+
+
+def test_loop_metrics_refuse_a_wrong_label_count() -> None:
+    counter = LoopCounter("x_requests", "help", ["a", "b"], CollectorRegistry())
+    with pytest.raises(ValueError):
+        counter.labels("only-one")
