@@ -125,7 +125,6 @@ def _released(
     sem: Semaphore, h: Holder, now: float, policy: GroupPolicy, ended: str
 ) -> Semaphore:
     """``sem`` after ``h`` leaves, with the release recorded for the cooldown and history."""
-    after, _ = semaphore.unlock(sem, h.id)
     state = sem.policy
     releases: tuple[float, ...] = ()
     if policy.cooldown > 0:
@@ -138,10 +137,9 @@ def _released(
         reboots = (*reboots, entry)[-policy.history :]
     else:
         reboots = ()
-    reported = tuple(g for g in state.stale_reported if g != h.grant_id)
-    return replace(
-        after, policy=PolicyState(releases=releases, reboots=reboots, stale_reported=reported)
-    )
+    reported = (tuple([g for g in state.stale_reported if g != h.grant_id])
+                if state.stale_reported else ())
+    return semaphore.released(sem, h.id, PolicyState(releases, reboots, reported))
 
 
 def expire(sem: Semaphore, now: float, policy: GroupPolicy) -> Semaphore:
