@@ -65,8 +65,9 @@ class NativeLayout(Layout):
                 for h in sem.holders
             ],
         }
-        if sem.policy != PolicyState():
-            doc["policy"] = _encode_policy(sem.policy)
+        p = sem.policy
+        if p.releases or p.reboots or p.stale_reported:  # not PolicyState(): none to write
+            doc["policy"] = _encode_policy(p)
         if sem.touched is not None:
             doc["touched"] = sem.touched
         # orjson: compact like json.dumps(separators=(",", ":")), UTF-8 rather than \u
