@@ -60,10 +60,10 @@ class NativeLayout(Layout):
             "config_slots": sem.config_slots,
             "paused": sem.paused,
             "next_grant_id": sem.next_grant_id,
-            "holders": [
-                {"id": h.id, "granted_at": h.granted_at, "grant_id": h.grant_id}
-                for h in sem.holders
-            ],
+            # orjson writes a dataclass as an object of its fields in their order: here
+            # {"id", "granted_at", "grant_id"}, with no dict built per holder (issue #15;
+            # tests/test_policy.py checks the bytes against dicts built by hand).
+            "holders": sem.holders,
         }
         p = sem.policy
         if p.releases or p.reboots or p.stale_reported:  # not PolicyState(): none to write
@@ -82,15 +82,11 @@ class NativeLayout(Layout):
 def _encode_policy(p: PolicyState) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     if p.releases:
-        doc["releases"] = list(p.releases)
-    if p.reboots:
-        doc["reboots"] = [
-            {"id": r.id, "grant_id": r.grant_id, "granted_at": r.granted_at,
-             "released_at": r.released_at, "ended": r.ended}
-            for r in p.reboots
-        ]
+        doc["releases"] = p.releases
+    if p.reboots:  # as holders are: {"id", "grant_id", "granted_at", "released_at", "ended"}
+        doc["reboots"] = p.reboots
     if p.stale_reported:
-        doc["stale_reported"] = list(p.stale_reported)
+        doc["stale_reported"] = p.stale_reported
     return doc
 
 
