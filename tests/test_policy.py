@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from lockd import policy, semaphore
 from lockd.errors import Kind
-from lockd.layouts import AirlockLayout, NativeLayout
+from lockd.layouts import AirlockLayout, NativeLayout, native
 from lockd.policy import GateVerdict, GroupPolicy
 from lockd.policystate import PolicyState, Reboot
 from lockd.semaphore import Outcome, Semaphore
@@ -319,3 +319,16 @@ def test_the_native_document_is_written_byte_for_byte_as_before(
         else:
             s = semaphore.touch(s, t, 60.0, writes=True, exists=True)
         assert layout.encode(s, None) == _encoded_by_hand(s)
+
+
+def test_the_policy_json_kept_per_state_is_bounded_and_right() -> None:
+    """The layout keeps each policy state's JSON (a grant writes its group's history as
+    the release before it did): never more than POLICIES_KEPT of them, and each state gets
+    its own, not one that happens to share its id."""
+    layout = NativeLayout()
+    for i in range(native.POLICIES_KEPT + 10):
+        s = Semaphore(1, policy=PolicyState(releases=(float(i),)))
+        assert layout.encode(s, None) == _encoded_by_hand(s)
+        assert len(layout._policies) <= native.POLICIES_KEPT
+    again = Semaphore(2, policy=s.policy)
+    assert layout.encode(again, None) == _encoded_by_hand(again)
