@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from collections.abc import Callable
 
 import pytest
@@ -667,4 +669,58 @@ async def test_a_lone_request_to_a_hung_store_gets_503_and_is_never_applied() ->
     assert err.value.kind is Kind.backend_unavailable
     backend.gate.set()
     assert await service.pre_reboot("g", "b") is Outcome.GRANTED
+    assert not service._queues and not service._drainers
+
+
+class JitteredStore(MemoryBackend):
+    """A real memory store whose reads and swaps sometimes yield or take a little while,
+    so that lone round trips, joined batches and drain tasks all interleave."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self.rng = rng
+
+    async def _pause(self) -> None:
+        r = self.rng.random()
+        if r < 0.3:
+            await asyncio.sleep(0)
+        elif r < 0.4:
+            await asyncio.sleep(self.rng.random() * 0.002)
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        await self._pause()
+        return await super().get(key)
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        await self._pause()
+        return await super().compare_and_set(key, value, expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_no_request_is_stranded_whatever_is_cancelled(seed: int) -> None:
+    """Clients locking and releasing in few groups, some cancelled at random moments
+    (before, during and after their round trip): every request that is not cancelled is
+    answered, no group ever has more holders than slots, and nothing is left queued."""
+    rng = random.Random(seed)
+    service = LockService(on(JitteredStore(rng)), GroupSettings(default_slots=2), timeout=5)
+    answered = 0
+
+    async def client(group: str, node: str) -> None:
+        nonlocal answered
+        for _ in range(60):
+            op = service.pre_reboot if rng.random() < 0.5 else service.steady_state
+            task = asyncio.ensure_future(op(group, node))
+            if rng.random() < 0.1:
+                await asyncio.sleep(rng.choice([0, 0, 0.0005]))
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                # Far below the service's timeout: a stranded request fails here.
+                await asyncio.wait_for(asyncio.shield(task), 2.5)
+                answered += 1
+            sem = await service.read(group)
+            assert sem is None or len(sem.holders) <= 2
+
+    await asyncio.gather(*(client(f"g{i % 3}", f"n{i}") for i in range(12)))
+    await asyncio.sleep(0.01)
+    assert answered > 12 * 60 // 2
     assert not service._queues and not service._drainers
