@@ -194,8 +194,8 @@ class DecisionLog:
         """The text line of a decision without ``extra`` (every node's grant, release and
         refusal), built from a cached head per group rather than a dict of fields rendered
         one by one: the same bytes as :func:`_fields` through :func:`render_fields`
-        (tests/test_decisionlog.py compares them), at about a third of the cost. Hand-
-        written: no logging library formats a line this narrow any faster."""
+        (tests/test_decisionlog.py compares them), with less work per line. Hand-written:
+        no logging library formats a line this narrow any faster."""
         key = (d.action, d.group, outcome, level)
         head = self._heads.get(key)
         if head is None:

@@ -119,8 +119,8 @@ def with_holders(
 ) -> Semaphore:
     """``sem`` with new holders (and policy state): what every grant and release builds.
 
-    Hand-written rather than ``dataclasses.replace``, which costs a grant or a release
-    about 4 us more (issue #15); every field is passed, and
+    Hand-written rather than ``dataclasses.replace``: 0.9 us against 2.0 us a call here,
+    and a release made two of them (issue #15); every field is passed, and
     tests/test_semaphore.py fails if one is added that this does not pass on."""
     return Semaphore(
         sem.slots, holders, next_grant_id, sem.config_slots, sem.paused, free_counter,
