@@ -65,10 +65,10 @@ _BARE = re.compile(r"[\w.:/@+-]+")
 
 def render_fields(fields: dict[str, Any]) -> str:
     """``key=value ...`` as text lines end."""
-    return " ".join(f"{k}={_render(v)}" for k, v in fields.items())
+    return " ".join(f"{k}={render_value(v)}" for k, v in fields.items())
 
 
-def _render(value: Any) -> str:
+def render_value(value: Any) -> str:
     """A value as it reads best in a key=value line; quoted (JSON) when it must be."""
     if isinstance(value, str) and _BARE.fullmatch(value):
         return value

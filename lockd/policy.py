@@ -125,7 +125,6 @@ def _released(
     sem: Semaphore, h: Holder, now: float, policy: GroupPolicy, ended: str
 ) -> Semaphore:
     """``sem`` after ``h`` leaves, with the release recorded for the cooldown and history."""
-    after, _ = semaphore.unlock(sem, h.id)
     state = sem.policy
     releases: tuple[float, ...] = ()
     if policy.cooldown > 0:
@@ -138,10 +137,9 @@ def _released(
         reboots = (*reboots, entry)[-policy.history :]
     else:
         reboots = ()
-    reported = tuple(g for g in state.stale_reported if g != h.grant_id)
-    return replace(
-        after, policy=PolicyState(releases=releases, reboots=reboots, stale_reported=reported)
-    )
+    reported = (tuple([g for g in state.stale_reported if g != h.grant_id])
+                if state.stale_reported else ())
+    return semaphore.released(sem, h.id, PolicyState(releases, reboots, reported))
 
 
 def expire(sem: Semaphore, now: float, policy: GroupPolicy) -> Semaphore:
@@ -216,11 +214,13 @@ def sweep(sem: Semaphore, now: float, policy: GroupPolicy) -> tuple[Semaphore, O
 # What a decision did, for logs, metrics and notifications
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """Something that happened to a holder: ``grant``, ``release``, ``expiry`` or ``stale``.
 
-    ``by`` says who ended a release (``node`` or ``operator``)."""
+    ``by`` says who ended a release (``node`` or ``operator``). Shared by every observer of
+    a decision, who must not change it; not ``frozen``, for the reason
+    :class:`lockd.service.Decision` is not (a grant or release makes one)."""
 
     kind: str
     group: str
@@ -276,6 +276,8 @@ def changes(
     for key, h in new.items():
         if key not in old:
             events.append(Event("grant", group, h.id, h.grant_id, h.granted_at, now))
+    if not after.policy.stale_reported:  # the common case: nobody is stale
+        return tuple(events)
     reported = set(before.policy.stale_reported)
     by_grant = {h.grant_id: h for h in after.holders}
     for grant_id in after.policy.stale_reported:

@@ -75,7 +75,7 @@ class Answer:
     gate: GateVerdict | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Pending:
     """A request waiting for its group's next round trip."""
 
@@ -195,7 +195,8 @@ class LockService:
         self.observers: list[Observer] = []
         # Per group: requests waiting for the next round trip, and the task running them.
         self._queues: dict[str, list[Pending]] = {}
-        self._drainers: dict[str, asyncio.Task[None]] = {}
+        # None: the group's round trip is run by the request leading it (see update).
+        self._drainers: dict[str, asyncio.Task[None] | None] = {}
         # The last value and version seen per key (most recent last), to skip a read
         # before a write (see _round_trip and must_read_first), with the value decoded
         # once it has been (see _stored): a group's document is decoded once per change,
@@ -443,10 +444,43 @@ class LockService:
         self._configured_slots(group)  # refuse unknown groups before queueing
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        self._queues.setdefault(group, []).append(Pending(transition, future))
-        if group not in self._drainers:
-            self._drainers[group] = loop.create_task(self._drain(group))
-        # A timer rather than wait_for: cheaper, and this runs for every request.
+        pending = Pending(transition, future)
+        if group in self._drainers:  # a round trip is under way: join the next batch
+            self._queues.setdefault(group, []).append(pending)
+            return await self._wait(loop, future)
+        # An idle group: this request leads its own round trip in its own task, rather
+        # than waking a drain task and being woken by it (with a timer of its own), which
+        # cost a grant+release more than its compare-and-set (issue #15). Requests that
+        # arrive in this same loop iteration still share one batch (they are handed to a
+        # drain task); those that arrive during the round trip go to one afterwards.
+        self._queues[group] = [pending]
+        self._drainers[group] = None
+        leading = True
+        try:
+            await asyncio.sleep(0)  # let this iteration's other requests join the batch
+            batch = self._queues.pop(group)
+            if len(batch) > 1:
+                self._queues[group] = batch
+                self._drainers[group] = loop.create_task(self._drain(group))
+                leading = False
+                return await self._wait(loop, future)
+            await self._run(group, batch)
+        finally:
+            if leading:  # on every way out, cancellation included: strand nobody
+                if not future.done():
+                    future.cancel()
+                if self._queues.get(group):
+                    self._drainers[group] = loop.create_task(self._drain(group))
+                else:
+                    self._queues.pop(group, None)
+                    del self._drainers[group]
+        return future.result()
+
+    async def _wait(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Result]
+    ) -> Result:
+        """A queued request's answer, or a 503 after ``timeout`` (then never applied)."""
+        # A timer rather than wait_for: cheaper, and this runs for every queued request.
         timer = loop.call_later(self.timeout, _expire, future)
         try:
             return await future
@@ -457,25 +491,29 @@ class LockService:
         """Run round trips for ``group`` until its queue is empty."""
         try:
             while batch := still_waiting(self._queues.pop(group, [])):
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        await self._round_trip(group, batch)
-                except (BackendUnavailable, TimeoutError) as exc:
-                    fail(batch, _unavailable(exc))
-                except ValueTooLarge as exc:
-                    log.error("group %r: too large for the store: %s", group, exc)
-                    fail(batch, LockdError(
-                        Kind.backend_group_too_large,
-                        f"group {group!r} has grown too large for the lock store; no new "
-                        "holders until some release",
-                    ))
-                except LockdError as exc:
-                    fail(batch, exc)
-                except Exception:  # a bug must fail these requests, not strand them
-                    log.exception("group %r: round trip failed", group)
-                    fail(batch, LockdError(Kind.internal_error, "internal error"))
+                await self._run(group, batch)
         finally:
             del self._drainers[group]
+
+    async def _run(self, group: str, batch: list[Pending]) -> None:
+        """One batch's round trip; every way it can fail answers the batch's requests."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._round_trip(group, batch)
+        except (BackendUnavailable, TimeoutError) as exc:
+            fail(batch, _unavailable(exc))
+        except ValueTooLarge as exc:
+            log.error("group %r: too large for the store: %s", group, exc)
+            fail(batch, LockdError(
+                Kind.backend_group_too_large,
+                f"group {group!r} has grown too large for the lock store; no new "
+                "holders until some release",
+            ))
+        except LockdError as exc:
+            fail(batch, exc)
+        except Exception:  # a bug must fail these requests, not strand them
+            log.exception("group %r: round trip failed", group)
+            fail(batch, LockdError(Kind.internal_error, "internal error"))
 
     async def _round_trip(self, group: str, batch: list[Pending]) -> None:
         """Decide a batch on the group's value, then compare-and-set; answer each request.

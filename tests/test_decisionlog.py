@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.procs import Lockd
 from bench.servers import RedisServer
 from lockd.decisionlog import DecisionLog, decisions
 from lockd.errors import Kind
-from lockd.semaphore import Outcome
+from lockd.logs import render_fields
+from lockd.semaphore import Holder, Outcome, Semaphore
 from lockd.service import Decision
 from tests.httpcall import lock
 
@@ -259,3 +262,72 @@ def test_lockd_logs_every_error(tmp_path: Path) -> None:
     errors = [d for d in decision_lines(server) if d.get("outcome") == "error"]
     assert [(d["id"], d["kind"], d["level"]) for d in errors] == [
         ("b", "backend_unavailable", "warning")] * 3
+
+
+def _old_text_line(log: DecisionLog, d: Decision, level: int, now: float,
+                   waited: float | None) -> str:
+    """The text line as lockd built it before stop 11 (a dict of fields, then
+    render_fields): the reference the cheaper builder must match byte for byte."""
+    outcome = d.outcome.value if d.outcome else "error"
+    fields: dict[str, Any] = {"action": d.action, "group": d.group, "outcome": outcome,
+                              "attempts": d.attempts, "ms": round(d.seconds * 1000, 3)}
+    if d.id is not None:
+        fields["id"] = d.id
+    if d.error is not None:
+        fields["kind"] = d.error.value
+    if d.semaphore is not None:
+        fields["holders"] = len(d.semaphore.holders)
+        fields["slots"] = d.semaphore.slots
+    if waited is not None:
+        fields["waited_s"] = round(waited, 3)
+    fields.update(d.extra)
+    msg = f"{d.action} {d.group} {outcome}"
+    name = logging.getLevelName(level)
+    return f"{log._text.stamp(now)} {name} {decisions.name}: {msg} {render_fields(fields)}"
+
+
+_names = st.text(min_size=1, max_size=12)
+_decisions = st.builds(
+    Decision,
+    action=st.sampled_from(["pre-reboot", "steady-state", "force-unlock", "sweep"]) | _names,
+    group=st.from_regex(r"[a-zA-Z0-9.-]{1,12}", fullmatch=True) | _names,
+    id=st.none() | _names,
+    outcome=st.none() | st.sampled_from(list(Outcome)),
+    error=st.none() | st.sampled_from(list(Kind)),
+    attempts=st.integers(0, 25),
+    seconds=st.floats(0, 100, allow_nan=False),
+    semaphore=st.none() | st.builds(
+        Semaphore, slots=st.integers(0, 9),
+        holders=st.lists(st.builds(Holder, id=_names, granted_at=st.just(1.0),
+                                   grant_id=st.integers(1, 9)), max_size=3).map(tuple)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(d=_decisions, level=st.sampled_from([logging.INFO, logging.WARNING]),
+       now=st.floats(1e9, 2e9, allow_nan=False),
+       waited=st.none() | st.floats(0, 1e5, allow_nan=False))
+def test_the_text_line_is_the_old_renderers_byte_for_byte(
+    d: Decision, level: int, now: float, waited: float | None
+) -> None:
+    log = DecisionLog()
+    outcome = d.outcome.value if d.outcome else "error"
+    for _ in range(2):  # the line that builds a group's cached head, and one that reuses it
+        assert log._text_line(d, level, now, outcome, waited) == \
+            _old_text_line(log, d, level, now, waited)
+
+
+def test_a_text_line_with_extra_fields_is_the_old_renderers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An operator's decision carries ``extra`` (its actor, set-slots' slots, which
+    replaces the semaphore's in place): it takes the general path, with the same bytes."""
+    clock = Clock()
+    log = DecisionLog(clock=clock)
+    d = Decision("set-slots", "g", None, Outcome.CHANGED, None, 1, 0.002,
+                 Semaphore(slots=2), {"actor": "admin x", "slots": 3})
+    log(d)
+    log.flush()
+    line = capsys.readouterr().err
+    assert line == _old_text_line(log, d, logging.INFO, clock.now, None) + "\n"
+    assert line.endswith(' holders=0 slots=3 actor="admin x"\n')

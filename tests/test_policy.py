@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import hypothesis.strategies as st
+import orjson
 import pytest
 from hypothesis import given, settings
 
 from lockd import policy, semaphore
 from lockd.errors import Kind
-from lockd.layouts import AirlockLayout, NativeLayout
+from lockd.layouts import AirlockLayout, NativeLayout, native
 from lockd.policy import GateVerdict, GroupPolicy
 from lockd.policystate import PolicyState, Reboot
 from lockd.semaphore import Outcome, Semaphore
@@ -269,3 +270,65 @@ def test_the_native_document_decodes_to_exactly_what_was_encoded(
         raw = layout.encode(s, previous)
         assert layout.decode(raw) == s
         previous = raw
+
+
+def _encoded_by_hand(s: Semaphore) -> bytes:
+    """The native document as lockd built it before stop 11, a dict per holder and
+    reboot: the bytes the layout must still write."""
+    doc: dict[str, object] = {
+        "slots": s.slots, "config_slots": s.config_slots, "paused": s.paused,
+        "next_grant_id": s.next_grant_id,
+        "holders": [{"id": h.id, "granted_at": h.granted_at, "grant_id": h.grant_id}
+                    for h in s.holders],
+    }
+    if s.policy != PolicyState():
+        p: dict[str, object] = {}
+        if s.policy.releases:
+            p["releases"] = list(s.policy.releases)
+        if s.policy.reboots:
+            p["reboots"] = [{"id": r.id, "grant_id": r.grant_id, "granted_at": r.granted_at,
+                             "released_at": r.released_at, "ended": r.ended}
+                            for r in s.policy.reboots]
+        if s.policy.stale_reported:
+            p["stale_reported"] = list(s.policy.stale_reported)
+        doc["policy"] = p
+    if s.touched is not None:
+        doc["touched"] = s.touched
+    return orjson.dumps(doc)
+
+
+@given(steps=_STEPS, slots=st.integers(1, 3), history=st.integers(0, 4),
+       cooldown=st.sampled_from([0.0, 30.0]))
+@settings(max_examples=200, deadline=None)
+def test_the_native_document_is_written_byte_for_byte_as_before(
+    steps: list[tuple[str, str, float]], slots: int, history: int, cooldown: float
+) -> None:
+    """The layout hands orjson its dataclasses rather than a dict per holder: the stored
+    bytes must not change (other replicas of an older lockd read and compare them)."""
+    layout = NativeLayout()
+    p = GroupPolicy(cooldown=cooldown, history=history, stale_after=5.0, expire_after=50.0,
+                    report_stale=True)
+    s = Semaphore.new(slots)
+    for op, id_, t in steps:
+        if op == "lock":
+            s, _ = policy.lock(s, id_, t, p, OPEN)
+        elif op == "unlock":
+            s, _ = policy.unlock(s, id_, t, p)
+        elif op == "sweep":
+            s, _ = policy.sweep(s, t, p)
+        else:
+            s = semaphore.touch(s, t, 60.0, writes=True, exists=True)
+        assert layout.encode(s, None) == _encoded_by_hand(s)
+
+
+def test_the_policy_json_kept_per_state_is_bounded_and_right() -> None:
+    """The layout keeps each policy state's JSON (a grant writes its group's history as
+    the release before it did): never more than POLICIES_KEPT of them, and each state gets
+    its own, not one that happens to share its id."""
+    layout = NativeLayout()
+    for i in range(native.POLICIES_KEPT + 10):
+        s = Semaphore(1, policy=PolicyState(releases=(float(i),)))
+        assert layout.encode(s, None) == _encoded_by_hand(s)
+        assert len(layout._policies) <= native.POLICIES_KEPT
+    again = Semaphore(2, policy=s.policy)
+    assert layout.encode(again, None) == _encoded_by_hand(again)

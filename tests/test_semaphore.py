@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
 import hypothesis.strategies as st
@@ -13,7 +13,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from lockd import semaphore
 from lockd.groups import GroupSettings
 from lockd.policy import GroupPolicy
-from lockd.semaphore import Holder, Outcome, Semaphore
+from lockd.policystate import PolicyState
+from lockd.semaphore import Holder, Outcome, Semaphore, lock, unlock
 from lockd.service import LockService
 from lockd.store import open_store
 from lockd.windows import parse_schedule
@@ -316,3 +317,22 @@ def test_model_on_sqlite(tmp_path_factory) -> None:  # type: ignore[no-untyped-d
 
     Machine.TestCase.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
     Machine.TestCase().runTest()
+
+
+def test_grants_and_releases_keep_every_other_field() -> None:
+    """with_holders passes every field by hand (it is cheaper than dataclasses.replace): a
+    field added to Semaphore must be added there too, or grants would drop it."""
+    assert [f.name for f in fields(Semaphore)] == [
+        "slots", "holders", "next_grant_id", "config_slots", "paused", "free_counter",
+        "policy", "touched",
+    ], "a new Semaphore field: pass it on in semaphore.with_holders, then update this list"
+    sem = Semaphore(slots=3, holders=(Holder("a", 1.0, 4),), next_grant_id=5, config_slots=2,
+                    paused=False, free_counter=2, policy=PolicyState(releases=(1.0,)),
+                    touched=9.0)
+    granted, outcome = lock(sem, "b", 10.0)
+    assert outcome is Outcome.GRANTED
+    assert granted == replace(sem, holders=(*sem.holders, Holder("b", 10.0, 5)),
+                              next_grant_id=6, free_counter=1)
+    released, outcome = unlock(granted, "a")
+    assert outcome is Outcome.RELEASED
+    assert released == replace(granted, holders=(Holder("b", 10.0, 5),), free_counter=2)

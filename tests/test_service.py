@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+from collections.abc import Callable
 
 import pytest
 
@@ -573,3 +576,151 @@ async def test_a_relock_is_decided_once_per_fresh_read_and_again_on_a_new_value(
     calls = 0
     _, outcome, _, _ = await service.update("g", relock)
     assert (outcome, calls) == (Outcome.NOT_HELD, 2)
+
+
+class GatedStore(MemoryBackend):
+    """A real memory store whose compare-and-set waits at a gate, counting those that
+    reached it: a round trip held in flight for as long as a test needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.swaps = 0
+        self.waiting = 0
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        self.swaps += 1
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await super().compare_and_set(key, value, expected)
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+async def test_requests_during_a_lone_round_trip_share_the_next_one() -> None:
+    """An idle group's request runs its own round trip; those arriving meanwhile wait
+    for it and then share one compare-and-set."""
+    backend = GatedStore()
+    service = LockService(on(backend), GroupSettings(default_slots=3))
+    backend.gate.clear()
+    first = asyncio.ensure_future(service.pre_reboot("g", "a"))
+    await until(lambda: backend.waiting == 1)
+    rest = [asyncio.ensure_future(service.pre_reboot("g", n)) for n in ("b", "c", "d")]
+    await asyncio.sleep(0.01)
+    assert backend.swaps == 1 and not any(t.done() for t in rest)
+    backend.gate.set()
+    assert await first is Outcome.GRANTED
+    assert await asyncio.gather(*rest) == [Outcome.GRANTED, Outcome.GRANTED, Outcome.FULL]
+    assert backend.swaps == 2, "the three that waited share one compare-and-set"
+    sem = await service.read("g")
+    assert sem is not None and [h.id for h in sem.holders] == ["a", "b", "c"]
+    assert not service._queues and not service._drainers
+
+
+async def test_a_lone_round_trip_cancelled_strands_nobody_behind_it() -> None:
+    """The request running its own round trip is cancelled (its handler, at shutdown):
+    the requests that queued behind it are still answered, and it is not applied."""
+    backend = GatedStore()
+    service = LockService(on(backend), GroupSettings(default_slots=3))
+    backend.gate.clear()
+    first = asyncio.ensure_future(service.pre_reboot("g", "a"))
+    await until(lambda: backend.waiting == 1)
+    rest = [asyncio.ensure_future(service.pre_reboot("g", n)) for n in ("b", "c")]
+    await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    backend.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*rest), 5) == [Outcome.GRANTED] * 2
+    sem = await service.read("g")
+    assert sem is not None and [h.id for h in sem.holders] == ["b", "c"]
+    assert not service._queues and not service._drainers
+
+
+async def test_a_leader_cancelled_before_its_round_trip_strands_nobody() -> None:
+    """Requests that joined an idle group's first request in the same loop iteration are
+    answered by one batch even if that first one is cancelled before its round trip."""
+    backend = GatedStore()
+    service = LockService(on(backend), GroupSettings(default_slots=3))
+    tasks = [asyncio.ensure_future(service.pre_reboot("g", n)) for n in ("a", "b", "c")]
+    await asyncio.sleep(0)  # each has queued; the first has not yet run its round trip
+    tasks[0].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1:] == [Outcome.GRANTED] * 2 and backend.swaps == 1
+    sem = await service.read("g")
+    assert sem is not None and [h.id for h in sem.holders] == ["b", "c"]
+    assert not service._queues and not service._drainers
+
+
+async def test_a_lone_request_to_a_hung_store_gets_503_and_is_never_applied() -> None:
+    backend = GatedStore()
+    service = LockService(on(backend), GroupSettings(default_slots=1), timeout=0.2)
+    backend.gate.clear()
+    with pytest.raises(LockdError) as err:
+        await service.pre_reboot("g", "a")
+    assert err.value.kind is Kind.backend_unavailable
+    backend.gate.set()
+    assert await service.pre_reboot("g", "b") is Outcome.GRANTED
+    assert not service._queues and not service._drainers
+
+
+class JitteredStore(MemoryBackend):
+    """A real memory store whose reads and swaps sometimes yield or take a little while,
+    so that lone round trips, joined batches and drain tasks all interleave."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self.rng = rng
+
+    async def _pause(self) -> None:
+        r = self.rng.random()
+        if r < 0.3:
+            await asyncio.sleep(0)
+        elif r < 0.4:
+            await asyncio.sleep(self.rng.random() * 0.002)
+
+    async def get(self, key: str) -> tuple[bytes | None, Version]:
+        await self._pause()
+        return await super().get(key)
+
+    async def compare_and_set(self, key: str, value: bytes, expected: Version) -> CasResult:
+        await self._pause()
+        return await super().compare_and_set(key, value, expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_no_request_is_stranded_whatever_is_cancelled(seed: int) -> None:
+    """Clients locking and releasing in few groups, some cancelled at random moments
+    (before, during and after their round trip): every request that is not cancelled is
+    answered, no group ever has more holders than slots, and nothing is left queued."""
+    rng = random.Random(seed)
+    service = LockService(on(JitteredStore(rng)), GroupSettings(default_slots=2), timeout=5)
+    answered = 0
+
+    async def client(group: str, node: str) -> None:
+        nonlocal answered
+        for _ in range(60):
+            op = service.pre_reboot if rng.random() < 0.5 else service.steady_state
+            task = asyncio.ensure_future(op(group, node))
+            if rng.random() < 0.1:
+                await asyncio.sleep(rng.choice([0, 0, 0.0005]))
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                # Far below the service's timeout: a stranded request fails here.
+                await asyncio.wait_for(asyncio.shield(task), 2.5)
+                answered += 1
+            sem = await service.read(group)
+            assert sem is None or len(sem.holders) <= 2
+
+    await asyncio.gather(*(client(f"g{i % 3}", f"n{i}") for i in range(12)))
+    await asyncio.sleep(0.01)
+    assert answered > 12 * 60 // 2
+    assert not service._queues and not service._drainers
