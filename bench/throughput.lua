@@ -1,7 +1,10 @@
 -- wrk script for bench/throughput.py: one hot path of the FleetLock protocol.
 -- Args: <mode> <group prefix>; mode is relock | refuse | cycle.
--- Run with as many threads as connections (-t N -c N): each thread then owns one
--- connection, so a "cycle" thread's grant and release reach the server in order.
+-- "cycle" needs as many threads as connections (-t N -c N): each thread then owns one
+-- connection, so a thread's grant and release reach the server in order. With fewer
+-- threads a thread's connections would share its group and its request() sequence, and a
+-- release could overtake its grant (bench/throughput.py refuses that); "relock" and
+-- "refuse" write nothing and may run with any number of threads.
 -- Headers are zincati's: fleet-lock-protocol and accept, no content-type, no user-agent.
 
 local next_tid = 0

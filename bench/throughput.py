@@ -1,7 +1,7 @@
 """Raw requests/s of lockd's hot paths on every backend, against a bare aiohttp ceiling.
 
     .venv/bin/python -m bench.throughput [--runs 3] [--duration 5] [--backends memory,sqlite]
-        [--workers 2] [--scenarios refuse]
+        [--workers 2] [--scenarios refuse] [--wrk-threads 1]
 
 For each run, and inside it for lockd on each backend (``memory://``, the default sqlite,
 ``redis://``, ``etcd://`` and, when asked for, ``etcd2://`` and ``redis+cluster://`` (three
@@ -29,9 +29,16 @@ A backend named with ``-noview`` (``--backends sqlite,sqlite-noview``) runs lock
 
 ``--workers N`` runs each backend but memory:// twice side by side, one worker and
 ``<backend>-wN`` (``lockd serve --workers N``), each on its own store server, and measures
-them back to back after the bare handler: the median ratio of the pairs is printed, with
-the CPU the lockd processes used (per request, and cores busy) and, on Redis, the Redis
-commands per request (INFO commandstats).
+them back to back after the bare handler and ``bare-wN``, the bare handler as N processes
+on one port (SO_REUSEPORT), the most N processes can do on this machine: the median of
+the pairs' ratios N/1 is printed for lockd and for the bare handler side by side. Each of
+these measurements also records CPU, per request and in cores busy: the server's (the
+processes that answer: the bare processes, lockd's one worker, or a supervisor's
+children), the supervisor's, the store server's, and wrk's own (the load generator shares
+the cores); on Redis, the Redis commands per request (INFO commandstats).
+
+``--wrk-threads T`` runs wrk with T threads for the connections (default one thread per
+connection); cycle needs one connection per thread and refuses fewer.
 
 Sharing the 2 cores: the server under test (and its redis-server or etcd) is pinned to
 CPU 0 and wrk to CPU 1 with taskset; ``--server-cpus``/``--load-cpus`` change that.
@@ -44,6 +51,7 @@ import importlib
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -93,7 +101,10 @@ def bare_app(refuse: bool = False) -> Any:
     return app
 
 
-def serve_bare(port: int, refuse: bool = False) -> None:
+def serve_bare(port: int, refuse: bool = False, reuse_port: bool = False) -> None:
+    """Serve ``bare_app`` on ``port``; ``reuse_port`` (SO_REUSEPORT) lets several such
+    processes share the port, the kernel spreading connections over them as it does over
+    lockd's workers."""
     from aiohttp import web
 
     try:
@@ -106,7 +117,7 @@ def serve_bare(port: int, refuse: bool = False) -> None:
     async def main() -> None:
         runner = web.AppRunner(bare_app(refuse), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", port, reuse_port=reuse_port or None).start()
         print(f"bare listening on http://127.0.0.1:{port}/", flush=True)
         while True:
             await __import__("asyncio").sleep(3600)
@@ -137,23 +148,47 @@ class Target:
 
 
 class Bare(Target):
-    name = "bare"
+    """The bare handler; ``processes`` > 1: that many processes on one port (SO_REUSEPORT),
+    named ``bare-wN``, the ceiling of ``lockd serve --workers N`` on this machine."""
 
-    def __init__(self, tmp: Path, cpus: str | None) -> None:
-        self.tmp, self.cpus = tmp, cpus
+    def __init__(self, tmp: Path, cpus: str | None, processes: int = 1) -> None:
+        self.tmp, self.cpus, self.processes = tmp, cpus, processes
+        self.name = "bare" if processes == 1 else f"bare-w{processes}"
+        self.procs: list[Any] = []
 
     def start(self) -> str:
-        from bench.procs import Proc, free_port, wait_for_port
+        from bench.procs import Proc, free_port
 
         port = free_port()
-        self.proc = Proc([sys.executable, "-m", "bench.throughput", "--serve-bare", str(port)],
-                         self.tmp / "bare.log", cwd=Path.cwd()).start()
-        wait_for_port(port, proc=self.proc.proc)
-        pin(self.proc.pid, self.cpus)
-        return f"http://127.0.0.1:{port}"
+        argv = [sys.executable, "-m", "bench.throughput", "--serve-bare", str(port)]
+        if self.processes > 1:
+            argv.append("--reuse-port")
+        for i in range(self.processes):
+            proc = Proc(argv, self.tmp / f"{self.name}-{i}.log", cwd=Path.cwd()).start()
+            self.procs.append(proc)
+            # Each one's own line, not a connection: once one listens, the port answers.
+            _wait_for_line(proc, "bare listening on ")
+            pin(proc.pid, self.cpus)
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
 
     def stop(self) -> None:
-        self.proc.stop()
+        for proc in self.procs:
+            proc.stop()
+
+
+def _wait_for_line(proc: Any, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.output():
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.proc.returncode}: {proc.output()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {text!r} after {timeout}s: {proc.output()[-2000:]}")
+        time.sleep(0.05)
 
 
 class LockdTarget(Target):
@@ -245,6 +280,9 @@ class Sample:
     p50_ms: float | None
     p99_ms: float | None
     errors: int = 0
+    #: CPU seconds wrk itself used (user + system), and the wall time of its run
+    load_cpu_s: float | None = None
+    wall_s: float | None = None
 
 
 def _ms(text: str) -> float:
@@ -268,18 +306,29 @@ def parse_wrk(out: str) -> Sample:
 
 
 def wrk(url: str, mode: str, prefix: str, seconds: float, conns: int,
-        cpus: str | None, script: Path = LUA, extra: tuple[str, ...] = ()) -> Sample:
+        cpus: str | None, script: Path = LUA, extra: tuple[str, ...] = (),
+        threads: int | None = None) -> Sample:
     """One wrk run of ``script`` (default bench/throughput.lua) with the arguments
-    ``mode prefix *extra``."""
+    ``mode prefix *extra``; ``threads`` wrk threads (default: one per connection).
+
+    The sample carries wrk's own CPU time: the growth of this process's RUSAGE_CHILDREN
+    over the run, which is wrk's alone (taskset execs it; nothing else is reaped meanwhile).
+    """
     # wrk takes whole seconds only.
-    argv = ["wrk", "-t", str(conns), "-c", str(conns), "-d", f"{max(1, round(seconds))}s",
+    argv = ["wrk", "-t", str(threads or conns), "-c", str(conns),
+            "-d", f"{max(1, round(seconds))}s",
             "--latency", "-s", str(script), url, "--", mode, prefix, *extra]
     if cpus and shutil.which("taskset"):
         argv = ["taskset", "-c", cpus, *argv]
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     run = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    wall, after = time.monotonic() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode != 0:
         raise RuntimeError(f"wrk failed: {run.stderr or run.stdout}")
-    return parse_wrk(run.stdout)
+    sample = parse_wrk(run.stdout)
+    sample.load_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    sample.wall_s = wall
+    return sample
 
 
 def post(url: str, op: str, id_: str, group: str) -> int:
@@ -294,10 +343,11 @@ def post(url: str, op: str, id_: str, group: str) -> int:
 
 
 def expected_ok(mode: str, target: str, s: Sample) -> bool:
-    """relock and cycle answer 200 only; refuse answers 423 only (the bare handler: 200)."""
+    """relock and cycle answer 200 only; refuse answers 423 only (the bare handler, in one
+    process or N: 200)."""
     if s.errors:
         return False
-    if mode == "refuse" and target != "bare":
+    if mode == "refuse" and not re.fullmatch(r"bare(-w\d+)?", target):
         return s.non2xx == s.requests
     return s.non2xx == 0
 
@@ -314,8 +364,13 @@ class Results:
     worker_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: with --workers on Redis: Redis commands per request, per mode, per run
     store_commands: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
-    #: with --workers: CPU the target's lockd processes used, per request and in cores
-    lockd_cpu: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
+    #: with --workers: ``bare-wN`` requests/s over the one-process bare handler measured
+    #: just before it, per backend (the pair taken before that backend's lockd pair)
+    bare_worker_ratios: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: with --workers: per target, mode and run, the CPU of the server (``server``: the
+    #: processes that answer, a supervisor's children; ``supervisor``; ``store``: its
+    #: redis-server or etcd) and of wrk (``load``), each as us per request and cores busy
+    cpu: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
 
 
 def _report(res: Results, run: int, runs: int, name: str, mode: str, s: Sample) -> None:
@@ -342,36 +397,92 @@ def measure(a: argparse.Namespace) -> Results:
 
     The bare server stays up (idle, on the same CPU) for the whole run, so the ratio of a
     pair compares two measurements seconds apart: load from other processes on a shared
-    machine moves both, and the ratio much less than either.
+    machine moves both, and the ratio much less than either. With ``--workers N`` the bare
+    handler as N processes on one port (``bare-wN``) stays up beside it.
     """
     res = Results()
     for run in range(1, a.runs + 1):
         with tempfile.TemporaryDirectory(prefix="lockd-bench-bare-") as bare_tmp:
             bare = Bare(Path(bare_tmp), a.server_cpus)
-            bare_url = bare.start()
+            bare_n = Bare(Path(bare_tmp), a.server_cpus, a.workers) if a.workers > 1 else None
             try:
+                bare_url = bare.start()
                 prefix = f"b{run}x{int(time.time()) % 100000}-"
                 _prepare(bare_url, prefix, "bare")
-                wrk(bare_url, "relock", prefix, a.warmup, a.connections, a.load_cpus)
+                wrk(bare_url, "relock", prefix, a.warmup, a.connections, a.load_cpus,
+                    threads=a.wrk_threads)
+                if bare_n is not None:
+                    wrk(bare_n.start(), "relock", prefix, a.warmup, a.connections,
+                        a.load_cpus, threads=a.wrk_threads)
                 rows = [(name, None, ()) for name in a.targets if name != "bare"]
                 for name, tree, extra in rows + a.extra_rows:
                     if not available(name):
                         print(f"{name}: backend not available", flush=True)
                         continue
-                    if a.workers > 1 and name.removesuffix("-noview") != "memory" \
+                    if bare_n is not None and name.removesuffix("-noview") != "memory" \
                             and tree is None and not extra:  # memory:// takes one worker
-                        _measure_workers(a, res, run, name, bare_url, prefix)
+                        _measure_workers(a, res, run, name, bare, bare_n, prefix)
                     else:
                         _measure_backend(a, res, run, name, bare_url, prefix, extra, tree)
             finally:
+                if bare_n is not None:
+                    bare_n.stop()
                 bare.stop()
     return res
 
 
+def measure_cpu(a: argparse.Namespace, url: str, mode: str, prefix: str,
+                groups: dict[str, list[int]]) -> tuple[Sample, dict[str, float]]:
+    """One wrk run, with the CPU each group of processes (``server``, ``supervisor``,
+    ``store``) and wrk (``load``) used over it: us per request and cores busy."""
+    before = {k: cpu_seconds(pids) for k, pids in groups.items()}
+    s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus, threads=a.wrk_threads)
+    used = {k: cpu_seconds(pids) - before[k] for k, pids in groups.items()}
+    used["load"] = s.load_cpu_s or 0.0
+    wall = s.wall_s or a.duration
+    cpu: dict[str, float] = {}
+    for k, seconds in used.items():
+        cpu[f"{k}_us_per_request"] = 1e6 * seconds / max(1, s.requests)
+        cpu[f"{k}_cores"] = seconds / wall
+    return s, cpu
+
+
+def cpu_line(name: str, cpu: dict[str, float]) -> str:
+    parts = [f"{k}: {cpu[k + '_us_per_request']:.0f} us/request, {cpu[k + '_cores']:.2f} cores"
+             for k in ("server", "supervisor", "store", "load") if k + "_cores" in cpu]
+    return f"           {name:<13} CPU " + "; ".join(parts).replace("load:", "wrk:")
+
+
+def _measure_cpu_and_report(a: argparse.Namespace, res: Results, run: int, name: str,
+                            url: str, mode: str, prefix: str,
+                            groups: dict[str, list[int]]) -> Sample:
+    s, cpu = measure_cpu(a, url, mode, prefix, groups)
+    _report(res, run, a.runs, name, mode, s)
+    print(cpu_line(name, cpu), flush=True)
+    res.cpu.setdefault(name, {}).setdefault(mode, []).append(cpu)
+    return s
+
+
+def lockd_groups(target: LockdTarget) -> dict[str, list[int]]:
+    """The processes of a lockd target by role: one worker is ``server``; with
+    ``--workers N`` the supervisor's children are ``server`` and it is ``supervisor``."""
+    pid = target.lockd.proc.pid
+    groups = {"server": process_tree(pid)}
+    if target.workers > 1:
+        groups = {"server": groups["server"][1:], "supervisor": [pid]}
+    store = getattr(target.store, "proc", None)
+    if store is not None:
+        groups["store"] = [store.pid]
+    elif target.store is not None and hasattr(target.store, "nodes"):
+        groups["store"] = [node.proc.pid for node in target.store.nodes]
+    return groups
+
+
 def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
-                     bare_url: str, prefix: str) -> None:
+                     bare: Bare, bare_n: Bare, prefix: str) -> None:
     """One worker and ``--workers N`` side by side (each on its own store server), measured
-    back to back after the bare handler: the ratio of a pair is seconds apart."""
+    back to back after the bare handler and the bare handler as N processes: each N/1
+    ratio is of two measurements seconds apart."""
     with tempfile.TemporaryDirectory(prefix=f"lockd-bench-{name}-") as tmp:
         targets = [LockdTarget(name, Path(tmp), a.server_cpus),
                    LockdTarget(name, Path(tmp), a.server_cpus, workers=a.workers)]
@@ -382,23 +493,22 @@ def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
                 urls.append(target.start())
                 started.append(target)
                 _prepare(urls[-1], prefix, target.name)
-                wrk(urls[-1], "relock", prefix, a.warmup, a.connections, a.load_cpus)
+                wrk(urls[-1], "relock", prefix, a.warmup, a.connections, a.load_cpus,
+                    threads=a.wrk_threads)
             for mode in a.scenarios:
-                b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus)
-                _report(res, run, a.runs, "bare", mode, b)
+                b = _measure_cpu_and_report(a, res, run, "bare", bare.url, mode, prefix,
+                                            {"server": bare.pids})
+                bn = _measure_cpu_and_report(a, res, run, bare_n.name, bare_n.url, mode,
+                                             prefix, {"server": bare_n.pids})
+                res.bare_worker_ratios.setdefault(name, {}).setdefault(mode, []).append(
+                    bn.rps / b.rps)
+                res.ratios.setdefault(bare_n.name, {}).setdefault(mode, []).append(
+                    bn.rps / b.rps)
                 pair = []
                 for target, url in zip(targets, urls, strict=True):
                     before = store_commands(target)
-                    procs = process_tree(target.lockd.proc.pid)
-                    cpu0 = cpu_seconds(procs)
-                    s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
-                    _report(res, run, a.runs, target.name, mode, s)
-                    used = cpu_seconds(procs) - cpu0  # every lockd process of the target
-                    print(f"           {target.name:<13} lockd CPU {1e6 * used / s.requests:.0f} "
-                          f"us/request, {used / a.duration:.2f} cores busy", flush=True)
-                    res.lockd_cpu.setdefault(target.name, {}).setdefault(mode, []).append(
-                        {"us_per_request": 1e6 * used / s.requests,
-                         "cores": used / a.duration})
+                    s = _measure_cpu_and_report(a, res, run, target.name, url, mode, prefix,
+                                                lockd_groups(target))
                     if before is not None:  # how many requests share one store command
                         after = store_commands(target) or {}
                         per = {k: round((after[k] - before.get(k, 0)) / s.requests, 3)
@@ -417,6 +527,22 @@ def _measure_workers(a: argparse.Namespace, res: Results, run: int, name: str,
         finally:
             for target in started:
                 target.stop()
+
+
+def worker_summary(res: Results, workers: int) -> list[str]:
+    """Per backend and mode: lockd's N/1 beside the bare handler's N/1 in the same runs."""
+    lines = []
+    for name, by_mode in res.worker_ratios.items():
+        backend = name.rsplit(f"-w{workers}", 1)[0]
+        for mode, ratios in by_mode.items():
+            bare = res.bare_worker_ratios.get(backend, {}).get(mode, [])
+            line = (f"{name} {mode}: {statistics.median(ratios):.2f}x one worker (median of "
+                    f"{', '.join(f'{r:.2f}' for r in ratios)})")
+            if bare:
+                line += (f"; bare-w{workers}: {statistics.median(bare):.2f}x one bare process "
+                         f"(median of {', '.join(f'{r:.2f}' for r in bare)})")
+            lines.append(line)
+    return lines
 
 
 def process_tree(pid: int) -> list[int]:
@@ -462,11 +588,14 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, backend: str
             return
         try:
             _prepare(url, prefix, name)
-            wrk(url, "relock", prefix, a.warmup, a.connections, a.load_cpus)
+            wrk(url, "relock", prefix, a.warmup, a.connections, a.load_cpus,
+                threads=a.wrk_threads)
             for mode in a.scenarios:
-                b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus)
+                b = wrk(bare_url, mode, prefix, a.duration, a.connections, a.load_cpus,
+                        threads=a.wrk_threads)
                 _report(res, run, a.runs, "bare", mode, b)
-                s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus)
+                s = wrk(url, mode, prefix, a.duration, a.connections, a.load_cpus,
+                        threads=a.wrk_threads)
                 _report(res, run, a.runs, name, mode, s)
                 res.ratios.setdefault(name, {}).setdefault(mode, []).append(s.rps / b.rps)
                 if name == "etcd" and mode == "cycle":
@@ -518,12 +647,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="only serve the bare handler on this port (no measuring)")
     p.add_argument("--refuse", action="store_true",
                    help="with --serve-bare: answer every request 423 (a storm that never ends)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="with --serve-bare: listen with SO_REUSEPORT (several processes on "
+                        "one port)")
     p.add_argument("--runs", type=int, default=3, help="repeat everything; medians reported")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     p.add_argument("--warmup", type=float, default=1.0,
                    help="seconds of warm-up per target (whole seconds)")
-    p.add_argument("--connections", type=int, default=16,
-                   help="wrk threads = connections (one connection per thread)")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections")
+    p.add_argument("--wrk-threads", type=int, default=None, metavar="T",
+                   help="wrk threads (default: one per connection); fewer than the "
+                        "connections only without the cycle scenario")
     p.add_argument("--backends", default="memory,sqlite,redis,etcd",
                    help="comma-separated subset of memory,sqlite,redis,redis-cluster,etcd,"
                         "etcd2, each also as NAME-noview")
@@ -542,8 +676,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=Path("bench/out/throughput.json"))
     a = p.parse_args(argv)
     if a.serve_bare:
-        serve_bare(a.serve_bare, a.refuse)
+        serve_bare(a.serve_bare, a.refuse, a.reuse_port)
         return 0
+    a.scenarios = [m.strip() for m in a.scenarios.split(",") if m.strip() in SCENARIOS]
+    threads = a.wrk_threads
+    if threads is not None and not 1 <= threads <= a.connections:
+        p.error(f"--wrk-threads must be 1..{a.connections} (the connections)")
+    if threads is not None and threads < a.connections and "cycle" in a.scenarios:
+        # bench/throughput.lua: a thread's connections would share its one group, and a
+        # grant and its release could then reach the server out of order.
+        p.error("--wrk-threads fewer than --connections cannot measure cycle "
+                "(--scenarios relock,refuse)")
     if not shutil.which("wrk"):
         print("bench.throughput needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -558,9 +701,8 @@ def main(argv: list[str] | None = None) -> int:
         if tree and not (Path(tree) / "lockd" / "__main__.py").is_file():
             p.error(f"--extra-row: {tree} has no lockd package")
         a.extra_rows.append((name, Path(tree) if tree else None, tuple(row.split()[1:])))
-    a.scenarios = [m.strip() for m in a.scenarios.split(",") if m.strip() in SCENARIOS]
     print(f"throughput: {a.runs} run(s) x {a.duration:g}s per measurement, wrk "
-          f"-t{a.connections} -c{a.connections}; server on CPU {a.server_cpus}, "
+          f"-t{a.wrk_threads or a.connections} -c{a.connections}; server on CPU {a.server_cpus}, "
           f"wrk on CPU {a.load_cpus}", flush=True)
     res = measure(a)
     print()
@@ -570,20 +712,20 @@ def main(argv: list[str] | None = None) -> int:
     if res.raw_ratios:
         print(f"etcd: lockd's grant+release requests/s = {statistics.median(res.raw_ratios):.2f}"
               f" of the raw gateway compare-and-set rate (each such request is one transaction)")
-    for name, by_mode in res.worker_ratios.items():
-        for mode, ratios in by_mode.items():
-            print(f"{name} {mode}: {statistics.median(ratios):.2f}x one worker (median of "
-                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
+    for line in worker_summary(res, a.workers):
+        print(line)
     for line in res.anomalies:
         print("ANOMALY " + line)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps({
         "runs": a.runs, "duration_s": a.duration, "connections": a.connections,
+        "wrk_threads": a.wrk_threads or a.connections, "workers": a.workers,
         "server_cpus": a.server_cpus, "load_cpus": a.load_cpus,
         "samples": {n: {m: [s.__dict__ for s in ss] for m, ss in bm.items()}
                     for n, bm in res.samples.items()},
         "ratios": res.ratios, "worker_ratios": res.worker_ratios,
-        "store_commands": res.store_commands, "lockd_cpu": res.lockd_cpu,
+        "store_commands": res.store_commands, "cpu": res.cpu,
+        "bare_worker_ratios": res.bare_worker_ratios,
         "anomalies": res.anomalies, "etcd_raw_ratios": res.raw_ratios,
     }, indent=2))
     return 1 if res.anomalies else 0
