@@ -336,3 +336,12 @@ def test_grants_and_releases_keep_every_other_field() -> None:
     released, outcome = unlock(granted, "a")
     assert outcome is Outcome.RELEASED
     assert released == replace(granted, holders=(Holder("b", 10.0, 5),), free_counter=2)
+
+
+def test_the_native_layout_knows_every_policy_field() -> None:
+    """NativeLayout.encode tells an empty policy state by its fields, not by building
+    PolicyState() to compare: a new field must be added there (and to the encoding)."""
+    assert [f.name for f in fields(PolicyState)] == ["releases", "reboots", "stale_reported"], (
+        "a new PolicyState field: test it in NativeLayout.encode and encode it, then update"
+        " this list"
+    )
