@@ -32,6 +32,9 @@ UNCHANGED = frozenset({
     Outcome.FULL, Outcome.PAUSED, Outcome.OUTSIDE_WINDOW, Outcome.COOLDOWN,
     Outcome.GATE_CLOSED, Outcome.GATE_UNREACHABLE, Outcome.ALREADY_HELD, Outcome.NOT_HELD,
 })
+#: The same, by value: a str hashes in C, an Enum member in Python (Enum.__hash__), and this
+#: is asked on every decision (issue #15).
+_UNCHANGED_VALUES = frozenset(o._value_ for o in UNCHANGED)
 #: The FleetLock actions whose unchanged answers are summarised (operator actions never).
 POLLS = frozenset({"pre-reboot", "steady-state"})
 #: Nodes remembered (per process) with the unchanged answer they last got: about 600 bytes
@@ -112,7 +115,7 @@ class DecisionLog:
             self.summarise()  # the timer did not run (no loop, or a busy one)
         waited = None
         if d.id is not None and d.outcome is not None and not self.every_decision:
-            if d.outcome in UNCHANGED and d.action in POLLS:
+            if d.outcome._value_ in _UNCHANGED_VALUES and d.action in POLLS:
                 if self._repeat(d, now):
                     return
             elif d.outcome is Outcome.GRANTED or d.outcome is Outcome.RELEASED:
@@ -125,13 +128,15 @@ class DecisionLog:
     def _repeat(self, d: Decision, now: float) -> bool:
         """Count an unchanged answer; True if it was given to this node before (no line)."""
         assert d.id is not None and d.outcome is not None
+        outcome = d.outcome
         key = (d.group, d.id)
-        answer = (d.action, d.outcome)
+        answer = (d.action, outcome)
         tally = self._tallies.get(d.group)
         if tally is None:
             tally = self._tallies[d.group] = _Tally()
         tally.count += 1
-        tally.outcomes[d.outcome.value] += 1
+        # _value_: what Enum's (Python-level) value property returns.
+        tally.outcomes[outcome._value_] += 1
         if self._period_started is None:
             self._start_period(now)
         seen = self._seen.get(key)

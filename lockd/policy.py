@@ -290,17 +290,22 @@ def changes(
 # Refusals
 
 
+#: The answer to "full", the same for every group and node, so built once (a storm answers
+#: it thousands of times a second, issue #15). Shared: never raise it (raising would attach
+#: the raiser's traceback to it) and never change it; answer it (lockd.frontend.refused).
+FULL = LockdError(
+    Kind.failed_lock_semaphore_full,
+    "semaphore currently full, all slots are locked already",  # the protocol's own text
+)
+
+
 def refusal(
     outcome: Outcome, group: str, sem: Semaphore | None, now: float, policy: GroupPolicy,
     gate: GateVerdict | None = None,
 ) -> LockdError:
     """The ``{kind, value}`` a FleetLock client gets for a refused pre-reboot."""
     if outcome is Outcome.FULL:
-        # The protocol's own example text.
-        return LockdError(
-            Kind.failed_lock_semaphore_full,
-            "semaphore currently full, all slots are locked already",
-        )
+        return FULL
     if outcome is Outcome.PAUSED:
         return LockdError(
             Kind.failed_lock_group_paused,

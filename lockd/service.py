@@ -148,7 +148,22 @@ def view_may_refuse(outcome: Outcome) -> bool:
     Anything that may answer 200 decides on the store's current value (a stale "you still
     hold it" would let a force-unlocked node reboot without a slot), and so does
     GATE_PENDING, which would go on to a grant."""
-    return not outcome.ok and outcome is not Outcome.GATE_PENDING
+    # "full" first, by identity: Outcome.ok hashes an Enum in Python, on every refusal.
+    return outcome is Outcome.FULL or (not outcome.ok and outcome is not Outcome.GATE_PENDING)
+
+
+def verdict_keeps(outcome: Outcome, policy: GroupPolicy) -> bool:
+    """Whether a refusal decided on a view entry is the answer of every other non-holder
+    on that same entry for as long as it is trusted, whatever the clock says: "full" and
+    "paused" (:func:`lockd.policy.lock` decides them from the state alone) under a policy
+    whose answer cannot move with time. Expiry can free a slot at any moment, and a reboot
+    window can close on "full" (which then becomes "outside the window"); a cooldown or a
+    gate is never reached before "full" or "paused"."""
+    return (
+        (outcome is Outcome.FULL or outcome is Outcome.PAUSED)
+        and policy.expire_after is None
+        and not policy.windows
+    )
 
 
 def settle(batch: list[Pending], results: list[Result | LockdError]) -> None:
@@ -313,24 +328,38 @@ class LockService:
     ) -> tuple[Semaphore, Outcome] | None:
         """A pre-reboot decided on the group's view entry, if one is trusted (lockd.view)
         and the decision writes nothing; else None. Whether it may be the answer is
-        :func:`view_may_refuse`'s to say. Before the group's queue: it waits for nothing."""
+        :func:`view_may_refuse`'s to say. Before the group's queue: it waits for nothing.
+
+        A refusal that :func:`verdict_keeps` is kept with the entry and given again to
+        every other non-holder without running the policy (a storm's thousands of "full"
+        on one unchanged value, issue #15). The entry is replaced whenever its key
+        changes, and the verdict is kept only for the very policy object it came from."""
         assert self.view is not None
-        entry = self.view.lookup(self.layout.key(group))
+        key = self.layout.key(group)
+        entry = self.view.lookup(key)
         if entry is None:
             return None
         stored = entry.decoded
         if stored is None:
             try:
                 stored = Semaphore.new(slots) if entry.raw is None else \
-                    self._stored(group, self.layout.key(group), entry.raw)
+                    self._stored(group, key, entry.raw)
             except LockdError:
                 return None  # the store path says so, with its own error
             entry.decoded = stored
-        current = self.configured_state(group, stored, slots)
-        after, outcome = policies.lock(current, id, now, policy, verdict)
+        # "is": configuration that changes nothing returns the very state it was given,
+        # and a decision on a changed state writes (the store decides it).
+        if self.configured_state(group, stored, slots) is not stored:
+            return None
+        kept = entry.verdict
+        if kept is not None and kept[0] is policy and stored.holder(id) is None:
+            return stored, kept[1]
+        after, outcome = policies.lock(stored, id, now, policy, verdict)
         # "is": a transition that changes nothing returns the very state it was given.
         if after is not stored:
             return None
+        if verdict_keeps(outcome, policy):
+            entry.verdict = (policy, outcome)
         return after, outcome
 
     def refusal(self, group: str, answer: Answer) -> LockdError:

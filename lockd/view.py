@@ -56,6 +56,9 @@ class Entry:
     filled: float  # when the read that filled it started
     #: The decoded value, cached by the service (decoding is the dearest part of a hit).
     decoded: Any = None
+    #: (policy, outcome): the refusal every non-holder gets on this value, kept by the
+    #: service (lockd.service.verdict_keeps); gone with the entry when its key changes.
+    verdict: Any = None
 
 
 # The trust rules.

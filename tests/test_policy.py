@@ -211,8 +211,11 @@ def test_refusals_are_423_with_their_own_kinds() -> None:
                          GateVerdict("unreachable", "prom", "prometheus cannot be reached"))
     assert err.kind is Kind.failed_lock_gate_unreachable and "prom" in err.value
     assert {e.status for e in (err,)} == {423}
-    assert policy.refusal(Outcome.FULL, "w", None, now, w).value == \
-        "semaphore currently full, all slots are locked already"
+    full = policy.refusal(Outcome.FULL, "w", None, now, w)
+    assert full.value == "semaphore currently full, all slots are locked already"
+    assert (full.kind, full.headers) == (Kind.failed_lock_semaphore_full, None)
+    # Built once: the same answer for every group and node (lockd.policy.FULL).
+    assert policy.refusal(Outcome.FULL, "other", None, now + 1, GroupPolicy()) is full
 
 
 @pytest.mark.parametrize("layout", [NativeLayout(), AirlockLayout()])

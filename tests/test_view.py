@@ -18,7 +18,7 @@ from lockd.backends.memory import MemoryBackend
 from lockd.groups import GroupSettings
 from lockd.layouts import NativeLayout
 from lockd.semaphore import Outcome
-from lockd.service import LockService, view_may_refuse
+from lockd.service import LockService, verdict_keeps, view_may_refuse
 from lockd.store import Store
 from lockd.view import (
     View,
@@ -262,6 +262,205 @@ async def test_refusals_from_the_view_are_decisions_like_any_other() -> None:
     assert [(d.outcome, d.attempts) for d in seen] == [
         (Outcome.GRANTED, 1), (Outcome.FULL, 0), (Outcome.FULL, 0)]
     assert (view.hits, view.misses) == (2, 1)
+
+
+# The refusal kept with a view entry (lockd.service.verdict_keeps): every change that can
+# move a non-holder's answer must reach it. Each scenario is run as is, and again with the
+# cache broken in one way (below), where it must fail.
+
+
+def test_verdict_keeps_only_what_time_cannot_move() -> None:
+    from lockd.policy import GroupPolicy
+    from lockd.windows import Schedule, Window
+
+    plain = GroupPolicy(cooldown=60.0, gates=("hook",))
+    assert verdict_keeps(Outcome.FULL, plain) and verdict_keeps(Outcome.PAUSED, plain)
+    for outcome in (Outcome.OUTSIDE_WINDOW, Outcome.COOLDOWN, Outcome.GATE_CLOSED,
+                    Outcome.GATE_UNREACHABLE, Outcome.GATE_PENDING, Outcome.ALREADY_HELD,
+                    Outcome.GRANTED):
+        assert not verdict_keeps(outcome, plain), outcome
+    windowed = GroupPolicy(windows=Schedule((Window(tuple(range(7)), 0, 3600),)))
+    assert not verdict_keeps(Outcome.FULL, windowed)
+    assert not verdict_keeps(Outcome.FULL, GroupPolicy(expire_after=60.0))
+    assert not verdict_keeps(Outcome.PAUSED, GroupPolicy(expire_after=60.0))
+
+
+async def kept_then_released() -> None:
+    """A release (and then a new holder) replaces the entry: the kept "full" goes."""
+    backend = MemoryBackend()
+    view = View()
+    service = LockService(Store(backend, LAYOUT), GroupSettings(default_slots=1), view=view)
+    async with following(backend, view):
+        assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        assert await service.pre_reboot("c", "x") is Outcome.GRANTED  # another group
+        hits = view.hits
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        assert view.hits == hits + 1  # from the view, on the kept verdict
+        entry = view.lookup(LAYOUT.key("g"))
+        assert entry is not None and entry.verdict == (service.policy_for("g"), Outcome.FULL)
+        assert await service.steady_state("g", "a") is Outcome.RELEASED
+        assert await service.pre_reboot("g", "b") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "a") is Outcome.FULL
+
+
+async def kept_but_not_for_a_holder() -> None:
+    backend = MemoryBackend()
+    view = View()
+    service = LockService(Store(backend, LAYOUT), GroupSettings(default_slots=1), view=view)
+    async with following(backend, view):
+        assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        assert await service.pre_reboot("g", "a") is Outcome.ALREADY_HELD
+
+
+async def kept_until_resumed() -> None:
+    backend = MemoryBackend()
+    view = View()
+    service = LockService(Store(backend, LAYOUT), GroupSettings(default_slots=2), view=view)
+    async with following(backend, view):
+        assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+        await service.set_paused("g", True)
+        assert await service.pre_reboot("g", "b") is Outcome.PAUSED
+        assert await service.pre_reboot("g", "b") is Outcome.PAUSED
+        await service.set_paused("g", False)
+        assert await service.pre_reboot("g", "b") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "c") is Outcome.FULL
+
+
+async def window_closes_on_full() -> None:
+    """"full" inside a window becomes "outside the window" when it closes, on one
+    unchanged and trusted entry (the view's clock stands still)."""
+    from lockd.policy import GroupPolicy
+    from lockd.windows import Schedule, Window
+
+    backend = MemoryBackend()
+    view = View(clock=Clock())
+    clock = Clock()
+    clock.now = 0.0  # Thursday 00:00 UTC, in the daily window 00:00-01:00
+    policy = GroupPolicy(windows=Schedule((Window(tuple(range(7)), 0, 3600),)))
+    service = LockService(Store(backend, LAYOUT),
+                          GroupSettings(default_slots=1, policy=policy), view=view,
+                          clock=clock)
+    async with following(backend, view):
+        assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        clock.now = 3600.0
+        hits = view.hits
+        assert await service.pre_reboot("g", "b") is Outcome.OUTSIDE_WINDOW
+        assert view.hits == hits + 1  # still the view's answer, decided again
+
+
+async def holder_expires() -> None:
+    """With expire_after, the clock alone frees a slot: "full" is decided every time."""
+    from lockd.policy import GroupPolicy
+
+    backend = MemoryBackend()
+    view = View(clock=Clock())
+    clock = Clock()
+    policy = GroupPolicy(expire_after=60.0)
+    service = LockService(Store(backend, LAYOUT),
+                          GroupSettings(default_slots=1, policy=policy), view=view,
+                          clock=clock)
+    async with following(backend, view):
+        assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        clock.now += 60.0
+        assert await service.pre_reboot("g", "b") is Outcome.GRANTED
+
+
+async def policy_reloaded() -> None:
+    """A reload that gives the group a closed window: the verdict kept under the old policy
+    is not the new one's."""
+    from lockd.policy import GroupPolicy
+    from lockd.windows import Schedule, Window
+
+    backend = MemoryBackend()
+    view = View(clock=Clock())
+    clock = Clock()
+    clock.now = 7200.0  # 02:00 UTC: outside the daily window 00:00-01:00
+    service = LockService(Store(backend, LAYOUT), GroupSettings(default_slots=1), view=view,
+                          clock=clock)
+    async with following(backend, view):
+        assert await service.pre_reboot("g", "a") is Outcome.GRANTED
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        assert await service.pre_reboot("g", "b") is Outcome.FULL
+        policy = GroupPolicy(windows=Schedule((Window(tuple(range(7)), 0, 3600),)))
+        service.reconfigure(GroupSettings(default_slots=1, policy=policy))
+        assert await service.pre_reboot("g", "b") is Outcome.OUTSIDE_WINDOW
+
+
+KEPT_SCENARIOS = [kept_then_released, kept_but_not_for_a_holder, kept_until_resumed,
+                  window_closes_on_full, holder_expires, policy_reloaded]
+
+
+@pytest.mark.parametrize("scenario", KEPT_SCENARIOS, ids=lambda f: f.__name__)
+async def test_the_kept_verdict_follows_every_change(scenario) -> None:  # type: ignore[no-untyped-def]
+    await scenario()
+
+
+def _keep_across_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken: the verdict is kept per key, not per entry (it outlives a change)."""
+    lookup = View.lookup
+    kept: dict[str, object] = {}
+
+    def keeping(self, key):  # type: ignore[no-untyped-def]
+        entry = lookup(self, key)
+        if entry is not None:
+            if entry.verdict is None:
+                entry.verdict = kept.get(key)
+            kept[key] = entry.verdict
+        return entry
+    monkeypatch.setattr(View, "lookup", keeping)
+
+
+def _keep_for_anyone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken: the verdict is given to holders too."""
+    decide = service_module.LockService._decide_on_view
+
+    def anyone(self, group, id, slots, now, policy, verdict):  # type: ignore[no-untyped-def]
+        entry = self.view.lookup(self.layout.key(group))
+        if entry is not None and entry.verdict is not None and entry.verdict[0] is policy:
+            return entry.decoded, entry.verdict[1]
+        return decide(self, group, id, slots, now, policy, verdict)
+    monkeypatch.setattr(service_module.LockService, "_decide_on_view", anyone)
+
+
+def _keep_whatever_time_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken: every refusal is kept, whatever the policy."""
+    monkeypatch.setattr(service_module, "verdict_keeps",
+                        lambda outcome, policy: view_may_refuse(outcome))
+
+
+def _keep_under_any_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broken: the verdict is given under a policy other than its own."""
+    decide = service_module.LockService._decide_on_view
+
+    def any_policy(self, group, id, slots, now, policy, verdict):  # type: ignore[no-untyped-def]
+        entry = self.view._entries.get(self.layout.key(group))
+        if entry is not None and entry.verdict is not None:
+            entry.verdict = (policy, entry.verdict[1])
+        return decide(self, group, id, slots, now, policy, verdict)
+    monkeypatch.setattr(service_module.LockService, "_decide_on_view", any_policy)
+
+
+@pytest.mark.parametrize(("break_it", "scenario"), [
+    (_keep_across_fills, kept_then_released),
+    (_keep_across_fills, kept_until_resumed),
+    (_keep_for_anyone, kept_but_not_for_a_holder),
+    (_keep_whatever_time_says, window_closes_on_full),
+    (_keep_whatever_time_says, holder_expires),
+    (_keep_under_any_policy, policy_reloaded),
+], ids=lambda f: f.__name__)
+async def test_the_kept_verdict_scenarios_catch_a_broken_cache(  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, break_it, scenario,
+) -> None:
+    break_it(monkeypatch)
+    with pytest.raises(AssertionError):
+        await scenario()
 
 
 # The model: several processes, views that lag, drop and reorder notifications.
