@@ -8,6 +8,7 @@ stopped by its PID (SIGTERM, then SIGKILL). No pytest here: the benchmark venv h
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -34,8 +35,40 @@ def find_binary(name: str, package: str) -> str:
     return path
 
 
+#: Ports free_port has handed out in this process: never handed out twice.
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port nothing listens on, for a server about to be started on it.
+
+    Picked below the kernel's ephemeral range, not with ``bind(0)``: a port from that range
+    can be taken again, between this call and the server's own bind, as the source port of
+    any outgoing connection (a CI run lost a Redis Cluster node to a port taken in that
+    gap: "bind: Address already in use"). Hand-written: the stdlib has no such call.
+    """
+    low = 10000
+    high = min(_ephemeral_range()[0], 65536) - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: the kernel's pick, as before
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -1,0 +1,44 @@
+"""bench.procs.free_port: ports for the servers the tests and benchmarks start."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+from bench.procs import _ephemeral_range, free_port
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:
+    low, _ = _ephemeral_range()
+    ports = [free_port() for _ in range(100)]
+    assert len(set(ports)) == len(ports)
+    # Below the range that outgoing connections take their source ports from.
+    assert all(1024 < p < low for p in ports)
+    for p in ports[:10]:  # and free: each can be listened on
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+            s.listen()
+
+
+def test_a_port_in_use_is_not_handed_out() -> None:
+    """900 listeners spread over the range by this test, not by free_port: 500 picks would
+    land on about 20 of them without free_port's own bind check."""
+    low, _ = _ephemeral_range()
+    taken: list[socket.socket] = []
+    try:
+        for port in random.Random(7).sample(range(10000, low), 2000):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            s.listen()
+            taken.append(s)
+            if len(taken) == 900:
+                break
+        in_use = {s.getsockname()[1] for s in taken}
+        assert not {free_port() for _ in range(500)} & in_use
+    finally:
+        for s in taken:
+            s.close()
