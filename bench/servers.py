@@ -141,8 +141,12 @@ class RedisClusterServer:
                 f"&ssl_keyfile={self.tls / 'client.key'}")
 
     def start(self, timeout: float = 30.0) -> RedisClusterServer:
-        for node in self.nodes:
-            node.start()
+        try:
+            for node in self.nodes:
+                node.start()
+        except BaseException:  # a node that did not start: stop those that did
+            self.stop()
+            raise
         run = subprocess.run(
             [self.cli, *self.cli_tls, "--cluster", "create", *self.addresses,
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],

@@ -42,3 +42,34 @@ def test_a_port_in_use_is_not_handed_out() -> None:
     finally:
         for s in taken:
             s.close()
+
+
+def test_a_cluster_whose_node_cannot_start_leaves_no_server_running(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bench.servers import RedisClusterServer
+
+    cluster = RedisClusterServer(tmp_path / "cluster", replicas=0)
+    blocker = socket.socket()
+    # Bound, not listening: the second node's bind fails, and nothing answers on its port.
+    blocker.bind(("127.0.0.1", cluster.nodes[1].port))
+    started = []
+    first = cluster.nodes[0]
+    real_start = first.start
+
+    def start_and_note():  # type: ignore[no-untyped-def]
+        node = real_start()
+        started.append(node.proc.proc)  # the real redis-server of the first node
+        return node
+
+    first.start = start_and_note  # type: ignore[method-assign]
+    try:
+        try:
+            cluster.start()
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("the cluster started on a port in use")
+        assert len(started) == 1
+        assert started[0].poll() is not None, "the first node's redis-server was left running"
+    finally:
+        blocker.close()
+        cluster.stop()  # by PID, for the failing case
