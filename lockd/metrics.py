@@ -244,20 +244,20 @@ class LoopHistogram(_LoopMetric):
 
 def counter(name: str, documentation: str, labelnames: list[str],
             registry: CollectorRegistry) -> Any:
-    """A labelled per-request counter: lock-free with one worker, prometheus_client's
-    (one file per process, merged at scrape) under workers."""
+    """A labelled counter updated per request or decision: lock-free with one worker,
+    prometheus_client's (one file per process, merged at scrape) under workers."""
     if MULTIPROCESS:
         return Counter(name, documentation, labelnames, registry=registry)
     return LoopCounter(name, documentation, labelnames, registry)
 
 
 def histogram(name: str, documentation: str, labelnames: list[str],
-              registry: CollectorRegistry) -> Any:
-    """A labelled per-request latency histogram (LATENCY_BUCKETS), as :func:`counter`."""
+              registry: CollectorRegistry,
+              buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Any:
+    """A labelled per-request histogram (latency buckets unless told), as :func:`counter`."""
     if MULTIPROCESS:
-        return Histogram(name, documentation, labelnames, buckets=LATENCY_BUCKETS,
-                         registry=registry)
-    return LoopHistogram(name, documentation, labelnames, registry, LATENCY_BUCKETS)
+        return Histogram(name, documentation, labelnames, buckets=buckets, registry=registry)
+    return LoopHistogram(name, documentation, labelnames, registry, buckets)
 
 
 T = TypeVar("T")
@@ -298,47 +298,43 @@ class Metrics:
             "Time to decide, compare-and-set retries included, by action",
             ["action"], r,
         )
-        self.grants = Counter("lockd_grants", "Slots granted, by group", ["group"], registry=r)
-        self.releases = Counter(
+        # Updated on every grant, release and store call: as lock-free (issue #15).
+        self.grants = counter("lockd_grants", "Slots granted, by group", ["group"], r)
+        self.releases = counter(
             "lockd_releases",
             "Slots released, by group and by whom (node: steady-state; operator: force-unlock)",
-            ["group", "by"],
-            registry=r,
+            ["group", "by"], r,
         )
-        self.cas_retries = Counter(
+        self.cas_retries = counter(
             "lockd_cas_retries",
             "Extra compare-and-set attempts decisions needed because another writer won "
             "(attempts - 1 per decision), by action",
-            ["action"],
-            registry=r,
+            ["action"], r,
         )
-        self.backend_seconds = Histogram(
+        self.backend_seconds = histogram(
             "lockd_backend_request_duration_seconds",
             "Latency of store operations, by operation",
-            ["operation"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            ["operation"], r,
         )
-        self.backend_errors = Counter(
+        self.backend_errors = counter(
             "lockd_backend_errors",
             "Store operations that failed or timed out, by operation",
-            ["operation"],
-            registry=r,
+            ["operation"], r,
         )
         # Read from the store at each scrape (refresh): a collector of its own, not Gauges,
         # so that under workers the scraped worker alone reports them (see StoreGauges).
         self.store = StoreGauges()
         r.register(self.store)
-        self.expiries = Counter(
+        self.expiries = counter(
             "lockd_expiries",
             "Holders released by expire_after (by this replica), by group",
-            ["group"], registry=r,
+            ["group"], r,
         )
-        self.reboot_seconds = Histogram(
+        self.reboot_seconds = histogram(
             "lockd_reboot_duration_seconds",
             "How long nodes held their slot, grant to steady-state (releases by the node "
             "decided by this replica), by group",
-            ["group"], buckets=REBOOT_BUCKETS, registry=r,
+            ["group"], r, REBOOT_BUCKETS,
         )
         #: Under workers only: requests each live worker answered, by pid (to see how the
         #: kernel spreads connections; the other series are summed over workers).

@@ -335,3 +335,16 @@ def test_the_policy_json_kept_per_state_is_bounded_and_right() -> None:
         assert len(layout._policies) <= native.POLICIES_KEPT
     again = Semaphore(2, policy=s.policy)
     assert layout.encode(again, None) == _encoded_by_hand(again)
+
+
+def test_the_reboot_json_kept_per_reboot_is_bounded_and_right() -> None:
+    """The layout keeps each reboot's JSON (a release's history shares all but its newest
+    reboot with the one before): never more than REBOOTS_KEPT, and each reboot gets its
+    own, not that of a reboot gone since that happens to have had its id."""
+    layout = NativeLayout()
+    history: tuple[Reboot, ...] = ()
+    for i in range(native.REBOOTS_KEPT + 50):
+        history = (*history, Reboot(f"n{i}", i, float(i), i + 0.5, "release"))[-20:]
+        s = Semaphore(1, policy=PolicyState(reboots=history))
+        assert layout.encode(s, None) == _encoded_by_hand(s)
+        assert len(layout._reboots) <= native.REBOOTS_KEPT

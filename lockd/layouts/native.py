@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,6 +14,9 @@ from lockd.semaphore import Holder, Semaphore
 PREFIX = "lockd/v1/groups/"
 #: Policy states whose JSON a layout keeps (see NativeLayout._policy_fragment).
 POLICIES_KEPT = 1024
+#: Reboots whose JSON a layout keeps (NativeLayout._reboot_fragment): the default history
+#: of 20 for as many groups as POLICIES_KEPT.
+REBOOTS_KEPT = 20 * POLICIES_KEPT
 
 
 class NativeLayout(Layout):
@@ -62,6 +66,10 @@ class NativeLayout(Layout):
         # release, would encode the same history again: about 7 us with 20 reboots
         # (issue #15). Keyed by identity, holding the state so that its id stays its own.
         self._policies: dict[int, tuple[PolicyState, orjson.Fragment]] = {}
+        # id(reboot) -> (reboot, its JSON): a release's new state shares all but one of
+        # its reboots with the state before it, so each reboot is encoded once, not at
+        # every release after it (5.5 us of a release's 8 with 20 reboots, issue #15).
+        self._reboots: dict[int, tuple[Reboot, orjson.Fragment]] = {}
 
     def _policy_fragment(self, p: PolicyState) -> orjson.Fragment:
         cached = self._policies.get(id(p))
@@ -69,8 +77,21 @@ class NativeLayout(Layout):
             return cached[1]
         if len(self._policies) >= POLICIES_KEPT:
             self._policies.clear()
-        fragment = orjson.Fragment(orjson.dumps(_encode_policy(p)))
+        fragment = orjson.Fragment(orjson.dumps(_encode_policy(p, self._reboot_fragment)))
         self._policies[id(p)] = (p, fragment)
+        return fragment
+
+    def _reboot_fragment(self, r: Reboot) -> orjson.Fragment:
+        cached = self._reboots.get(id(r))
+        if cached is not None and cached[0] is r:
+            return cached[1]
+        if len(self._reboots) >= REBOOTS_KEPT:
+            self._reboots.clear()
+        fragment = orjson.Fragment(orjson.dumps(
+            {"id": r.id, "grant_id": r.grant_id, "granted_at": r.granted_at,
+             "released_at": r.released_at, "ended": r.ended}
+        ))
+        self._reboots[id(r)] = (r, fragment)
         return fragment
 
     def encode(self, sem: Semaphore, previous: bytes | None) -> bytes:
@@ -98,16 +119,14 @@ class NativeLayout(Layout):
 # The reboot policy's shared state (lockd.policystate), written only when there is some.
 
 
-def _encode_policy(p: PolicyState) -> dict[str, Any]:
+def _encode_policy(
+    p: PolicyState, reboot: Callable[[Reboot], orjson.Fragment]
+) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     if p.releases:
         doc["releases"] = list(p.releases)
     if p.reboots:
-        doc["reboots"] = [
-            {"id": r.id, "grant_id": r.grant_id, "granted_at": r.granted_at,
-             "released_at": r.released_at, "ended": r.ended}
-            for r in p.reboots
-        ]
+        doc["reboots"] = [reboot(r) for r in p.reboots]
     if p.stale_reported:
         doc["stale_reported"] = list(p.stale_reported)
     return doc
