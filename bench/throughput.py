@@ -200,8 +200,12 @@ class LockdTarget(Target):
     """
 
     def __init__(self, name: str, tmp: Path, cpus: str | None, extra: tuple[str, ...] = (),
-                 tree: Path | None = None, workers: int = 1) -> None:
+                 tree: Path | None = None, workers: int = 1,
+                 wrapper: tuple[str, ...] = (), start_timeout: float = 20.0) -> None:
+        """``wrapper``: a command lockd runs under (bench.instructions: valgrind), given
+        ``start_timeout`` seconds to say it serves."""
         self.backend, self.extra, self.tree, self.workers = name, extra, tree, workers
+        self.wrapper, self.start_timeout = wrapper, start_timeout
         base = name if workers == 1 else f"{name}-w{workers}"
         self.name = " ".join((f"{base}@{tree}" if tree else base, *extra))
         self.tmp, self.cpus = tmp / base, cpus
@@ -214,6 +218,7 @@ class LockdTarget(Target):
         if self.workers > 1:
             args += ["--workers", str(self.workers)]
         wrapper = ["taskset", "-c", self.cpus] if self.cpus and shutil.which("taskset") else []
+        wrapper += self.wrapper
         store = self.backend.removesuffix("-noview")
         if store != self.backend:
             args += ["--set", "storage.view=false"]
@@ -247,7 +252,8 @@ class LockdTarget(Target):
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", f"etcd2://{self.store.endpoint}"]
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.lockd = Lockd(self.tmp, *args, tree=self.tree, wrapper=wrapper).start()
+        self.lockd = Lockd(self.tmp, *args, tree=self.tree, wrapper=wrapper).start(
+            self.start_timeout)
         pin(self.lockd.proc.pid, self.cpus)
         return self.lockd.url.rstrip("/")
 

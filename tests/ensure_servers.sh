@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure the real servers the tests start (redis-server, etcd, haproxy, and prometheus and
 # prometheus-alertmanager for the health-gate tests), the browser the status-page test drives
-# (chromium), the tools tests/test_deploy.py runs on deploy/ (systemd-analyze, promtool)
-# and the load tools tests/test_bench_tls.py runs (wrk, ab) are installed. Installs them with
-# apt when running as root on Debian/Ubuntu; otherwise says exactly what to install.
+# (chromium), the tools tests/test_deploy.py runs on deploy/ (systemd-analyze, promtool),
+# the load tools tests/test_bench_tls.py runs (wrk, ab) and valgrind (callgrind, for
+# tests/test_bench_instructions.py) are installed. Installs them with apt when running as
+# root on Debian/Ubuntu; otherwise says exactly what to install.
 set -euo pipefail
 
 # Binaries from Debian packages, unpacked rather than installed: the prometheus and
@@ -37,10 +38,10 @@ ensure_unpacked prometheus-alertmanager prometheus-alertmanager
 
 declare -A pkg_for=(
   [redis-server]=redis-server [etcd]=etcd-server [chromium]=chromium [systemd-analyze]=systemd
-  [haproxy]=haproxy [faketime]=faketime [wrk]=wrk [ab]=apache2-utils
+  [haproxy]=haproxy [faketime]=faketime [wrk]=wrk [ab]=apache2-utils [valgrind]=valgrind
 )
 missing=()
-for cmd in redis-server etcd chromium systemd-analyze haproxy faketime wrk ab; do
+for cmd in redis-server etcd chromium systemd-analyze haproxy faketime wrk ab valgrind; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -55,7 +56,7 @@ fi
 
 echo "The tests need these packages: ${missing[*]}" >&2
 echo "Install them with: sudo apt-get install -y ${missing[*]}" >&2
-echo "(or put redis-server, etcd, chromium, systemd-analyze, haproxy, faketime, wrk and ab on PATH). Without CI=true the tests that" >&2
+echo "(or put redis-server, etcd, chromium, systemd-analyze, haproxy, faketime, wrk, ab and valgrind on PATH). Without CI=true the tests that" >&2
 echo "need a missing server are skipped; with CI=true they fail." >&2
 [ "${CI:-}" = "true" ] && exit 1
 exit 0

@@ -1,0 +1,38 @@
+"""bench/instructions.py: instructions per request counted by callgrind, on real servers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from bench import instructions
+from bench.procs import find_binary
+
+
+def test_the_dump_total_is_what_callgrind_says_it_collected(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [*instructions.callgrind(tmp_path), "/bin/echo", "hello"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    collected = int(re.search(r"Collected : (\d+)", run.stderr).group(1))  # type: ignore[union-attr]
+    pid = int(re.search(r"==(\d+)==", run.stderr).group(1))  # type: ignore[union-attr]
+    assert instructions.dumped_instructions(tmp_path, pid) == collected > 0
+
+
+def test_counts_the_bare_handler_and_lockd_under_wrk(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    find_binary("wrk", "wrk")
+    out = tmp_path / "counts.json"
+    assert instructions.main(["--backends", "memory", "--scenarios", "refuse",
+                              "--duration", "2", "--warmup", "1", "--json", str(out)]) == 0
+    counts = json.loads(out.read_text())
+    bare, lockd = counts["bare"]["refuse"], counts["memory"]["refuse"]
+    for c in (bare, lockd):
+        assert c["requests"] > 0 and c["errors"] == 0
+        assert c["per_request"] == round(c["instructions"] / c["requests"])
+    assert lockd["non2xx"] == lockd["requests"]  # every one a 423: the slot is taken
+    # lockd parses and answers as the bare handler does, and decides too: it does more.
+    assert lockd["per_request"] > bare["per_request"]
+    text = capsys.readouterr().out
+    assert "| bare |" in text and "| memory |" in text and "(0." in text
