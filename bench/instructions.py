@@ -1,7 +1,7 @@
 """Instructions per request: lockd's hot paths and the bare handler, counted, not timed.
 
     .venv/bin/python -m bench.instructions [--backends memory,sqlite,redis,redis-cluster,etcd]
-        [--scenarios relock,refuse,cycle] [--duration 20] [--json FILE]
+        [--scenarios relock,refuse,cycle] [--duration 20] [--tree CHECKOUT] [--json FILE]
 
 On this shared 2-core machine requests/s, and even CPU time per request, move by +-15 %
 between two measurements of the same server seconds apart (bench/RESULTS.md). The number of
@@ -12,7 +12,10 @@ warms it up with wrk (bench/throughput.lua, 16 connections), zeroes callgrind's 
 (``callgrind_control -z``), runs wrk for ``--duration`` seconds, dumps the counters
 (``callgrind_control -d``) and divides the instructions executed in between by the
 requests wrk counted. The store servers run outside valgrind: only the server process's
-own work is counted.
+own work is counted. Before its scenarios each server is left idle for 5 s to count the
+work it does by the clock (timers: the store's change feed, a Redis Cluster's topology
+check, the sweeps), which is subtracted at that rate: under callgrind about 50 times fewer
+requests share each second of it than at full speed.
 
 ``bare / lockd`` is then what bench/throughput.py's ratio would be if every instruction
 took the same time. What it leaves out, both ways:
@@ -53,6 +56,8 @@ BACKENDS = ("memory", "sqlite", "redis", "redis-cluster", "etcd")
 #: Under valgrind Python starts in about 20-40 s on this machine.
 START_TIMEOUT = 180.0
 CONNECTIONS = 16
+#: Seconds each server is left idle to count the work it does by the clock (idle_rate).
+IDLE_S = 5.0
 
 
 def callgrind(out_dir: Path) -> list[str]:
@@ -79,13 +84,8 @@ def _control(option: str, pid: int) -> None:
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
-def count(pid: int, out_dir: Path, url: str, mode: str, prefix: str, seconds: float,
-          warmup: float) -> dict[str, Any]:
-    """Instructions per request of the server ``pid`` (under callgrind) for one scenario."""
-    throughput.wrk(url, mode, prefix, warmup, CONNECTIONS, None)
-    _control("-z", pid)
-    sample = throughput.wrk(url, mode, prefix, seconds, CONNECTIONS, None)
-    # Dump files appear once callgrind_control returns; wait for this dump to be newest.
+def _dump(pid: int, out_dir: Path) -> int:
+    """Dump ``pid``'s counters; the instructions since they were last zeroed."""
     before = {p.name for p in out_dir.glob(f"callgrind.out.{pid}*")}
     _control("-d", pid)
     deadline = time.monotonic() + 30
@@ -93,10 +93,37 @@ def count(pid: int, out_dir: Path, url: str, mode: str, prefix: str, seconds: fl
         if time.monotonic() > deadline:
             raise TimeoutError("callgrind did not dump")
         time.sleep(0.1)
-    instructions = dumped_instructions(out_dir, pid)
+    return dumped_instructions(out_dir, pid)
+
+
+def idle_rate(pid: int, out_dir: Path, seconds: float) -> float:
+    """Instructions per second of the server ``pid`` answering nothing: its timers (the
+    store's change feed, a Redis Cluster's topology check, the sweeps)."""
+    _control("-z", pid)
+    started = time.monotonic()
+    time.sleep(seconds)
+    instructions = _dump(pid, out_dir)
+    return instructions / (time.monotonic() - started)
+
+
+def count(pid: int, out_dir: Path, url: str, mode: str, prefix: str, seconds: float,
+          warmup: float, idle: float = 0.0) -> dict[str, Any]:
+    """Instructions per request of the server ``pid`` (under callgrind) for one scenario.
+
+    ``per_request`` leaves out the work the server does by the clock (``idle``
+    instructions per second, :func:`idle_rate`): under callgrind about 50 times fewer
+    requests share each second of it than at full speed, where it is next to nothing per
+    request. ``per_request_raw`` keeps it."""
+    throughput.wrk(url, mode, prefix, warmup, CONNECTIONS, None)
+    _control("-z", pid)
+    sample = throughput.wrk(url, mode, prefix, seconds, CONNECTIONS, None)
+    instructions = _dump(pid, out_dir)
+    requests = max(sample.requests, 1)
+    by_the_clock = idle * (sample.wall_s or seconds)
     return {"requests": sample.requests, "non2xx": sample.non2xx, "errors": sample.errors,
-            "instructions": instructions,
-            "per_request": round(instructions / max(sample.requests, 1))}
+            "instructions": instructions, "idle_per_s": round(idle),
+            "per_request_raw": round(instructions / requests),
+            "per_request": round(max(instructions - by_the_clock, 0) / requests)}
 
 
 def _bare(out_dir: Path, tmp: Path) -> tuple[Proc, str]:
@@ -109,8 +136,10 @@ def _bare(out_dir: Path, tmp: Path) -> tuple[Proc, str]:
 
 
 def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: float,
-            report: Callable[[str], None] = print) -> dict[str, dict[str, dict[str, Any]]]:
-    """{server: {scenario: counts}}: the bare handler first, then lockd on each backend."""
+            report: Callable[[str], None] = print, tree: Path | None = None,
+            ) -> dict[str, dict[str, dict[str, Any]]]:
+    """{server: {scenario: counts}}: the bare handler first, then lockd on each backend
+    (the ``lockd`` package of the checkout ``tree``, this one's by default)."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     prefix = f"i{int(time.time()) % 100000}-"
     with tempfile.TemporaryDirectory(prefix="lockd-bench-instructions-") as tmp_dir:
@@ -120,30 +149,33 @@ def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: f
         proc, url = _bare(out, tmp)
         try:
             throughput._prepare(url, prefix, "bare")
+            idle = idle_rate(proc.pid, out, IDLE_S)
             for mode in scenarios:
                 results.setdefault("bare", {})[mode] = c = count(
-                    proc.pid, out, url, mode, prefix, seconds, warmup)
+                    proc.pid, out, url, mode, prefix, seconds, warmup, idle)
                 report(f"bare     {mode:<7} {c['per_request']:>9,} instructions per request "
-                       f"({c['requests']} requests)")
+                       f"({c['requests']} requests; {c['idle_per_s']:,}/s idle)")
         finally:
             proc.stop(timeout=60)
         for backend in backends:
             if not throughput.available(backend):
                 report(f"{backend}: backend not available")
                 continue
-            target = throughput.LockdTarget(backend, tmp / backend, None,
+            target = throughput.LockdTarget(backend, tmp / backend, None, tree=tree,
                                             wrapper=tuple(callgrind(out)),
                                             start_timeout=START_TIMEOUT)
             url = target.start()
             try:
                 throughput._prepare(url, prefix, backend)
                 pid = target.lockd.proc.pid
+                idle = idle_rate(pid, out, IDLE_S)
                 for mode in scenarios:
                     results.setdefault(backend, {})[mode] = c = count(
-                        pid, out, url, mode, prefix, seconds, warmup)
+                        pid, out, url, mode, prefix, seconds, warmup, idle)
                     ratio = results["bare"][mode]["per_request"] / c["per_request"]
                     report(f"{backend:<8} {mode:<7} {c['per_request']:>9,} instructions per "
-                           f"request ({c['requests']} requests), bare/lockd {ratio:.2f}")
+                           f"request ({c['requests']} requests; {c['idle_per_s']:,}/s idle, "
+                           f"{c['per_request_raw']:,} with it), bare/lockd {ratio:.2f}")
             finally:
                 target.stop()
     return results
@@ -177,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of wrk per measurement, under callgrind (default: 20)")
     p.add_argument("--warmup", type=float, default=3.0,
                    help="seconds of wrk before counting starts (default: 3)")
+    p.add_argument("--tree", type=Path,
+                   help="run the lockd package of this checkout (a before/after: one run "
+                   "per checkout; the counts do not depend on the machine's load)")
     p.add_argument("--json", type=Path, help="also write the counts to this file")
     a = p.parse_args(argv)
     backends = [b for b in a.backends.split(",") if b]
@@ -187,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown backend or scenario: {', '.join(bad)}")
     if shutil.which("wrk") is None:
         p.error("wrk is not installed (Debian: apt-get install wrk)")
-    results = measure(backends, scenarios, a.duration, a.warmup)
+    results = measure(backends, scenarios, a.duration, a.warmup, tree=a.tree)
     print()
     print(table(results))
     if a.json:
