@@ -1,7 +1,8 @@
 """Instructions per request: lockd's hot paths and the bare handler, counted, not timed.
 
     .venv/bin/python -m bench.instructions [--backends memory,sqlite,redis,redis-cluster,etcd]
-        [--scenarios relock,refuse,cycle] [--duration 20] [--tree CHECKOUT] [--json FILE]
+        [--scenarios relock,refuse,cycle] [--duration 20] [--idle 5] [--tree CHECKOUT]
+        [--json FILE]
 
 On this shared 2-core machine requests/s, and even CPU time per request, move by +-15 %
 between two measurements of the same server seconds apart (bench/RESULTS.md). The number of
@@ -12,26 +13,31 @@ warms it up with wrk (bench/throughput.lua, 16 connections), zeroes callgrind's 
 (``callgrind_control -z``), runs wrk for ``--duration`` seconds, dumps the counters
 (``callgrind_control -d``) and divides the instructions executed in between by the
 requests wrk counted. The store servers run outside valgrind: only the server process's
-own work is counted. Before its scenarios each server is left idle for 5 s to count the
-work it does by the clock (timers: the store's change feed, a Redis Cluster's topology
-check, the sweeps), which is subtracted at that rate: under callgrind about 50 times fewer
-requests share each second of it than at full speed.
+own work is counted. Before its scenarios each server is left idle (``--idle``, 5 s) to
+count the work it does by the clock (timers: the store's change feed, a Redis Cluster's
+topology check), which is subtracted at that rate: under callgrind about 40 times fewer
+requests share each second of it than at full speed. Timers slower than that (the 30 s
+sweep) are missed or over-counted.
 
 ``bare / lockd`` is then what bench/throughput.py's ratio would be if every instruction
-took the same time. What it leaves out, both ways:
+took the same time and the store's work cost nothing. What it leaves out:
 
-- callgrind counts user-space instructions only. The kernel's share of a request (reading
-  and writing its socket, the same calls for both servers) is left out, which moves a
-  timed ratio closer to 1 than this one: this one is the stricter.
+- callgrind counts user-space instructions only. On ``memory://`` and for refusals
+  answered from the view, the kernel's share of a request (reading and writing its
+  socket) is the same for both servers, so a timed ratio sits closer to 1 than this one.
+  A request that goes to the store makes system calls of its own, and the store server's
+  work is not counted at all: there this ratio is kinder than a timed one.
 - It is not what instructions cost: cache misses, branch mispredictions and the machine's
   other tenants are in the timed ratios and not here.
-- Under callgrind the server runs about 50 times slower, so more requests are ready at each
+- Under callgrind the server runs about 40 times slower, so more requests are ready at each
   turn of its event loop: the loop's own work is shared by more requests, and requests to
   one group share a round trip more often (relock, where every connection asks one group).
   Refusals answered from the view, and ``cycle`` (a group per connection), batch nothing.
 
 Needs valgrind (``callgrind``, ``callgrind_control``) and wrk; the stores as
-bench/throughput.py does.
+bench/throughput.py does. ``callgrind_control`` reaches a server blocked in a system call
+through ptrace, so it must be allowed to trace the server (root, or
+``kernel.yama.ptrace_scope = 0``).
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ START_TIMEOUT = 180.0
 CONNECTIONS = 16
 #: Seconds each server is left idle to count the work it does by the clock (idle_rate).
 IDLE_S = 5.0
+#: A server under callgrind writes its last dump as it exits.
+STOP_TIMEOUT = 60.0
 
 
 def callgrind(out_dir: Path) -> list[str]:
@@ -66,16 +74,19 @@ def callgrind(out_dir: Path) -> list[str]:
             f"--callgrind-out-file={out_dir}/callgrind.out.%p"]
 
 
-def dumped_instructions(out_dir: Path, pid: int) -> int:
-    """The instructions (Ir) in ``pid``'s newest callgrind dump: its ``summary:`` line (or
-    ``totals:``, which older versions write)."""
-    dumps = sorted(out_dir.glob(f"callgrind.out.{pid}*"), key=lambda p: p.stat().st_mtime)
-    if not dumps:
-        raise RuntimeError(f"callgrind wrote no dump for pid {pid} in {out_dir}")
-    text = dumps[-1].read_text(errors="replace")
-    found = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+def dumps(out_dir: Path, pid: int) -> set[Path]:
+    """``pid``'s callgrind files in ``out_dir`` (``callgrind.out.PID`` and its numbered
+    dumps), and no other pid's."""
+    name = f"callgrind.out.{pid}"
+    return {p for p in out_dir.iterdir() if p.name == name or p.name.startswith(name + ".")}
+
+
+def dumped_instructions(path: Path) -> int:
+    """The instructions (Ir) in a callgrind file: its ``summary:`` line (or ``totals:``,
+    which older versions write)."""
+    found = re.search(r"^(?:summary|totals):\s+(\d+)", path.read_text(errors="replace"), re.M)
     if found is None:
-        raise RuntimeError(f"no summary line in {dumps[-1]}")
+        raise RuntimeError(f"no summary line in {path}")
     return int(found.group(1))
 
 
@@ -84,46 +95,72 @@ def _control(option: str, pid: int) -> None:
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
 
 
-def _dump(pid: int, out_dir: Path) -> int:
-    """Dump ``pid``'s counters; the instructions since they were last zeroed."""
-    before = {p.name for p in out_dir.glob(f"callgrind.out.{pid}*")}
+def _zero(pid: int) -> float:
+    """Zero ``pid``'s counters; the time counting starts again."""
+    _control("-z", pid)
+    return time.monotonic()
+
+
+def _dump(pid: int, out_dir: Path) -> tuple[int, float]:
+    """Dump ``pid``'s counters: the instructions since they were zeroed, and the time the
+    dump was taken (when callgrind_control returns)."""
+    before = dumps(out_dir, pid)
     _control("-d", pid)
-    deadline = time.monotonic() + 30
-    while not {p.name for p in out_dir.glob(f"callgrind.out.{pid}*")} - before:
+    taken = time.monotonic()
+    deadline = taken + 30
+    while not (new := dumps(out_dir, pid) - before):
         if time.monotonic() > deadline:
-            raise TimeoutError("callgrind did not dump")
+            raise TimeoutError(f"callgrind wrote no dump for pid {pid} in {out_dir}")
         time.sleep(0.1)
-    return dumped_instructions(out_dir, pid)
+    if len(new) != 1:
+        raise RuntimeError(f"one dump asked for, {len(new)} written: {sorted(new)}")
+    return dumped_instructions(new.pop()), taken
 
 
 def idle_rate(pid: int, out_dir: Path, seconds: float) -> float:
     """Instructions per second of the server ``pid`` answering nothing: its timers (the
-    store's change feed, a Redis Cluster's topology check, the sweeps)."""
-    _control("-z", pid)
-    started = time.monotonic()
+    store's change feed, a Redis Cluster's topology check). Timers slower than
+    ``seconds`` are missed, or counted at a multiple of their rate."""
+    started = _zero(pid)
     time.sleep(seconds)
-    instructions = _dump(pid, out_dir)
-    return instructions / (time.monotonic() - started)
+    instructions, taken = _dump(pid, out_dir)
+    return instructions / (taken - started)
 
 
-def count(pid: int, out_dir: Path, url: str, mode: str, prefix: str, seconds: float,
-          warmup: float, idle: float = 0.0) -> dict[str, Any]:
+def count(pid: int, out_dir: Path, url: str, server: str, mode: str, prefix: str,
+          seconds: float, warmup: float, idle: float) -> dict[str, Any]:
     """Instructions per request of the server ``pid`` (under callgrind) for one scenario.
 
     ``per_request`` leaves out the work the server does by the clock (``idle``
-    instructions per second, :func:`idle_rate`): under callgrind about 50 times fewer
-    requests share each second of it than at full speed, where it is next to nothing per
-    request. ``per_request_raw`` keeps it."""
+    instructions per second, :func:`idle_rate`, over the ``counted_s`` seconds between
+    zeroing and dumping): under callgrind about 40 times fewer requests share each second
+    of it than at full speed. ``per_request_raw`` keeps it. ``expected``: every answer
+    had the scenario's status (bench.throughput.expected_ok)."""
     throughput.wrk(url, mode, prefix, warmup, CONNECTIONS, None)
-    _control("-z", pid)
+    started = _zero(pid)
     sample = throughput.wrk(url, mode, prefix, seconds, CONNECTIONS, None)
-    instructions = _dump(pid, out_dir)
-    requests = max(sample.requests, 1)
-    by_the_clock = idle * (sample.wall_s or seconds)
+    instructions, taken = _dump(pid, out_dir)
+    if sample.requests == 0:
+        raise RuntimeError(f"{server} {mode}: wrk made no request")
+    counted_s = taken - started
     return {"requests": sample.requests, "non2xx": sample.non2xx, "errors": sample.errors,
-            "instructions": instructions, "idle_per_s": round(idle),
-            "per_request_raw": round(instructions / requests),
-            "per_request": round(max(instructions - by_the_clock, 0) / requests)}
+            "expected": throughput.expected_ok(mode, server, sample),
+            "instructions": instructions, "counted_s": counted_s, "idle_per_s": idle,
+            "per_request_raw": round(instructions / sample.requests),
+            "per_request": round(max(instructions - idle * counted_s, 0) / sample.requests)}
+
+
+def _line(server: str, mode: str, c: dict[str, Any], bare: dict[str, Any] | None) -> str:
+    line = (f"{server:<8} {mode:<7} {c['per_request']:>9,} instructions per request "
+            f"({c['requests']} requests; {round(c['idle_per_s']):,}/s idle, "
+            f"{c['per_request_raw']:,} with it)")
+    if bare is not None:
+        line += f", bare/lockd {ratio(bare, c)}"
+    return line if c["expected"] else line + "  (unexpected statuses!)"
+
+
+def ratio(bare: dict[str, Any], lockd: dict[str, Any]) -> str:
+    return f"{bare['per_request'] / lockd['per_request']:.2f}" if lockd["per_request"] else "?"
 
 
 def _bare(out_dir: Path, tmp: Path) -> tuple[Proc, str]:
@@ -131,15 +168,20 @@ def _bare(out_dir: Path, tmp: Path) -> tuple[Proc, str]:
     argv = [*callgrind(out_dir), sys.executable, "-m", "bench.throughput", "--serve-bare",
             str(port)]
     proc = Proc(argv, tmp / "bare.log", cwd=Path.cwd()).start()
-    throughput._wait_for_line(proc, "bare listening on ", START_TIMEOUT)
+    try:
+        throughput._wait_for_line(proc, "bare listening on ", START_TIMEOUT)
+    except BaseException:
+        proc.stop(timeout=STOP_TIMEOUT)
+        raise
     return proc, f"http://127.0.0.1:{port}"
 
 
 def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: float,
-            report: Callable[[str], None] = print, tree: Path | None = None,
-            ) -> dict[str, dict[str, dict[str, Any]]]:
+            idle_s: float = IDLE_S, report: Callable[[str], None] = print,
+            tree: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """{server: {scenario: counts}}: the bare handler first, then lockd on each backend
-    (the ``lockd`` package of the checkout ``tree``, this one's by default)."""
+    (the ``lockd`` package of the checkout ``tree``, this one's by default). A backend that
+    cannot be measured is reported and left out."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     prefix = f"i{int(time.time()) % 100000}-"
     with tempfile.TemporaryDirectory(prefix="lockd-bench-instructions-") as tmp_dir:
@@ -149,33 +191,32 @@ def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: f
         proc, url = _bare(out, tmp)
         try:
             throughput._prepare(url, prefix, "bare")
-            idle = idle_rate(proc.pid, out, IDLE_S)
+            idle = idle_rate(proc.pid, out, idle_s)
             for mode in scenarios:
-                results.setdefault("bare", {})[mode] = c = count(
-                    proc.pid, out, url, mode, prefix, seconds, warmup, idle)
-                report(f"bare     {mode:<7} {c['per_request']:>9,} instructions per request "
-                       f"({c['requests']} requests; {c['idle_per_s']:,}/s idle)")
+                c = count(proc.pid, out, url, "bare", mode, prefix, seconds, warmup, idle)
+                results.setdefault("bare", {})[mode] = c
+                report(_line("bare", mode, c, None))
         finally:
-            proc.stop(timeout=60)
+            proc.stop(timeout=STOP_TIMEOUT)
         for backend in backends:
             if not throughput.available(backend):
                 report(f"{backend}: backend not available")
                 continue
             target = throughput.LockdTarget(backend, tmp / backend, None, tree=tree,
                                             wrapper=tuple(callgrind(out)),
-                                            start_timeout=START_TIMEOUT)
-            url = target.start()
+                                            start_timeout=START_TIMEOUT,
+                                            stop_timeout=STOP_TIMEOUT)
             try:
+                url = target.start()
                 throughput._prepare(url, prefix, backend)
                 pid = target.lockd.proc.pid
-                idle = idle_rate(pid, out, IDLE_S)
+                idle = idle_rate(pid, out, idle_s)
                 for mode in scenarios:
-                    results.setdefault(backend, {})[mode] = c = count(
-                        pid, out, url, mode, prefix, seconds, warmup, idle)
-                    ratio = results["bare"][mode]["per_request"] / c["per_request"]
-                    report(f"{backend:<8} {mode:<7} {c['per_request']:>9,} instructions per "
-                           f"request ({c['requests']} requests; {c['idle_per_s']:,}/s idle, "
-                           f"{c['per_request_raw']:,} with it), bare/lockd {ratio:.2f}")
+                    c = count(pid, out, url, backend, mode, prefix, seconds, warmup, idle)
+                    results.setdefault(backend, {})[mode] = c
+                    report(_line(backend, mode, c, results["bare"][mode]))
+            except Exception as exc:  # one store that fails is reported; the rest go on
+                report(f"{backend}: could not measure: {exc}")
             finally:
                 target.stop()
     return results
@@ -188,11 +229,13 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     for server, by_mode in results.items():
         cells = []
         for mode in modes:
-            per = by_mode[mode]["per_request"]
-            if server == "bare":
-                cells.append(f"{per:,}")
+            c = by_mode.get(mode)
+            if c is None:  # that store failed before this scenario
+                cells.append("-")
+            elif server == "bare":
+                cells.append(f"{c['per_request']:,}")
             else:
-                cells.append(f"{per:,} ({results['bare'][mode]['per_request'] / per:.2f})")
+                cells.append(f"{c['per_request']:,} ({ratio(results['bare'][mode], c)})")
         lines.append(f"| {server} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -209,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds of wrk per measurement, under callgrind (default: 20)")
     p.add_argument("--warmup", type=float, default=3.0,
                    help="seconds of wrk before counting starts (default: 3)")
+    p.add_argument("--idle", type=float, default=IDLE_S,
+                   help="seconds each server sits idle first, to count the work it does by "
+                   f"the clock (default: {IDLE_S:g})")
     p.add_argument("--tree", type=Path,
                    help="run the lockd package of this checkout (a before/after: one run "
                    "per checkout; the counts do not depend on the machine's load)")
@@ -220,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                                                         if s not in SCENARIOS]
     if bad:
         p.error(f"unknown backend or scenario: {', '.join(bad)}")
-    if shutil.which("wrk") is None:
-        p.error("wrk is not installed (Debian: apt-get install wrk)")
-    results = measure(backends, scenarios, a.duration, a.warmup, tree=a.tree)
+    for tool, package in (("wrk", "wrk"), ("valgrind", "valgrind"),
+                          ("callgrind_control", "valgrind")):
+        if shutil.which(tool) is None:
+            p.error(f"{tool} is not installed (Debian: apt-get install {package})")
+    results = measure(backends, scenarios, a.duration, a.warmup, a.idle, tree=a.tree)
     print()
     print(table(results))
     if a.json:

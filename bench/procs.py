@@ -206,7 +206,11 @@ class Lockd:
         log = self.tmp / f"{self.name}.log"
         log.unlink(missing_ok=True)
         self.proc = Proc(argv, log, env=env, cwd=self.tree).start()
-        self.urls = wait_until_serving(self.proc, timeout)
+        try:
+            self.urls = wait_until_serving(self.proc, timeout)
+        except BaseException:  # never left running when it did not start in time
+            self.proc.stop()
+            raise
         return self
 
     @property

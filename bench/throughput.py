@@ -201,11 +201,14 @@ class LockdTarget(Target):
 
     def __init__(self, name: str, tmp: Path, cpus: str | None, extra: tuple[str, ...] = (),
                  tree: Path | None = None, workers: int = 1,
-                 wrapper: tuple[str, ...] = (), start_timeout: float = 20.0) -> None:
+                 wrapper: tuple[str, ...] = (), start_timeout: float = 20.0,
+                 stop_timeout: float = 10.0) -> None:
         """``wrapper``: a command lockd runs under (bench.instructions: valgrind), given
-        ``start_timeout`` seconds to say it serves."""
+        ``start_timeout`` seconds to say it serves and ``stop_timeout`` to exit."""
         self.backend, self.extra, self.tree, self.workers = name, extra, tree, workers
         self.wrapper, self.start_timeout = wrapper, start_timeout
+        self.stop_timeout = stop_timeout
+        self.lockd: Any = None
         base = name if workers == 1 else f"{name}-w{workers}"
         self.name = " ".join((f"{base}@{tree}" if tree else base, *extra))
         self.tmp, self.cpus = tmp / base, cpus
@@ -252,15 +255,19 @@ class LockdTarget(Target):
             pin(self.store.proc.pid, self.cpus)
             args += ["--backend", f"etcd2://{self.store.endpoint}"]
         self.tmp.mkdir(parents=True, exist_ok=True)
-        self.lockd = Lockd(self.tmp, *args, tree=self.tree, wrapper=wrapper).start(
-            self.start_timeout)
+        self.lockd = Lockd(self.tmp, *args, tree=self.tree, wrapper=wrapper)
+        self.lockd.start(self.start_timeout)
         pin(self.lockd.proc.pid, self.cpus)
         return self.lockd.url.rstrip("/")
 
     def stop(self) -> None:
-        self.lockd.stop()
-        if self.store is not None:
-            self.store.stop()
+        """Stop what started (a start that failed half-way included)."""
+        try:
+            if self.lockd is not None and self.lockd.proc is not None:
+                self.lockd.proc.stop(self.stop_timeout)
+        finally:
+            if self.store is not None:
+                self.store.stop()
 
 
 def available(name: str) -> bool:
@@ -591,6 +598,7 @@ def _measure_backend(a: argparse.Namespace, res: Results, run: int, backend: str
             url = target.start()
         except Exception as exc:  # a store that cannot start is reported, not fatal
             print(f"{name}: could not start: {exc}", flush=True)
+            target.stop()  # its store server, if that one did start
             return
         try:
             _prepare(url, prefix, name)

@@ -226,7 +226,13 @@ class LoopHistogram(_LoopMetric):
 
     def __init__(self, name: str, documentation: str, labelnames: Iterable[str],
                  registry: CollectorRegistry, buckets: Iterable[float]) -> None:
-        self.bounds = (*(float(b) for b in buckets), float("inf"))
+        # As prometheus_client's Histogram: sorted bounds, +Inf last (added if missing).
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError("buckets not in sorted order")
+        if not bounds or bounds[-1] != float("inf"):
+            bounds.append(float("inf"))
+        self.bounds = tuple(bounds)
         super().__init__(name, documentation, labelnames, registry)
 
     def _new_child(self) -> _LoopBuckets:
@@ -254,7 +260,8 @@ def counter(name: str, documentation: str, labelnames: list[str],
 def histogram(name: str, documentation: str, labelnames: list[str],
               registry: CollectorRegistry,
               buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Any:
-    """A labelled per-request histogram (latency buckets unless told), as :func:`counter`."""
+    """A labelled histogram updated per request or decision (latency buckets unless
+    told), as :func:`counter`."""
     if MULTIPROCESS:
         return Histogram(name, documentation, labelnames, buckets=buckets, registry=registry)
     return LoopHistogram(name, documentation, labelnames, registry, buckets)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 import socket
 
-from bench.procs import _ephemeral_range, free_port
+import pytest
+
+from bench.procs import Lockd, _ephemeral_range, free_port
 
 
 def test_free_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:
@@ -73,3 +75,12 @@ def test_a_cluster_whose_node_cannot_start_leaves_no_server_running(tmp_path) ->
     finally:
         blocker.close()
         cluster.stop()  # by PID, for the failing case
+
+
+def test_a_lockd_that_does_not_start_in_time_is_not_left_running(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A wrapper that never runs lockd: the process lives on, and never says it serves.
+    lockd = Lockd(tmp_path, wrapper=["sh", "-c", "exec sleep 60", "--"])
+    with pytest.raises(TimeoutError):
+        lockd.start(timeout=0.5)
+    assert lockd.proc is not None and lockd.proc.proc is not None
+    assert lockd.proc.proc.poll() is not None  # stopped by start itself

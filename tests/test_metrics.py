@@ -21,6 +21,7 @@ from lockd.metrics import (
     DEFAULT_GROUP_CAP,
     LATENCY_BUCKETS,
     OTHER_GROUP,
+    REBOOT_BUCKETS,
     LoopCounter,
     LoopHistogram,
     Metrics,
@@ -245,29 +246,34 @@ def test_registries_are_private() -> None:
     assert b"lockd_http_requests_total{" not in b.exposition()
 
 
-def test_loop_metrics_expose_what_prometheus_client_does(monkeypatch: Any) -> None:
-    """The lock-free per-request counter and histogram (one worker) write the very text
+@pytest.mark.parametrize(("buckets", "bucket_line"), [
+    (LATENCY_BUCKETS, b'x_seconds_bucket{a="p",le="0.0005"} 2.0'),
+    # Whole numbers, as lockd_reboot_duration_seconds has them: written as floats.
+    (REBOOT_BUCKETS, b'x_seconds_bucket{a="p",le="30.0"} 8.0'),
+])
+def test_loop_metrics_expose_what_prometheus_client_does(
+        monkeypatch: Any, buckets: tuple[float, ...], bucket_line: bytes) -> None:
+    """The lock-free counter and histogram (one worker) write the very text
     prometheus_client's Counter and Histogram write for the same observations: names,
     HELP, TYPE, label order, buckets (values on, between and past the bounds), _created."""
     monkeypatch.setattr(time, "time", lambda: 1234.5)  # both sides' _created
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     counters = (LoopCounter("x_requests", "help", ["a", "b"], ours),
                 Counter("x_requests", "help", ["a", "b"], registry=theirs))
-    histograms = (LoopHistogram("x_seconds", "help", ["a"], ours, LATENCY_BUCKETS),
-                  Histogram("x_seconds", "help", ["a"], buckets=LATENCY_BUCKETS,
-                            registry=theirs))
+    histograms = (LoopHistogram("x_seconds", "help", ["a"], ours, buckets),
+                  Histogram("x_seconds", "help", ["a"], buckets=buckets, registry=theirs))
     for c in counters:
         c.labels("p", "q").inc()
         c.labels("r", 7).inc(2.5)
         c.labels("p", "q").inc()
     for h in histograms:
-        for value in (0.0, 0.0005, 0.0007, 0.003, 0.3, 10.0, 11.0, 1e9):
+        for value in (0.0, 0.0005, 0.0007, 0.003, 0.3, 10.0, 11.0, 30, 1e9):
             h.labels("p").observe(value)
         h.labels("z")  # a label set never observed: all zero
     text = generate_latest(ours)
     assert text == generate_latest(theirs)
     assert b'x_requests_total{a="r",b="7"} 2.5' in text  # not vacuous
-    assert b'x_seconds_bucket{a="p",le="0.0005"} 2.0' in text
+    assert bucket_line in text
 
 
 def test_loop_metrics_refuse_a_wrong_label_count() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from lockd.layouts.base import Layout, LayoutError
+from lockd.policy import DEFAULT_HISTORY
 from lockd.policystate import PolicyState, Reboot
 from lockd.semaphore import Holder, Semaphore
 
@@ -15,8 +16,8 @@ PREFIX = "lockd/v1/groups/"
 #: Policy states whose JSON a layout keeps (see NativeLayout._policy_fragment).
 POLICIES_KEPT = 1024
 #: Reboots whose JSON a layout keeps (NativeLayout._reboot_fragment): the default history
-#: of 20 for as many groups as POLICIES_KEPT.
-REBOOTS_KEPT = 20 * POLICIES_KEPT
+#: for as many groups as POLICIES_KEPT.
+REBOOTS_KEPT = DEFAULT_HISTORY * POLICIES_KEPT
 
 
 class NativeLayout(Layout):
@@ -68,7 +69,8 @@ class NativeLayout(Layout):
         self._policies: dict[int, tuple[PolicyState, orjson.Fragment]] = {}
         # id(reboot) -> (reboot, its JSON): a release's new state shares all but one of
         # its reboots with the state before it, so each reboot is encoded once, not at
-        # every release after it (5.5 us of a release's 8 with 20 reboots, issue #15).
+        # every release after it (issue #15). Holding the reboot, so that its id stays its
+        # own while its JSON is kept.
         self._reboots: dict[int, tuple[Reboot, orjson.Fragment]] = {}
 
     def _policy_fragment(self, p: PolicyState) -> orjson.Fragment:
