@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.instructions [--backends memory,sqlite,redis,redis-cluster,etcd]
         [--scenarios relock,refuse,cycle] [--duration 20] [--idle 5] [--tree CHECKOUT]
-        [--json FILE]
+        [--flags "--log-level warning"] [--json FILE]
 
 On this shared 2-core machine requests/s, and even CPU time per request, move by +-15 %
 between two measurements of the same server seconds apart (bench/RESULTS.md). The number of
@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -178,10 +179,12 @@ def _bare(out_dir: Path, tmp: Path) -> tuple[Proc, str]:
 
 def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: float,
             idle_s: float = IDLE_S, report: Callable[[str], None] = print,
-            tree: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+            tree: Path | None = None, flags: tuple[str, ...] = (),
+            ) -> dict[str, dict[str, dict[str, Any]]]:
     """{server: {scenario: counts}}: the bare handler first, then lockd on each backend
-    (the ``lockd`` package of the checkout ``tree``, this one's by default). A backend that
-    cannot be measured is reported and left out."""
+    (the ``lockd`` package of the checkout ``tree``, this one's by default), with
+    ``flags`` added to its command line. A backend that cannot be measured is reported
+    and left out."""
     results: dict[str, dict[str, dict[str, Any]]] = {}
     prefix = f"i{int(time.time()) % 100000}-"
     with tempfile.TemporaryDirectory(prefix="lockd-bench-instructions-") as tmp_dir:
@@ -202,12 +205,14 @@ def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: f
             if not throughput.available(backend):
                 report(f"{backend}: backend not available")
                 continue
-            target = throughput.LockdTarget(backend, tmp / backend, None, tree=tree,
+            target = throughput.LockdTarget(backend, tmp / backend, None, flags, tree=tree,
                                             wrapper=tuple(callgrind(out)),
                                             start_timeout=START_TIMEOUT,
                                             stop_timeout=STOP_TIMEOUT)
             try:
                 url = target.start()
+                if flags:
+                    report(f"{backend}: lockd serve with {' '.join(target.lockd.args)}")
                 throughput._prepare(url, prefix, backend)
                 pid = target.lockd.proc.pid
                 idle = idle_rate(pid, out, idle_s)
@@ -258,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", type=Path,
                    help="run the lockd package of this checkout (a before/after: one run "
                    "per checkout; the counts do not depend on the machine's load)")
+    p.add_argument("--flags", default="", metavar='"FLAG..."',
+                   help='more flags for every lockd, e.g. "--log-level warning" (default: '
+                   "none: lockd at its defaults)")
     p.add_argument("--json", type=Path, help="also write the counts to this file")
     a = p.parse_args(argv)
     backends = [b for b in a.backends.split(",") if b]
@@ -270,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("callgrind_control", "valgrind")):
         if shutil.which(tool) is None:
             p.error(f"{tool} is not installed (Debian: apt-get install {package})")
-    results = measure(backends, scenarios, a.duration, a.warmup, a.idle, tree=a.tree)
+    results = measure(backends, scenarios, a.duration, a.warmup, a.idle, tree=a.tree,
+                      flags=tuple(shlex.split(a.flags)))
     print()
     print(table(results))
     if a.json:

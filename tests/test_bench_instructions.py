@@ -28,7 +28,8 @@ def test_counts_the_bare_handler_and_lockd_under_wrk(tmp_path: Path, capsys) -> 
     find_binary("wrk", "wrk")
     out = tmp_path / "counts.json"
     assert instructions.main(["--backends", "memory", "--scenarios", "refuse", "--idle", "2",
-                              "--duration", "2", "--warmup", "1", "--json", str(out)]) == 0
+                              "--duration", "2", "--warmup", "1", "--json", str(out),
+                              "--flags", "--log-level warning"]) == 0
     counts = json.loads(out.read_text())
     bare, lockd = counts["bare"]["refuse"], counts["memory"]["refuse"]
     for c in (bare, lockd):
@@ -45,3 +46,4 @@ def test_counts_the_bare_handler_and_lockd_under_wrk(tmp_path: Path, capsys) -> 
     text = capsys.readouterr().out
     assert "| bare |" in text and "| memory |" in text and "(0." in text
     assert "unexpected statuses" not in text
+    assert "memory: lockd serve with --no-admin --default-slots 1 --log-level warning" in text
