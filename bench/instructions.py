@@ -48,7 +48,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -56,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import throughput
-from bench.procs import Proc, find_binary, free_port
+from bench.procs import find_binary
 
 SCENARIOS = ("relock", "refuse", "cycle")
 BACKENDS = ("memory", "sqlite", "redis", "redis-cluster", "etcd")
@@ -164,19 +163,6 @@ def ratio(bare: dict[str, Any], lockd: dict[str, Any]) -> str:
     return f"{bare['per_request'] / lockd['per_request']:.2f}" if lockd["per_request"] else "?"
 
 
-def _bare(out_dir: Path, tmp: Path) -> tuple[Proc, str]:
-    port = free_port()
-    argv = [*callgrind(out_dir), sys.executable, "-m", "bench.throughput", "--serve-bare",
-            str(port)]
-    proc = Proc(argv, tmp / "bare.log", cwd=Path.cwd()).start()
-    try:
-        throughput._wait_for_line(proc, "bare listening on ", START_TIMEOUT)
-    except BaseException:
-        proc.stop(timeout=STOP_TIMEOUT)
-        raise
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: float,
             idle_s: float = IDLE_S, report: Callable[[str], None] = print,
             tree: Path | None = None, flags: tuple[str, ...] = (),
@@ -191,16 +177,19 @@ def measure(backends: list[str], scenarios: list[str], seconds: float, warmup: f
         tmp = Path(tmp_dir)
         out = tmp / "callgrind"
         out.mkdir()
-        proc, url = _bare(out, tmp)
+        bare = throughput.Bare(tmp, None, wrapper=tuple(callgrind(out)),
+                               start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT)
         try:
+            url = bare.start()
             throughput._prepare(url, prefix, "bare")
-            idle = idle_rate(proc.pid, out, idle_s)
+            (pid,) = bare.pids
+            idle = idle_rate(pid, out, idle_s)
             for mode in scenarios:
-                c = count(proc.pid, out, url, "bare", mode, prefix, seconds, warmup, idle)
+                c = count(pid, out, url, "bare", mode, prefix, seconds, warmup, idle)
                 results.setdefault("bare", {})[mode] = c
                 report(_line("bare", mode, c, None))
         finally:
-            proc.stop(timeout=STOP_TIMEOUT)
+            bare.stop()
         for backend in backends:
             if not throughput.available(backend):
                 report(f"{backend}: backend not available")

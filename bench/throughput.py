@@ -151,24 +151,35 @@ class Bare(Target):
     """The bare handler; ``processes`` > 1: that many processes on one port (SO_REUSEPORT),
     named ``bare-wN``, the ceiling of ``lockd serve --workers N`` on this machine."""
 
-    def __init__(self, tmp: Path, cpus: str | None, processes: int = 1) -> None:
+    def __init__(self, tmp: Path, cpus: str | None, processes: int = 1,
+                 wrapper: tuple[str, ...] = (), start_timeout: float = 15.0,
+                 stop_timeout: float = 10.0) -> None:
+        """``wrapper``, ``start_timeout``, ``stop_timeout``: as :class:`LockdTarget`'s."""
         self.tmp, self.cpus, self.processes = tmp, cpus, processes
+        self.wrapper, self.start_timeout = wrapper, start_timeout
+        self.stop_timeout = stop_timeout
         self.name = "bare" if processes == 1 else f"bare-w{processes}"
         self.procs: list[Any] = []
 
     def start(self) -> str:
+        """The processes' URL; on a failure every process started is stopped."""
         from bench.procs import Proc, free_port
 
         port = free_port()
-        argv = [sys.executable, "-m", "bench.throughput", "--serve-bare", str(port)]
+        argv = [*self.wrapper, sys.executable, "-m", "bench.throughput", "--serve-bare",
+                str(port)]
         if self.processes > 1:
             argv.append("--reuse-port")
-        for i in range(self.processes):
-            proc = Proc(argv, self.tmp / f"{self.name}-{i}.log", cwd=Path.cwd()).start()
-            self.procs.append(proc)
-            # Each one's own line, not a connection: once one listens, the port answers.
-            _wait_for_line(proc, "bare listening on ")
-            pin(proc.pid, self.cpus)
+        try:
+            for i in range(self.processes):
+                proc = Proc(argv, self.tmp / f"{self.name}-{i}.log", cwd=Path.cwd()).start()
+                self.procs.append(proc)
+                # Each one's own line, not a connection: once one listens, the port answers.
+                _wait_for_line(proc, "bare listening on ", self.start_timeout)
+                pin(proc.pid, self.cpus)
+        except BaseException:
+            self.stop()
+            raise
         self.url = f"http://127.0.0.1:{port}"
         return self.url
 
@@ -178,7 +189,7 @@ class Bare(Target):
 
     def stop(self) -> None:
         for proc in self.procs:
-            proc.stop()
+            proc.stop(self.stop_timeout)
 
 
 def _wait_for_line(proc: Any, text: str, timeout: float = 15.0) -> None:
