@@ -280,3 +280,19 @@ def test_loop_metrics_refuse_a_wrong_label_count() -> None:
     counter = LoopCounter("x_requests", "help", ["a", "b"], CollectorRegistry())
     with pytest.raises(ValueError):
         counter.labels("only-one")
+
+
+def test_loop_histogram_takes_buckets_as_prometheus_client_does() -> None:
+    """Unsorted bounds are refused, and a +Inf given is not added twice, as by
+    prometheus_client's Histogram."""
+    for make in (lambda b, r: LoopHistogram("x_seconds", "help", ["a"], r, b),
+                 lambda b, r: Histogram("x_seconds", "help", ["a"], buckets=b, registry=r)):
+        with pytest.raises(ValueError):
+            make((1.0, 0.5), CollectorRegistry())
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    LoopHistogram("x_seconds", "help", ["a"], ours, (1, float("inf"))).labels("p").observe(2)
+    Histogram("x_seconds", "help", ["a"], buckets=(1, float("inf")),
+              registry=theirs).labels("p").observe(2)
+    assert generate_latest(ours).count(b"_bucket") == 2
+    assert [line for line in generate_latest(ours).splitlines() if b"_bucket" in line] == \
+        [line for line in generate_latest(theirs).splitlines() if b"_bucket" in line]
