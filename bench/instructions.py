@@ -6,7 +6,7 @@
 
 On this shared 2-core machine requests/s, and even CPU time per request, move by +-15 %
 between two measurements of the same server seconds apart (bench/RESULTS.md). The number of
-instructions a server executes per request does not: two runs agree within about 0.5 %. So
+instructions a server executes per request does not: two runs agreed within 0.6 %. So
 this runs each server (the bare handler of bench/throughput.py, then lockd on each backend,
 at its defaults but one slot per group and no admin listener) under valgrind's callgrind,
 warms it up with wrk (bench/throughput.lua, 16 connections), zeroes callgrind's counters
